@@ -1,0 +1,133 @@
+"""Settings, read once from the environment into a frozen object.
+
+Every variable is documented in the README. A bad value fails start-up with a
+message that names the variable; the pseudonym key never appears in a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream.errors import ConfigError
+
+# The development key is public knowledge: it only makes local demos and tests run.
+DEV_PSEUDONYM_KEY = b"development-only-pseudonym-key"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    content: str = "content.events"
+    profiles: str = "accounts.profiles"
+    objections: str = "accounts.objections"
+    feed: str = "training.feed"
+    decisions: str = "eligibility.decisions"
+    dlq: str = "content.events.dlq"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TopicNames:
+        defaults = cls()
+        return cls(
+            content=env.get("STREAM_TOPIC_CONTENT_EVENTS", defaults.content),
+            profiles=env.get("STREAM_TOPIC_ACCOUNTS_PROFILES", defaults.profiles),
+            objections=env.get("STREAM_TOPIC_ACCOUNTS_OBJECTIONS", defaults.objections),
+            feed=env.get("STREAM_TOPIC_TRAINING_FEED", defaults.feed),
+            decisions=env.get("STREAM_TOPIC_ELIGIBILITY_DECISIONS", defaults.decisions),
+            dlq=env.get("STREAM_TOPIC_CONTENT_EVENTS_DLQ", defaults.dlq),
+        )
+
+    def inputs(self) -> tuple[str, str, str]:
+        return (self.content, self.profiles, self.objections)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bootstrap_servers: str = "localhost:9092"
+    data_dir: Path = Path("./data")
+    pseudonym_key: bytes = field(default=DEV_PSEUDONYM_KEY, repr=False)
+    policy_path: Path | None = None
+    partitions: int = 4
+    replication_factor: int = 1
+    web_port: int = 6066
+    group_id: str = "eligibility-filter"
+    dev_mode: bool = False
+    topics: TopicNames = field(default_factory=TopicNames)
+    max_batch: int = 5000
+    linger_ms: int = 5
+    compression: str | None = "lz4"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        dev_mode = _flag(env, "STREAM_DEV_MODE")
+        return cls(
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            data_dir=Path(env.get("STREAM_DATA_DIR", "./data")),
+            pseudonym_key=_pseudonym_key(env, dev_mode),
+            policy_path=Path(env["STREAM_POLICY_PATH"]) if env.get("STREAM_POLICY_PATH") else None,
+            partitions=_int(env, "STREAM_PARTITIONS", 4, minimum=1),
+            replication_factor=_int(env, "STREAM_REPLICATION_FACTOR", 1, minimum=1),
+            web_port=_int(env, "STREAM_WEB_PORT", 6066, minimum=0),
+            group_id=env.get("STREAM_GROUP_ID", "eligibility-filter"),
+            dev_mode=dev_mode,
+            topics=TopicNames.from_env(env),
+            max_batch=_int(env, "STREAM_MAX_BATCH", 5000, minimum=1),
+            linger_ms=_int(env, "STREAM_PRODUCER_LINGER_MS", 5, minimum=0),
+            compression=_compression(env),
+        )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name}={value!r}: expected 1/0, true/false or yes/no")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is below its minimum {minimum}")
+    return value
+
+
+def _compression(env: Mapping[str, str]) -> str | None:
+    value = env.get("STREAM_PRODUCER_COMPRESSION", "lz4").strip().lower()
+    if value in ("", "none"):
+        return None
+    if value not in ("gzip", "snappy", "lz4", "zstd"):
+        raise ConfigError(f"STREAM_PRODUCER_COMPRESSION={value!r}: expected none, gzip, snappy, lz4 or zstd")
+    return value
+
+
+def _pseudonym_key(env: Mapping[str, str], dev_mode: bool) -> bytes:
+    key = env.get("STREAM_PSEUDONYM_KEY")
+    path = env.get("STREAM_PSEUDONYM_KEY_FILE")
+    if key and path:
+        raise ConfigError("set STREAM_PSEUDONYM_KEY or STREAM_PSEUDONYM_KEY_FILE, not both")
+    if path:
+        try:
+            data = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"STREAM_PSEUDONYM_KEY_FILE={path}: {exc.strerror}") from None
+        if not data:
+            raise ConfigError(f"STREAM_PSEUDONYM_KEY_FILE={path} is empty")
+        return data
+    if key:
+        return key.encode("utf-8")
+    if dev_mode:
+        return DEV_PSEUDONYM_KEY
+    raise ConfigError(
+        "no pseudonym key: set STREAM_PSEUDONYM_KEY or STREAM_PSEUDONYM_KEY_FILE "
+        "(or STREAM_DEV_MODE=1 for a local demo with a public development key)"
+    )

@@ -1,0 +1,140 @@
+"""The rule: may this content event go to training? Pure: no clock, no I/O.
+
+`decide()` evaluates the contract's rule in its order and returns a `Decision`
+value; "ineligible" is an answer, never an exception. The policy is a versioned
+TOML file shipped in the package (`policy.toml`), overridable by path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from stream.errors import ConfigError
+from stream.models import ContentEvent, ContentType, Objection, ObjectionStatus, Profile, Reason, Visibility
+
+_UTC = dt.UTC
+
+
+@dataclass(frozen=True, slots=True)
+class Jurisdiction:
+    code: str
+    notice_period: dt.timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: str
+    content_types: frozenset[ContentType]
+    minimum_age: int
+    jurisdictions: dict[str, Jurisdiction]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of the rule for one upsert.
+
+    `jurisdiction` is set only when eligible; `retry_at` only for
+    `notice_period_running` (when the period ends and the item may be decided again).
+    """
+
+    eligible: bool
+    reason: Reason
+    policy_version: str
+    jurisdiction: str | None = None
+    retry_at: dt.datetime | None = None
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """Read the packaged policy, or the file at `path`; raise ConfigError if invalid."""
+    try:
+        if path is None:
+            raw = resources.files("stream").joinpath("policy.toml").read_bytes()
+            where = "packaged policy.toml"
+        else:
+            raw = path.read_bytes()
+            where = str(path)
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read policy {path}: {exc}") from exc
+    try:
+        version = data["version"]
+        if not isinstance(version, str) or not version:
+            raise ValueError("`version` must be a non-empty string")
+        types = frozenset(ContentType(t) for t in data["content_types"])
+        if ContentType.MESSAGE in types:
+            raise ValueError("`content_types` may not contain `message`: private messages are never used")
+        minimum_age = int(data["minimum_age"])
+        if minimum_age < 18:
+            raise ValueError("`minimum_age` may not be below 18")
+        jurisdictions: dict[str, Jurisdiction] = {}
+        for code, spec in data.get("jurisdictions", {}).items():
+            if len(code) != 2 or not code.isupper():
+                raise ValueError(f"jurisdiction {code!r} is not an ISO 3166-1 alpha-2 code")
+            days = int(spec["notice_period_days"])
+            if days < 0:
+                raise ValueError(f"jurisdiction {code}: negative notice period")
+            jurisdictions[code] = Jurisdiction(code, dt.timedelta(days=days))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid policy in {where}: {exc}") from exc
+    return Policy(version, types, minimum_age, jurisdictions)
+
+
+def attains_age_on(birth_date: dt.date, age: int) -> dt.date:
+    """The day (from its UTC start) on which someone born on `birth_date` is `age` years old.
+
+    A 29 February birthday is celebrated on 1 March in common years.
+    """
+    year = birth_date.year + age
+    try:
+        return birth_date.replace(year=year)
+    except ValueError:  # 29 February in a common year
+        return dt.date(year, 3, 1)
+
+
+def decide(
+    event: ContentEvent,
+    profile: Profile | None,
+    objection: Objection | None,
+    policy: Policy,
+    now: dt.datetime,
+) -> Decision:
+    """Apply the contract's rule to an upsert; the first rule that applies gives the reason."""
+
+    def no(reason: Reason, retry_at: dt.datetime | None = None) -> Decision:
+        return Decision(False, reason, policy.version, None, retry_at)
+
+    if event.content_type is ContentType.MESSAGE:
+        return no(Reason.PRIVATE_MESSAGE)
+    if event.visibility is not Visibility.PUBLIC:
+        return no(Reason.NOT_PUBLIC)
+    if event.content_type not in policy.content_types:
+        # Not in the contract's list: only a policy that disables a public type reaches it.
+        return no(Reason.CONTENT_TYPE_NOT_ENABLED)
+    if profile is None:
+        return no(Reason.ACCOUNT_UNKNOWN)
+    if objection is not None and objection.status is ObjectionStatus.OBJECTED:
+        return no(Reason.OBJECTED)
+    if profile.country is None:
+        return no(Reason.COUNTRY_UNKNOWN)
+    jurisdiction = policy.jurisdictions.get(profile.country)
+    if jurisdiction is None:
+        return no(Reason.JURISDICTION_NOT_ENABLED)
+    if profile.notified_at is None:
+        return no(Reason.NOT_NOTIFIED)
+    notice_ends = profile.notified_at + jurisdiction.notice_period
+    if now < notice_ends:
+        return no(Reason.NOTICE_PERIOD_RUNNING, retry_at=notice_ends)
+    if profile.birth_date is None:
+        return no(Reason.AGE_UNKNOWN)
+    adult_from = attains_age_on(profile.birth_date, policy.minimum_age)
+    if now.astimezone(_UTC).date() < adult_from:
+        return no(Reason.MINOR)
+    created_at = event.created_at
+    if created_at is None or created_at.astimezone(_UTC).date() < adult_from:
+        # A missing created_at cannot prove the item was made as an adult: fail closed.
+        return no(Reason.CREATED_WHILE_MINOR)
+    return Decision(True, Reason.ELIGIBLE, policy.version, jurisdiction.code)
