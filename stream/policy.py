@@ -50,16 +50,15 @@ class Decision:
 
 def load_policy(path: Path | None = None) -> Policy:
     """Read the packaged policy, or the file at `path`; raise ConfigError if invalid."""
+    where = "packaged policy.toml" if path is None else str(path)
     try:
         if path is None:
             raw = resources.files("stream").joinpath("policy.toml").read_bytes()
-            where = "packaged policy.toml"
         else:
             raw = path.read_bytes()
-            where = str(path)
         data = tomllib.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read policy {path}: {exc}") from exc
+        raise ConfigError(f"cannot read policy {where}: {exc}") from exc
     try:
         version = data["version"]
         if not isinstance(version, str) or not version:
@@ -67,20 +66,31 @@ def load_policy(path: Path | None = None) -> Policy:
         types = frozenset(ContentType(t) for t in data["content_types"])
         if ContentType.MESSAGE in types:
             raise ValueError("`content_types` may not contain `message`: private messages are never used")
-        minimum_age = int(data["minimum_age"])
+        minimum_age = _whole_number(data["minimum_age"], "`minimum_age`")
         if minimum_age < 18:
             raise ValueError("`minimum_age` may not be below 18")
         jurisdictions: dict[str, Jurisdiction] = {}
-        for code, spec in data.get("jurisdictions", {}).items():
-            if len(code) != 2 or not code.isupper():
+        tables = data.get("jurisdictions", {})
+        if not isinstance(tables, dict):
+            raise ValueError("`jurisdictions` must be a table of `[jurisdictions.XX]` sections")
+        for code, spec in tables.items():
+            if len(code) != 2 or not (code.isascii() and code.isalpha() and code.isupper()):
                 raise ValueError(f"jurisdiction {code!r} is not an ISO 3166-1 alpha-2 code")
-            days = int(spec["notice_period_days"])
+            days = _whole_number(spec["notice_period_days"], f"jurisdiction {code}: `notice_period_days`")
             if days < 0:
                 raise ValueError(f"jurisdiction {code}: negative notice period")
             jurisdictions[code] = Jurisdiction(code, dt.timedelta(days=days))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"invalid policy in {where}: {exc}") from exc
     return Policy(version, types, minimum_age, jurisdictions)
+
+
+def _whole_number(value: object, what: str) -> int:
+    # int() would truncate 29.5 to 29 and turn `true` into 1: a notice period shorter
+    # than the one written down. Refuse anything but a TOML integer.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be a whole number, not {value!r}")
+    return value
 
 
 def attains_age_on(birth_date: dt.date, age: int) -> dt.date:

@@ -1,0 +1,69 @@
+"""The composition root: settings -> policy -> engine -> worker, hosted by a Faust app.
+
+Faust owns the process: lifecycle and signals (a SIGTERM drains the batch in hand
+and commits it), the web server with `/metrics`, `/healthz` and `/ready`, and
+logging. The filter's own loop (`worker.py`) is a Faust service. Faust's
+table-browsing pages are disabled: they would expose personal data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import mode
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stream.config import Settings
+from stream.engine import Engine
+from stream.metrics import Metrics
+from stream.policy import load_policy
+from stream.worker import FilterWorker
+
+
+def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
+    policy = load_policy(settings.policy_path)
+    metrics = Metrics.create(policy_version=policy.version)
+    worker = FilterWorker(settings, Engine(policy, settings.pseudonym_key, settings.topics), metrics)
+
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.group_id}-host",
+        broker=f"kafka://{settings.bootstrap_servers}",
+        datadir=str(settings.data_dir / "faust"),
+        processing_guarantee="at_least_once",
+        web_port=settings.web_port,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_router_enabled=False,
+        web_metrics_enabled=False,
+        store="memory://",
+    )
+
+    @app.service
+    class FilterService(mode.Service):  # type: ignore[misc]  # mode ships no types
+        """Runs the filter loop inside the Faust worker's lifecycle."""
+
+        async def on_start(self) -> None:
+            await worker.start()
+            self.add_future(worker.run())
+
+        async def on_stop(self) -> None:
+            await worker.stop()
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/healthz")
+    async def liveness(web: Any, request: Any) -> Any:
+        return web.json({"status": "alive"})
+
+    @app.page("/ready")
+    async def readiness(web: Any, request: Any) -> Any:
+        if worker.ready:
+            return web.json({"status": "ready", "partitions": sorted(worker.assigned)})
+        return web.json({"status": "not ready", "partitions": sorted(worker.assigned)}, status=503)
+
+    return app, worker

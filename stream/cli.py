@@ -1,0 +1,136 @@
+"""Operator commands: `python -m stream worker | topics create | topics check | generate | watch`.
+
+Each command reads the settings once, turns a StreamError into one clear line on
+stderr and exit status 2, and never re-implements the rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import orjson
+
+from stream.config import Settings
+from stream.errors import StreamError
+
+log = logging.getLogger("stream")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stream", description=__doc__)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("worker", help="run the filter (Faust worker with /metrics, /healthz, /ready)")
+
+    topics = sub.add_parser("topics", help="create or check the contract's topics")
+    topics.add_argument("action", choices=["create", "check"])
+
+    gen = sub.add_parser("generate", help="produce a seeded synthetic workload")
+    gen.add_argument("--count", type=int, default=None, help="content events to send [unbounded]")
+    gen.add_argument("--rate", type=float, default=None, help="content events per second [as fast as possible]")
+    gen.add_argument("--accounts", type=int, default=10_000, help="accounts in the population [10000]")
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--malformed-share", type=float, default=0.005)
+    gen.add_argument("--no-progress", action="store_true")
+
+    watch = sub.add_parser("watch", help="live counts of decisions by reason, read from the audit log")
+    watch.add_argument("--interval", type=float, default=2.0)
+    watch.add_argument("--from-beginning", action="store_true")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        if args.command == "worker":
+            return _worker(settings, args.log_level)
+        if args.command == "topics":
+            return asyncio.run(_topics(settings, args.action))
+        if args.command == "generate":
+            return asyncio.run(_generate(settings, args))
+        if args.command == "watch":
+            return asyncio.run(_watch(settings, args.interval, args.from_beginning))
+    except StreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _worker(settings: Settings, level: str) -> int:
+    import faust
+
+    from stream.app import build_app
+    from stream.topics import check_layout
+
+    asyncio.run(check_layout(settings))
+    app, _ = build_app(settings)
+    faust.Worker(app, loglevel=level).execute_from_commandline()
+    return 0
+
+
+async def _topics(settings: Settings, action: str) -> int:
+    from stream.topics import check_layout, create_topics
+
+    if action == "create":
+        for name, outcome in (await create_topics(settings)).items():
+            print(f"{name}: {outcome}")
+    counts = await check_layout(settings)
+    print("layout ok: " + ", ".join(f"{name}={n}" for name, n in counts.items()))
+    return 0
+
+
+async def _generate(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.generator import produce
+
+    stats = await produce(settings, count=args.count, rate=args.rate, accounts=args.accounts, seed=args.seed,
+                          malformed_share=args.malformed_share, progress=not args.no_progress)
+    print(stats)
+    return 0
+
+
+async def _watch(settings: Settings, interval: float, from_beginning: bool) -> int:
+    """Tail the audit log and dead-letter topic; print counts by outcome every interval."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(settings.topics.decisions, settings.topics.dlq,
+                                bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                auto_offset_reset="earliest" if from_beginning else "latest")
+    await consumer.start()
+    counts: Counter[str] = Counter()
+    started = time.monotonic()
+    last = started
+    try:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp, records in fetched.items():
+                for record in records:
+                    counts[_outcome(tp.topic == settings.topics.dlq, record.value)] += 1
+            if time.monotonic() - last >= interval:
+                last = time.monotonic()
+                total = sum(counts.values())
+                line = "  ".join(f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+                print(f"[{last - started:6.0f}s] total={total}  {line}", flush=True)
+    finally:
+        await consumer.stop()
+
+
+def _outcome(is_dlq: bool, value: bytes | None) -> str:
+    try:
+        data = orjson.loads(value or b"null")
+    except orjson.JSONDecodeError:
+        return "unreadable"
+    if not isinstance(data, dict):
+        return "unreadable"
+    if is_dlq:
+        return f"dlq:{data.get('reason')}"
+    if data.get("action") == "retract":
+        return f"retract:{data.get('cause')}"
+    return str(data.get("reason"))

@@ -1,0 +1,330 @@
+"""Decide a fetched batch: decode, look up, apply the rule, build the records. No I/O.
+
+The shell (`worker.py`) fetches a batch, hands it here, then performs the result in
+the order that keeps the feed safe across a crash at any point:
+
+1. write `pre_updates` (items about to be published join the published index, so a
+   crash after sending can never leave a feed item the index does not know);
+2. send `produce` and wait until the broker acknowledged every record;
+3. write `post_updates` with the new state offsets (profiles, objections, index
+   removals), so state that caused a retraction is never marked applied before the
+   tombstone is durable;
+4. commit the content offsets.
+
+A crash anywhere replays the batch: records may be duplicated, never lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import orjson
+
+from stream.codec import Rejected, decode_content, decode_objection, decode_profile, dumps, format_timestamp
+from stream.config import TopicNames
+from stream.models import (
+    ContentEvent,
+    ContentType,
+    DeadLetterReason,
+    Objection,
+    Op,
+    Profile,
+    Reason,
+    RetractCause,
+    Visibility,
+)
+from stream.policy import Policy, decide
+from stream.records import RETRACT_CAUSE_OF_REASON, dead_letter_value, decide_value, feed_value, retract_value
+from stream.state import PartitionStore, StateKind, Update, objection_key, profile_key, published_key, published_prefix
+
+
+class OutputTopic(StrEnum):
+    FEED = "feed"
+    DECISIONS = "decisions"
+    DLQ = "dlq"
+
+
+class InputRecord(Protocol):
+    """The fields of a consumed Kafka record the engine reads (aiokafka's ConsumerRecord has them)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Produce:
+    """One record to send. A None value is a real Kafka tombstone."""
+
+    topic: OutputTopic
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    produce: list[Produce] = field(default_factory=list)
+    pre_updates: dict[int, list[Update]] = field(default_factory=dict)
+    post_updates: dict[int, list[Update]] = field(default_factory=dict)
+    state_offsets: dict[int, dict[StateKind, int]] = field(default_factory=dict)
+    decisions: Counter[Reason] = field(default_factory=Counter)
+    dead_letters: Counter[DeadLetterReason] = field(default_factory=Counter)
+    retractions: Counter[RetractCause] = field(default_factory=Counter)
+
+
+class _Overlay:
+    """The partition's store as it will be once this batch's writes are applied."""
+
+    def __init__(self, store: PartitionStore) -> None:
+        self.store = store
+        self.writes: dict[bytes, bytes | None] = {}
+        self.published: dict[str, dict[str, bytes | None]] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        return self.store.get(key)
+
+    def put(self, key: bytes, value: bytes | None) -> None:
+        self.writes[key] = value
+
+    def is_published(self, author_id: str, content_id: str) -> bool:
+        mine = self.published.get(author_id)
+        if mine is not None and content_id in mine:
+            return mine[content_id] is not None
+        return self.store.get(published_key(author_id, content_id)) is not None
+
+    def set_published(self, author_id: str, content_id: str, value: bytes | None) -> None:
+        self.published.setdefault(author_id, {})[content_id] = value
+
+    def published_items(self, author_id: str) -> Iterator[tuple[str, bytes]]:
+        prefix = published_prefix(author_id)
+        mine = self.published.get(author_id, {})
+        for key, value in self.store.scan(prefix):
+            content_id = key[len(prefix) :].decode()
+            if content_id not in mine:
+                yield content_id, value
+        for content_id, maybe in mine.items():
+            if maybe is not None:
+                yield content_id, maybe
+
+
+class Engine:
+    """Applies the rule to batches of input records; holds only immutable configuration."""
+
+    def __init__(self, policy: Policy, pseudonym_key: bytes, topics: TopicNames) -> None:
+        self.policy = policy
+        self._key = pseudonym_key
+        self._topics = topics
+        self._kind_of_topic = {topics.profiles: StateKind.PROFILES, topics.objections: StateKind.OBJECTIONS}
+
+    def process(
+        self,
+        stores: Mapping[int, PartitionStore],
+        state_records: Sequence[InputRecord],
+        content_records: Sequence[InputRecord],
+        now: dt.datetime,
+    ) -> BatchResult:
+        """Apply state records first (in offset order per partition), then decide content."""
+        result = BatchResult()
+        overlays: dict[int, _Overlay] = {}
+
+        def overlay(partition: int) -> _Overlay:
+            if partition not in overlays:
+                overlays[partition] = _Overlay(stores[partition])
+            return overlays[partition]
+
+        for record in state_records:
+            kind = self._kind_of_topic[record.topic]
+            self._apply_state(overlay(record.partition), kind, record, now, result)
+            result.state_offsets.setdefault(record.partition, {})[kind] = record.offset + 1
+        for record in content_records:
+            self._decide_content(overlay(record.partition), record, now, result)
+
+        for partition, ov in overlays.items():
+            pre: list[Update] = []
+            post: list[Update] = list(ov.writes.items())
+            for author_id, items in ov.published.items():
+                for content_id, value in items.items():
+                    (pre if value is not None else post).append((published_key(author_id, content_id), value))
+            if pre:
+                result.pre_updates[partition] = pre
+            if post:
+                result.post_updates[partition] = post
+        return result
+
+    # -- content -------------------------------------------------------------------
+
+    def _decide_content(self, ov: _Overlay, record: InputRecord, now: dt.datetime, result: BatchResult) -> None:
+        event = decode_content(record.key, record.value)
+        if isinstance(event, Rejected):
+            self._dead_letter(record, event, now, result)
+            return
+        if event.op is Op.DELETE:
+            if ov.is_published(event.author_id, event.content_id):
+                self._retract(ov, event.author_id, event.content_id, event.event_id, event.event_time,
+                              RetractCause.CONTENT_DELETED, now, result)
+            else:
+                # Nothing was handed to training; the audit log still records the input.
+                result.produce.append(Produce(OutputTopic.DECISIONS, event.content_id.encode(),
+                                              retract_value(content_id=event.content_id, event_id=event.event_id,
+                                                            author_id=event.author_id,
+                                                            cause=RetractCause.CONTENT_DELETED,
+                                                            policy_version=self.policy.version, decided_at=now,
+                                                            event_time=event.event_time)))
+            return
+        profile = self._profile(ov, event.author_id)
+        objection = self._objection(ov, event.author_id)
+        decision = decide(event, profile, objection, self.policy, now)
+        result.decisions[decision.reason] += 1
+        key = event.content_id.encode()
+        result.produce.append(Produce(OutputTopic.DECISIONS, key, decide_value(event, decision, decided_at=now)))
+        if decision.eligible:
+            ov.set_published(event.author_id, event.content_id, _index_value(event))
+            result.produce.append(Produce(OutputTopic.FEED, key, feed_value(event, decision, key=self._key, decided_at=now)))
+        elif ov.is_published(event.author_id, event.content_id):
+            self._retract(ov, event.author_id, event.content_id, event.event_id, event.event_time,
+                          RETRACT_CAUSE_OF_REASON[decision.reason], now, result)
+
+    # -- state ---------------------------------------------------------------------
+
+    def _apply_state(
+        self, ov: _Overlay, kind: StateKind, record: InputRecord, now: dt.datetime, result: BatchResult
+    ) -> None:
+        decoded: Profile | Objection | Rejected | None
+        if kind is StateKind.PROFILES:
+            decoded = decode_profile(record.key, record.value)
+        else:
+            decoded = decode_objection(record.key, record.value)
+        account_id = _account_of_key(record.key)
+        if isinstance(decoded, Rejected):
+            self._dead_letter(record, decoded, now, result)
+            if account_id is None:
+                return
+            # Fail closed: an unreadable update leaves the account as if it had no
+            # profile (account_unknown) or as objecting, never as it was before.
+            if kind is StateKind.PROFILES:
+                ov.put(profile_key(account_id), None)
+                cause = RetractCause.ACCOUNT_DELETED
+            else:
+                ov.put(objection_key(account_id), _fail_closed_objection(account_id, record, now))
+                cause = RetractCause.OBJECTION
+            self._retract_all(ov, account_id, record, cause, now, result)
+            return
+        assert account_id is not None  # the codec accepted the key
+        if kind is StateKind.PROFILES:
+            ov.put(profile_key(account_id), record.value)
+            if decoded is None:
+                self._retract_all(ov, account_id, record, RetractCause.ACCOUNT_DELETED, now, result)
+            else:
+                self._reevaluate(ov, account_id, record, RetractCause.ACCOUNT_CHANGED, now, result)
+        else:
+            ov.put(objection_key(account_id), record.value)
+            self._reevaluate(ov, account_id, record, RetractCause.OBJECTION, now, result)
+
+    def _reevaluate(
+        self, ov: _Overlay, account_id: str, record: InputRecord, cause: RetractCause, now: dt.datetime,
+        result: BatchResult,
+    ) -> None:
+        """Retract each published item of the account that the rule now refuses."""
+        profile = self._profile(ov, account_id)
+        objection = self._objection(ov, account_id)
+        for content_id, raw in list(ov.published_items(account_id)):
+            decision = decide(_event_from_index(account_id, content_id, raw), profile, objection, self.policy, now)
+            if not decision.eligible:
+                self._retract(ov, account_id, content_id, _state_event_id(record), _broker_time(record),
+                              cause, now, result)
+
+    def _retract_all(
+        self, ov: _Overlay, account_id: str, record: InputRecord, cause: RetractCause, now: dt.datetime,
+        result: BatchResult,
+    ) -> None:
+        for content_id, _ in list(ov.published_items(account_id)):
+            self._retract(ov, account_id, content_id, _state_event_id(record), _broker_time(record), cause, now, result)
+
+    def _retract(
+        self, ov: _Overlay, author_id: str, content_id: str, event_id: str, event_time: dt.datetime,
+        cause: RetractCause, now: dt.datetime, result: BatchResult,
+    ) -> None:
+        ov.set_published(author_id, content_id, None)
+        key = content_id.encode()
+        result.retractions[cause] += 1
+        result.produce.append(Produce(OutputTopic.FEED, key, None))
+        result.produce.append(Produce(OutputTopic.DECISIONS, key, retract_value(
+            content_id=content_id, event_id=event_id, author_id=author_id, cause=cause,
+            policy_version=self.policy.version, decided_at=now, event_time=event_time)))
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _profile(self, ov: _Overlay, account_id: str) -> Profile | None:
+        raw = ov.get(profile_key(account_id))
+        if raw is None:
+            return None
+        profile = decode_profile(account_id.encode(), raw)
+        return profile if isinstance(profile, Profile) else None
+
+    def _objection(self, ov: _Overlay, account_id: str) -> Objection | None:
+        raw = ov.get(objection_key(account_id))
+        if raw is None:
+            return None
+        objection = decode_objection(account_id.encode(), raw)
+        return objection if isinstance(objection, Objection) else None
+
+    def _dead_letter(self, record: InputRecord, rejected: Rejected, now: dt.datetime, result: BatchResult) -> None:
+        result.dead_letters[rejected.reason] += 1
+        result.produce.append(Produce(OutputTopic.DLQ, record.key, dead_letter_value(
+            reason=rejected.reason, detail=rejected.detail, topic=record.topic, partition=record.partition,
+            offset=record.offset, received_at=now, key=record.key, value=record.value)))
+
+
+def _account_of_key(key: bytes | None) -> str | None:
+    if not key:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _index_value(event: ContentEvent) -> bytes:
+    """What re-deciding a published item needs, without its text."""
+    assert event.content_type is not None and event.created_at is not None
+    return dumps({"content_type": event.content_type.value, "created_at": format_timestamp(event.created_at),
+                  "event_id": event.event_id})
+
+
+def _event_from_index(author_id: str, content_id: str, raw: bytes) -> ContentEvent:
+    from stream.codec import parse_timestamp
+
+    data = orjson.loads(raw)
+    created_at = parse_timestamp(data["created_at"])
+    return ContentEvent(event_id=data["event_id"], op=Op.UPSERT, content_id=content_id, author_id=author_id,
+                        event_time=created_at, content_type=ContentType(data["content_type"]),
+                        visibility=Visibility.PUBLIC, created_at=created_at)
+
+
+def _state_event_id(record: InputRecord) -> str:
+    return f"{record.topic}:{record.partition}:{record.offset}"
+
+
+def _broker_time(record: InputRecord) -> dt.datetime:
+    return dt.datetime.fromtimestamp(record.timestamp / 1000, tz=dt.UTC)
+
+
+def _fail_closed_objection(account_id: str, record: InputRecord, now: dt.datetime) -> bytes:
+    return dumps({"account_id": account_id, "status": "objected", "at": format_timestamp(now),
+                  "source": "filter:unreadable-update", "request_id": _state_event_id(record)})

@@ -1,0 +1,135 @@
+"""The records this filter writes: feed items, audit decisions, dead letters. Pure.
+
+Data minimisation lives here: a feed record carries only the contract's fields,
+with the author as an HMAC pseudonym, never the raw account id, birth date or
+country (only the jurisdiction that allowed the item).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+
+from stream.codec import dumps, format_timestamp
+from stream.models import Action, ContentEvent, DeadLetterReason, Reason, RetractCause
+from stream.policy import Decision
+
+
+def pseudonym(key: bytes, account_id: str) -> str:
+    """HMAC-SHA256 of the account id under the configured key, hex."""
+    return hmac.new(key, account_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def feed_value(event: ContentEvent, decision: Decision, *, key: bytes, decided_at: dt.datetime) -> bytes:
+    """The `training.feed` value of an eligible upsert."""
+    assert event.content_type is not None and event.platform is not None and event.created_at is not None
+    return dumps(
+        {
+            "content_id": event.content_id,
+            "content_type": event.content_type.value,
+            "platform": event.platform.value,
+            "author_pseudonym": pseudonym(key, event.author_id),
+            "created_at": format_timestamp(event.created_at),
+            "text": event.text,
+            "media_uri": event.media_uri,
+            "language": event.language,
+            "jurisdiction": decision.jurisdiction,
+            "policy_version": decision.policy_version,
+            "decided_at": format_timestamp(decided_at),
+            "source_event_id": event.event_id,
+        }
+    )
+
+
+def decide_value(event: ContentEvent, decision: Decision, *, decided_at: dt.datetime) -> bytes:
+    """The `eligibility.decisions` value recording the rule's outcome for an upsert."""
+    return dumps(
+        {
+            "content_id": event.content_id,
+            "event_id": event.event_id,
+            "author_id": event.author_id,
+            "action": Action.DECIDE.value,
+            "eligible": decision.eligible,
+            "reason": decision.reason.value,
+            "cause": None,
+            "policy_version": decision.policy_version,
+            "decided_at": format_timestamp(decided_at),
+            "event_time": format_timestamp(event.event_time),
+        }
+    )
+
+
+def retract_value(
+    *,
+    content_id: str,
+    event_id: str,
+    author_id: str,
+    cause: RetractCause,
+    policy_version: str,
+    decided_at: dt.datetime,
+    event_time: dt.datetime,
+) -> bytes:
+    """The `eligibility.decisions` value recording that a published item was retracted.
+
+    `event_id` is the input that caused it: a content event, or the id the filter
+    gives a profile/objection record (`<topic>:<partition>:<offset>`).
+    """
+    return dumps(
+        {
+            "content_id": content_id,
+            "event_id": event_id,
+            "author_id": author_id,
+            "action": Action.RETRACT.value,
+            "eligible": None,
+            "reason": None,
+            "cause": cause.value,
+            "policy_version": policy_version,
+            "decided_at": format_timestamp(decided_at),
+            "event_time": format_timestamp(event_time),
+        }
+    )
+
+
+def dead_letter_value(
+    *,
+    reason: DeadLetterReason,
+    detail: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    received_at: dt.datetime,
+    key: bytes | None,
+    value: bytes | None,
+) -> bytes:
+    """The `content.events.dlq` value: why, where from, and the original bytes to replay."""
+    return dumps(
+        {
+            "reason": reason.value,
+            "detail": detail,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "received_at": format_timestamp(received_at),
+            "key": base64.b64encode(key).decode("ascii") if key is not None else None,
+            "value": base64.b64encode(value).decode("ascii") if value is not None else None,
+        }
+    )
+
+
+# Which retraction cause a new refusal of a published item stands for.
+RETRACT_CAUSE_OF_REASON: dict[Reason, RetractCause] = {
+    Reason.PRIVATE_MESSAGE: RetractCause.VISIBILITY_CHANGED,
+    Reason.NOT_PUBLIC: RetractCause.VISIBILITY_CHANGED,
+    Reason.CONTENT_TYPE_NOT_ENABLED: RetractCause.VISIBILITY_CHANGED,
+    Reason.ACCOUNT_UNKNOWN: RetractCause.ACCOUNT_DELETED,
+    Reason.OBJECTED: RetractCause.OBJECTION,
+    Reason.COUNTRY_UNKNOWN: RetractCause.ACCOUNT_CHANGED,
+    Reason.JURISDICTION_NOT_ENABLED: RetractCause.ACCOUNT_CHANGED,
+    Reason.NOT_NOTIFIED: RetractCause.ACCOUNT_CHANGED,
+    Reason.NOTICE_PERIOD_RUNNING: RetractCause.ACCOUNT_CHANGED,
+    Reason.AGE_UNKNOWN: RetractCause.ACCOUNT_CHANGED,
+    Reason.MINOR: RetractCause.ACCOUNT_CHANGED,
+    Reason.CREATED_WHILE_MINOR: RetractCause.ACCOUNT_CHANGED,
+}

@@ -1,0 +1,292 @@
+"""The Kafka shell of the filter: fetch a batch, gate it, decide it, produce, commit.
+
+One aiokafka consumer owns the three co-partitioned inputs, so partition p's
+content is decided in the process that holds partition p's profiles and
+objections. Faust hosts this loop (see `app.py`) for lifecycle, web and metrics;
+the hot path runs on aiokafka directly because Faust's per-event machinery costs
+15-30x what the client does (docs/design.md).
+
+Guarantees (at least once):
+- an input offset is committed only after every record it caused was acknowledged
+  by the broker (acks=all, idempotent producer); a failed send replays the batch;
+- state topics are never committed to the group: each partition store keeps its
+  own next offsets, written after the records they caused were acknowledged;
+- freshness gate: before content of partition p is decided, p's profiles and
+  objections have been applied up to the end offsets read after the fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from stream.config import Settings
+from stream.engine import BatchResult, Engine, InputRecord, OutputTopic
+from stream.errors import DeliveryError
+from stream.metrics import Metrics
+from stream.state import PartitionStore, RocksPartitionStore, StateKind
+
+log = logging.getLogger(__name__)
+
+# A store untouched for longer than this may have missed a tombstone that Kafka's
+# compaction already removed (topics are created with delete.retention.ms = 24 h),
+# so it is rebuilt from the beginning of the compacted topics instead of resumed.
+STORE_MAX_IDLE_SECONDS = 12 * 3600
+RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
+
+
+class FilterWorker:
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        topics = settings.topics
+        self._content = topics.content
+        self._kind_of_topic = {topics.profiles: StateKind.PROFILES, topics.objections: StateKind.OBJECTIONS}
+        self._topic_of_kind = {v: k for k, v in self._kind_of_topic.items()}
+        self._out_topic = {OutputTopic.FEED: topics.feed, OutputTopic.DECISIONS: topics.decisions,
+                           OutputTopic.DLQ: topics.dlq}
+        self._stores: dict[int, PartitionStore] = {}
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._needs_catch_up = True
+        self.ready = False
+        self.assigned: frozenset[int] = frozenset()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers, client_id=f"{s.group_id}-producer", acks="all",
+            enable_idempotence=True, linger_ms=s.linger_ms, compression_type=s.compression,
+            max_batch_size=512 << 10, request_timeout_ms=30000)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers, client_id=f"{s.group_id}-consumer", group_id=s.group_id,
+            enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
+            max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20, fetch_max_wait_ms=100,
+            # A batch is decided and produced within seconds; a worker slower than this is stuck.
+            max_poll_interval_ms=300000)
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self._content, *self._kind_of_topic], listener=_Rebalance(self))
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, commit it, and close: the graceful drain of SIGTERM."""
+        self._stopping.set()
+        async with self._lock:
+            if self.consumer is not None:
+                await self.consumer.stop()
+            if self.producer is not None:
+                await self.producer.stop()
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
+            self.ready = False
+            self.metrics.ready.set(0)
+
+    async def run(self) -> None:
+        """Consume until stopped; a failed batch is replayed after a back-off, never skipped."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                await self._poll_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the one place that catches: replay, never drop
+                if self._stopping.is_set():
+                    break
+                delay = RETRY_BACKOFF_SECONDS[min(failures, len(RETRY_BACKOFF_SECONDS) - 1)]
+                failures += 1
+                self.metrics.delivery_failures.inc()
+                log.error("batch failed (%s: %s); replaying from the last commit in %.1fs",
+                          type(exc).__name__, exc, delay)
+                await self._rewind()
+                await asyncio.sleep(delay)
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def _poll_once(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        fetched = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
+        async with self._lock:
+            if self._stopping.is_set():
+                return
+            if self._needs_catch_up and self.assigned:
+                await self._catch_up(self.assigned)
+                self._needs_catch_up = False
+                self.ready = True
+                self.metrics.ready.set(1)
+                log.info("state caught up for partitions %s; ready", sorted(self.assigned))
+            if not fetched:
+                return
+            state: list[InputRecord] = []
+            content: list[InputRecord] = []
+            content_partitions: set[int] = set()
+            for tp, records in fetched.items():
+                if tp.partition not in self._stores:
+                    continue  # revoked while the fetch was in flight; the new owner reads it
+                if tp.topic == self._content:
+                    content.extend(records)
+                    content_partitions.add(tp.partition)
+                    self.metrics.records_in.labels(input="content").inc(len(records))
+                else:
+                    state.extend(records)
+                    self.metrics.records_in.labels(input=self._kind_of_topic[tp.topic].value).inc(len(records))
+            if state:
+                await self._cycle(state, ())
+            if content:
+                await self._catch_up(content_partitions)
+                await self._cycle((), content)
+
+    async def _catch_up(self, partitions: Iterable[int]) -> None:
+        """The freshness gate: apply state of `partitions` up to the end offsets as of now."""
+        consumer = self.consumer
+        assert consumer is not None
+        tps = [TopicPartition(topic, p) for p in partitions for topic in self._kind_of_topic]
+        if not tps:
+            return
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        while True:
+            lagging = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+            if not lagging or self._stopping.is_set():
+                return
+            fetched = await consumer.getmany(*lagging, timeout_ms=500, max_records=self.settings.max_batch)
+            records = [r for tp in lagging for r in fetched.get(tp, ())]
+            for tp in lagging:
+                n = len(fetched.get(tp, ()))
+                if n:
+                    self.metrics.records_in.labels(input=self._kind_of_topic[tp.topic].value).inc(n)
+            if records:
+                await self._cycle(records, ())
+
+    async def _cycle(self, state: Sequence[InputRecord], content: Sequence[InputRecord]) -> None:
+        """Decide, then perform the result in the crash-safe order described in engine.py."""
+        started = time.perf_counter()
+        now = dt.datetime.now(dt.UTC)
+        result = self.engine.process(self._stores, state, content, now)
+        for partition, updates in result.pre_updates.items():
+            self._stores[partition].apply(updates)
+        await self._produce(result)
+        acked = time.time()
+        for partition in result.post_updates.keys() | result.state_offsets.keys():
+            self._stores[partition].apply(result.post_updates.get(partition, ()),
+                                          result.state_offsets.get(partition, {}))
+        if content:
+            await self._commit(content)
+            observe = self.metrics.broker_to_feed_seconds.observe
+            for record in content:
+                observe(max(0.0, acked - record.timestamp / 1000))
+        self.metrics.count_batch(result)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _produce(self, result: BatchResult) -> None:
+        producer = self.producer
+        assert producer is not None
+        futures = [await producer.send(self._out_topic[p.topic], value=p.value, key=p.key) for p in result.produce]
+        if not futures:
+            return
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            raise DeliveryError(f"{len(errors)} of {len(futures)} records not acknowledged: {errors[0]!r}")
+
+    async def _commit(self, content: Sequence[InputRecord]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        offsets: dict[TopicPartition, int] = {}
+        for record in content:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced: the partition's new owner replays from the last
+            # commit. Duplicates on the feed are idempotent (same key, same item).
+            log.warning("commit failed after a rebalance; the new owner replays %d partitions", len(offsets))
+
+    async def _rewind(self) -> None:
+        """After a failed batch, reposition every input to what is durably done."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        async with self._lock:
+            try:
+                assignment = consumer.assignment()
+                content = [tp for tp in assignment if tp.topic == self._content]
+                committed = {tp: await consumer.committed(tp) for tp in content}
+                for tp, offset in committed.items():
+                    if offset is None:
+                        await consumer.seek_to_beginning(tp)
+                    else:
+                        consumer.seek(tp, offset)
+                self._seek_state(tp for tp in assignment if tp.topic != self._content)
+            except KafkaError as exc:
+                log.error("rewind failed (%s); the next batch retries it", type(exc).__name__)
+
+    def _seek_state(self, tps: Iterable[TopicPartition]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        for tp in tps:
+            store = self._stores.get(tp.partition)
+            if store is not None:
+                consumer.seek(tp, store.next_offset(self._kind_of_topic[tp.topic]))
+
+    # -- rebalances ----------------------------------------------------------------
+
+    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # Waiting for the lock lets the batch in hand finish and commit first.
+        async with self._lock:
+            self.ready = False
+            self.metrics.ready.set(0)
+
+    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        async with self._lock:
+            partitions = frozenset(tp.partition for tp in assigned)
+            for p in list(self._stores):
+                if p not in partitions:
+                    self._stores.pop(p).close()
+            for p in partitions:
+                if p not in self._stores:
+                    self._stores[p] = self._open_store(p)
+            self._seek_state(tp for tp in assigned if tp.topic != self._content)
+            self.assigned = partitions
+            self._needs_catch_up = True
+            log.info("assigned partitions %s", sorted(partitions))
+
+    def _open_store(self, partition: int) -> PartitionStore:
+        path = self.settings.data_dir / "state" / f"partition-{partition}"
+        store = RocksPartitionStore(path)
+        touched = store.touched_at()
+        if touched is not None and time.time() - touched > STORE_MAX_IDLE_SECONDS:
+            log.warning("state of partition %d idle for %.0f h: rebuilding from the compacted topics",
+                        partition, (time.time() - touched) / 3600)
+            store.close()
+            RocksPartitionStore.destroy(path)
+            store = RocksPartitionStore(path)
+        return store
+
+    def store_paths(self) -> list[Path]:
+        return [self.settings.data_dir / "state" / f"partition-{p}" for p in sorted(self._stores)]
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
+    def __init__(self, worker: FilterWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._worker.on_assigned(assigned)
