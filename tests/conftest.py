@@ -1,0 +1,50 @@
+"""Shared fixtures. Integration tests need the real Kafka broker of scripts/kafka.sh.
+
+Without KAFKA_BOOTSTRAP_SERVERS the session starts the local broker itself
+(`scripts/kafka.sh start`, which fetches it from Maven Central once). Locally a
+broker that cannot start skips the integration tests loudly; under CI=true it is
+a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _answers(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host or "localhost", int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> str:
+    """The bootstrap address of a running broker, started here if need be."""
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if servers is None:
+        port = os.environ.get("KAFKA_PORT", "9092")
+        servers = f"127.0.0.1:{port}"
+        if not _answers(servers):
+            proc = subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], capture_output=True,
+                                  text=True, check=False, env={**os.environ, "KAFKA_PORT": port})
+            if proc.returncode != 0:
+                _no_broker(f"scripts/kafka.sh start failed:\n{proc.stdout}\n{proc.stderr}")
+    if not _answers(servers):
+        _no_broker(f"no Kafka broker answers at {servers}")
+    return servers
+
+
+def _no_broker(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI: the real Kafka broker is required. {reason}", pytrace=False)
+    pytest.skip(f"NO KAFKA BROKER, integration tests skipped: {reason}")

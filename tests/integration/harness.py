@@ -1,0 +1,144 @@
+"""Helpers for integration tests: uuid-named topics, a worker run in-process, awaited outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream.config import Settings, TopicNames
+from stream.engine import Engine
+from stream.metrics import Metrics
+from stream.policy import load_policy
+from stream.topics import create_topics
+from stream.worker import FilterWorker
+
+KEY = b"integration-test-key"
+
+
+def unique_settings(bootstrap: str, data_dir: Path, *, partitions: int = 2) -> Settings:
+    tag = uuid.uuid4().hex[:10]
+    base = TopicNames()
+    topics = TopicNames(**{f: f"t{tag}.{getattr(base, f)}" for f in base.__dataclass_fields__})
+    return Settings(bootstrap_servers=bootstrap, data_dir=data_dir, pseudonym_key=KEY, partitions=partitions,
+                    group_id=f"it-{tag}", topics=topics, dev_mode=True)
+
+
+async def make_topics(settings: Settings) -> None:
+    await create_topics(settings)
+
+
+@dataclass
+class Out:
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+
+    def json(self) -> Any:
+        return orjson.loads(self.value) if self.value is not None else None
+
+
+async def send(settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+    """Produce records in order and wait until the broker acknowledged them all."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=k, value=v) for k, v in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def js(obj: dict[str, Any]) -> bytes:
+    return orjson.dumps(obj)
+
+
+async def read_until(settings: Settings, topic: str, count: int, timeout: float = 60.0) -> list[Out]:
+    """Read `topic` from the beginning until `count` records arrived (fails on timeout)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    out: list[Out] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(out) < count:
+                fetched = await consumer.getmany(timeout_ms=200)
+                for records in fetched.values():
+                    out.extend(Out(r.key, r.value, r.partition, r.offset) for r in records)
+    except TimeoutError:
+        raise AssertionError(f"{topic}: {len(out)} of {count} records after {timeout}s") from None
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def read_all(settings: Settings, topic: str) -> list[Out]:
+    """Everything on `topic` up to its current end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Out] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            fetched = await consumer.getmany(timeout_ms=200)
+            for records in fetched.values():
+                out.extend(Out(r.key, r.value, r.partition, r.offset) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def latest_by_key(records: Iterable[Out]) -> dict[bytes | None, Out]:
+    """The compacted view: the last record of each key."""
+    view: dict[bytes | None, Out] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        view[record.key] = record
+    return view
+
+
+def build_worker(settings: Settings) -> FilterWorker:
+    return FilterWorker(settings, Engine(load_policy(settings.policy_path), settings.pseudonym_key, settings.topics),
+                        Metrics.create())
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[FilterWorker]:
+    """A FilterWorker consuming in this event loop until the block ends."""
+    worker = build_worker(settings)
+    await worker.start()
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def committed(settings: Settings, topic: str) -> dict[int, int | None]:
+    """The group's committed offset of each partition of `topic`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetch metadata: partitions_for_topic reads only the cache
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(settings.partitions)}
+    finally:
+        await consumer.stop()
+
+
+def with_topics(settings: Settings, **names: str) -> Settings:
+    return replace(settings, topics=replace(settings.topics, **names))
