@@ -148,9 +148,15 @@ async def test_worker_known_scenario_writes_exact_feed_decisions_and_dead_letter
         assert record.value is not None and b"a-gb" not in record.value and b"1980" not in record.value
 
     # Every bad record is a dead letter carrying its reason and its original bytes.
-    assert [d.json()["reason"] for d in sorted(dead, key=lambda r: r.offset)] == [r for _, _, r in BAD]
-    for out, (key, value, _) in zip(sorted(dead, key=lambda r: r.offset), BAD, strict=True):
-        letter = out.json()
+    letters = sorted((d.json() for d in dead), key=lambda letter: (letter["partition"], letter["offset"]))
+    expected = sorted(
+        ((key, value, reason) for key, value, reason in BAD),
+        key=lambda bad: [letter["value"] for letter in letters].index(
+            base64.b64encode(bad[1]).decode() if bad[1] is not None else None),
+    )
+    assert len(letters) == len(BAD)
+    for letter, (key, value, reason) in zip(letters, expected, strict=True):
+        assert letter["reason"] == reason
         assert letter["topic"] == settings.topics.content
         assert letter["key"] == (base64.b64encode(key).decode() if key is not None else None)
         assert letter["value"] == (base64.b64encode(value).decode() if value is not None else None)

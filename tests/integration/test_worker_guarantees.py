@@ -1,0 +1,124 @@
+"""What the worker guarantees, shown on the real broker: no commit before delivery,
+the freshness gate, retraction, state that survives a restart or a wiped disk."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from stream.worker import FilterWorker
+
+from .harness import committed, latest_by_key, make_topics, read_all, read_until, running_worker, send, unique_settings
+from .test_filter_scenario import objection, profile, upsert
+
+pytestmark = pytest.mark.integration
+
+
+async def _set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
+    finally:
+        await admin.close()
+
+
+def _sample(worker: FilterWorker, name: str, **labels: str) -> float:
+    value = worker.metrics.registry.get_sample_value(name, labels)
+    return value if value is not None else 0.0
+
+
+async def _until(predicate: object, timeout: float = 60.0) -> None:
+    """Wait for a condition of the worker's own state (no broker offset to await)."""
+    assert callable(predicate)
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_worker_feed_write_rejected_commits_nothing_until_delivered(bootstrap: str, tmp_path: Path) -> None:
+    settings = unique_settings(bootstrap, tmp_path, partitions=1)
+    await make_topics(settings)
+    # The broker refuses every feed record: the input must stay uncommitted.
+    await _set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "64"})
+    await send(settings, settings.topics.profiles, [profile("a-gb")])
+    await send(settings, settings.topics.content, [upsert("c-1", "a-gb")])
+
+    async with running_worker(settings) as worker:
+        await _until(lambda: _sample(worker, "eligibility_delivery_failures_total") >= 2)
+        assert await committed(settings, settings.topics.content) == {0: None}
+        assert await read_all(settings, settings.topics.feed) == []
+
+        # Once the broker takes the record, the replayed batch delivers and commits.
+        await _set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "1048588"})
+        feed = await read_until(settings, settings.topics.feed, 1)
+        await _until(lambda: _sample(worker, "eligibility_output_records_total", output="feed") >= 1)
+    assert [r.key for r in feed] == [b"c-1"]
+    assert await committed(settings, settings.topics.content) == {0: 1}
+
+
+async def test_worker_objection_written_before_content_is_never_beaten(bootstrap: str, tmp_path: Path) -> None:
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    users = [f"a-{i}" for i in range(20)]
+    await send(settings, settings.topics.profiles, [profile(u) for u in users])
+    async with running_worker(settings):
+        # Objection acknowledged by the broker first, the content right after:
+        # the freshness gate must apply the objection before deciding the content.
+        for u in users:
+            await send(settings, settings.topics.objections, [objection(u, "objected")])
+            await send(settings, settings.topics.content, [upsert(f"c-{u}", u)])
+        decisions = await read_until(settings, settings.topics.decisions, len(users))
+    assert {d.json()["reason"] for d in decisions} == {"objected"}
+    assert await read_all(settings, settings.topics.feed) == []
+
+
+async def test_worker_objection_after_publishing_retracts_every_item(bootstrap: str, tmp_path: Path) -> None:
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    await send(settings, settings.topics.profiles, [profile("a-obj"), profile("a-other")])
+    items = [upsert(f"c-{i}", "a-obj") for i in range(5)] + [upsert("c-other", "a-other")]
+    await send(settings, settings.topics.content, items)
+    async with running_worker(settings):
+        await read_until(settings, settings.topics.feed, 6)
+        await send(settings, settings.topics.objections, [objection("a-obj", "objected")])
+        decisions = await read_until(settings, settings.topics.decisions, 6 + 5)
+        feed = await read_until(settings, settings.topics.feed, 6 + 5)
+    retracts = [d.json() for d in decisions if d.json()["action"] == "retract"]
+    assert sorted(r["content_id"] for r in retracts) == [f"c-{i}" for i in range(5)]
+    assert {r["cause"] for r in retracts} == {"objection"}
+    tombstones = [r for r in feed if r.value is None]
+    assert sorted(r.key for r in tombstones) == [f"c-{i}".encode() for i in range(5)]
+    live = {k for k, r in latest_by_key(feed).items() if r.value is not None}
+    assert live == {b"c-other"}
+
+
+async def test_worker_restart_with_state_on_disk_resumes_and_wiped_state_is_rebuilt(bootstrap: str,
+                                                                                   tmp_path: Path) -> None:
+    settings = unique_settings(bootstrap, tmp_path / "run1")
+    await make_topics(settings)
+    await send(settings, settings.topics.profiles, [profile("a-gb"), profile("a-minor", birth="2015-01-01")])
+    await send(settings, settings.topics.content, [upsert("c-1", "a-gb")])
+    async with running_worker(settings):
+        await read_until(settings, settings.topics.decisions, 1)
+
+    # Restart on the same data directory: the stored state decides new content.
+    await send(settings, settings.topics.content, [upsert("c-2", "a-gb"), upsert("c-3", "a-minor")])
+    async with running_worker(settings) as worker:
+        decisions = await read_until(settings, settings.topics.decisions, 3)
+        assert _sample(worker, "eligibility_input_records_total", input="profiles") == 0  # resumed, not replayed
+
+    # A wiped data directory: state is rebuilt from the compacted topics.
+    shutil.rmtree(settings.data_dir)
+    await send(settings, settings.topics.content, [upsert("c-4", "a-gb"), upsert("c-5", "a-minor")])
+    async with running_worker(replace(settings)) as worker:
+        decisions = await read_until(settings, settings.topics.decisions, 5)
+        assert _sample(worker, "eligibility_input_records_total", input="profiles") == 2
+    reasons = {d.json()["content_id"]: d.json()["reason"] for d in decisions}
+    assert reasons == {"c-1": "eligible", "c-2": "eligible", "c-3": "minor", "c-4": "eligible", "c-5": "minor"}
