@@ -90,8 +90,15 @@ async def _topics(settings: Settings, action: str) -> int:
 async def _generate(settings: Settings, args: argparse.Namespace) -> int:
     from stream.generator import produce
 
-    stats = await produce(settings, count=args.count, rate=args.rate, accounts=args.accounts, seed=args.seed,
-                          malformed_share=args.malformed_share, progress=not args.no_progress)
+    stats = await produce(
+        settings,
+        count=args.count,
+        rate=args.rate,
+        accounts=args.accounts,
+        seed=args.seed,
+        malformed_share=args.malformed_share,
+        progress=not args.no_progress,
+    )
     print(stats)
     return 0
 
@@ -100,9 +107,13 @@ async def _watch(settings: Settings, interval: float, from_beginning: bool) -> i
     """Tail the audit log and dead-letter topic; print counts by outcome every interval."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(settings.topics.decisions, settings.topics.dlq,
-                                bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest" if from_beginning else "latest")
+    consumer = AIOKafkaConsumer(
+        settings.topics.decisions,
+        settings.topics.dlq,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
     await consumer.start()
     counts: Counter[str] = Counter()
     started = time.monotonic()

@@ -32,6 +32,7 @@ from stream.models import (
     ContentType,
     DeadLetterReason,
     Objection,
+    ObjectionStatus,
     Op,
     Profile,
     Reason,
@@ -41,6 +42,8 @@ from stream.models import (
 from stream.policy import Policy, decide
 from stream.records import RETRACT_CAUSE_OF_REASON, dead_letter_value, decide_value, feed_value, retract_value
 from stream.state import PartitionStore, StateKind, Update, objection_key, profile_key, published_key, published_prefix
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class OutputTopic(StrEnum):
@@ -176,16 +179,33 @@ class Engine:
             return
         if event.op is Op.DELETE:
             if ov.is_published(event.author_id, event.content_id):
-                self._retract(ov, event.author_id, event.content_id, event.event_id, event.event_time,
-                              RetractCause.CONTENT_DELETED, now, result)
+                self._retract(
+                    ov,
+                    event.author_id,
+                    event.content_id,
+                    event.event_id,
+                    event.event_time,
+                    RetractCause.CONTENT_DELETED,
+                    now,
+                    result,
+                )
             else:
                 # Nothing was handed to training; the audit log still records the input.
-                result.produce.append(Produce(OutputTopic.DECISIONS, event.content_id.encode(),
-                                              retract_value(content_id=event.content_id, event_id=event.event_id,
-                                                            author_id=event.author_id,
-                                                            cause=RetractCause.CONTENT_DELETED,
-                                                            policy_version=self.policy.version, decided_at=now,
-                                                            event_time=event.event_time)))
+                result.produce.append(
+                    Produce(
+                        OutputTopic.DECISIONS,
+                        event.content_id.encode(),
+                        retract_value(
+                            content_id=event.content_id,
+                            event_id=event.event_id,
+                            author_id=event.author_id,
+                            cause=RetractCause.CONTENT_DELETED,
+                            policy_version=self.policy.version,
+                            decided_at=now,
+                            event_time=event.event_time,
+                        ),
+                    )
+                )
             return
         profile = self._profile(ov, event.author_id)
         objection = self._objection(ov, event.author_id)
@@ -195,10 +215,20 @@ class Engine:
         result.produce.append(Produce(OutputTopic.DECISIONS, key, decide_value(event, decision, decided_at=now)))
         if decision.eligible:
             ov.set_published(event.author_id, event.content_id, _index_value(event))
-            result.produce.append(Produce(OutputTopic.FEED, key, feed_value(event, decision, key=self._key, decided_at=now)))
+            result.produce.append(
+                Produce(OutputTopic.FEED, key, feed_value(event, decision, key=self._key, decided_at=now))
+            )
         elif ov.is_published(event.author_id, event.content_id):
-            self._retract(ov, event.author_id, event.content_id, event.event_id, event.event_time,
-                          RETRACT_CAUSE_OF_REASON[decision.reason], now, result)
+            self._retract(
+                ov,
+                event.author_id,
+                event.content_id,
+                event.event_id,
+                event.event_time,
+                RETRACT_CAUSE_OF_REASON[decision.reason],
+                now,
+                result,
+            )
 
     # -- state ---------------------------------------------------------------------
 
@@ -219,7 +249,7 @@ class Engine:
             # profile (account_unknown) or as objecting, never as it was before.
             if kind is StateKind.PROFILES:
                 ov.put(profile_key(account_id), None)
-                cause = RetractCause.ACCOUNT_DELETED
+                cause = RetractCause.ACCOUNT_CHANGED
             else:
                 ov.put(objection_key(account_id), _fail_closed_objection(account_id, record, now))
                 cause = RetractCause.OBJECTION
@@ -237,7 +267,12 @@ class Engine:
             self._reevaluate(ov, account_id, record, RetractCause.OBJECTION, now, result)
 
     def _reevaluate(
-        self, ov: _Overlay, account_id: str, record: InputRecord, cause: RetractCause, now: dt.datetime,
+        self,
+        ov: _Overlay,
+        account_id: str,
+        record: InputRecord,
+        cause: RetractCause,
+        now: dt.datetime,
         result: BatchResult,
     ) -> None:
         """Retract each published item of the account that the rule now refuses."""
@@ -246,27 +281,52 @@ class Engine:
         for content_id, raw in list(ov.published_items(account_id)):
             decision = decide(_event_from_index(account_id, content_id, raw), profile, objection, self.policy, now)
             if not decision.eligible:
-                self._retract(ov, account_id, content_id, _state_event_id(record), _broker_time(record),
-                              cause, now, result)
+                self._retract(
+                    ov, account_id, content_id, _state_event_id(record), _broker_time(record), cause, now, result
+                )
 
     def _retract_all(
-        self, ov: _Overlay, account_id: str, record: InputRecord, cause: RetractCause, now: dt.datetime,
+        self,
+        ov: _Overlay,
+        account_id: str,
+        record: InputRecord,
+        cause: RetractCause,
+        now: dt.datetime,
         result: BatchResult,
     ) -> None:
         for content_id, _ in list(ov.published_items(account_id)):
             self._retract(ov, account_id, content_id, _state_event_id(record), _broker_time(record), cause, now, result)
 
     def _retract(
-        self, ov: _Overlay, author_id: str, content_id: str, event_id: str, event_time: dt.datetime,
-        cause: RetractCause, now: dt.datetime, result: BatchResult,
+        self,
+        ov: _Overlay,
+        author_id: str,
+        content_id: str,
+        event_id: str,
+        event_time: dt.datetime,
+        cause: RetractCause,
+        now: dt.datetime,
+        result: BatchResult,
     ) -> None:
         ov.set_published(author_id, content_id, None)
         key = content_id.encode()
         result.retractions[cause] += 1
         result.produce.append(Produce(OutputTopic.FEED, key, None))
-        result.produce.append(Produce(OutputTopic.DECISIONS, key, retract_value(
-            content_id=content_id, event_id=event_id, author_id=author_id, cause=cause,
-            policy_version=self.policy.version, decided_at=now, event_time=event_time)))
+        result.produce.append(
+            Produce(
+                OutputTopic.DECISIONS,
+                key,
+                retract_value(
+                    content_id=content_id,
+                    event_id=event_id,
+                    author_id=author_id,
+                    cause=cause,
+                    policy_version=self.policy.version,
+                    decided_at=now,
+                    event_time=event_time,
+                ),
+            )
+        )
 
     # -- helpers -------------------------------------------------------------------
 
@@ -282,13 +342,30 @@ class Engine:
         if raw is None:
             return None
         objection = decode_objection(account_id.encode(), raw)
-        return objection if isinstance(objection, Objection) else None
+        if isinstance(objection, Objection):
+            return objection
+        # Stored objections were validated on the way in; should one ever fail to
+        # decode (a codec change), fail closed rather than read it as "no objection".
+        return Objection(account_id, ObjectionStatus.OBJECTED, _EPOCH, "filter:unreadable-state", "")
 
     def _dead_letter(self, record: InputRecord, rejected: Rejected, now: dt.datetime, result: BatchResult) -> None:
         result.dead_letters[rejected.reason] += 1
-        result.produce.append(Produce(OutputTopic.DLQ, record.key, dead_letter_value(
-            reason=rejected.reason, detail=rejected.detail, topic=record.topic, partition=record.partition,
-            offset=record.offset, received_at=now, key=record.key, value=record.value)))
+        result.produce.append(
+            Produce(
+                OutputTopic.DLQ,
+                record.key,
+                dead_letter_value(
+                    reason=rejected.reason,
+                    detail=rejected.detail,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    received_at=now,
+                    key=record.key,
+                    value=record.value,
+                ),
+            )
+        )
 
 
 def _account_of_key(key: bytes | None) -> str | None:
@@ -303,8 +380,13 @@ def _account_of_key(key: bytes | None) -> str | None:
 def _index_value(event: ContentEvent) -> bytes:
     """What re-deciding a published item needs, without its text."""
     assert event.content_type is not None and event.created_at is not None
-    return dumps({"content_type": event.content_type.value, "created_at": format_timestamp(event.created_at),
-                  "event_id": event.event_id})
+    return dumps(
+        {
+            "content_type": event.content_type.value,
+            "created_at": format_timestamp(event.created_at),
+            "event_id": event.event_id,
+        }
+    )
 
 
 def _event_from_index(author_id: str, content_id: str, raw: bytes) -> ContentEvent:
@@ -312,9 +394,16 @@ def _event_from_index(author_id: str, content_id: str, raw: bytes) -> ContentEve
 
     data = orjson.loads(raw)
     created_at = parse_timestamp(data["created_at"])
-    return ContentEvent(event_id=data["event_id"], op=Op.UPSERT, content_id=content_id, author_id=author_id,
-                        event_time=created_at, content_type=ContentType(data["content_type"]),
-                        visibility=Visibility.PUBLIC, created_at=created_at)
+    return ContentEvent(
+        event_id=data["event_id"],
+        op=Op.UPSERT,
+        content_id=content_id,
+        author_id=author_id,
+        event_time=created_at,
+        content_type=ContentType(data["content_type"]),
+        visibility=Visibility.PUBLIC,
+        created_at=created_at,
+    )
 
 
 def _state_event_id(record: InputRecord) -> str:
@@ -326,5 +415,12 @@ def _broker_time(record: InputRecord) -> dt.datetime:
 
 
 def _fail_closed_objection(account_id: str, record: InputRecord, now: dt.datetime) -> bytes:
-    return dumps({"account_id": account_id, "status": "objected", "at": format_timestamp(now),
-                  "source": "filter:unreadable-update", "request_id": _state_event_id(record)})
+    return dumps(
+        {
+            "account_id": account_id,
+            "status": "objected",
+            "at": format_timestamp(now),
+            "source": "filter:unreadable-update",
+            "request_id": _state_event_id(record),
+        }
+    )

@@ -39,28 +39,50 @@ class Metrics:
         registry = registry if registry is not None else CollectorRegistry()
         m = cls(
             registry=registry,
-            decisions=Counter("eligibility_decisions_total", "Upserts decided, by the rule's reason",
-                              ["reason", "eligible"], registry=registry),
-            dead_letters=Counter("eligibility_dead_letters_total", "Input records sent to the dead-letter topic",
-                                 ["reason"], registry=registry),
-            retractions=Counter("eligibility_retractions_total", "Published items retracted, by cause",
-                                ["cause"], registry=registry),
-            records_in=Counter("eligibility_input_records_total", "Records consumed, by input",
-                               ["input"], registry=registry),
-            records_out=Counter("eligibility_output_records_total", "Records acknowledged by the broker, by output",
-                                ["output"], registry=registry),
-            batch_seconds=Histogram("eligibility_batch_duration_seconds",
-                                    "Time to decide, produce and commit one fetched batch",
-                                    buckets=LATENCY_BUCKETS, registry=registry),
+            decisions=Counter(
+                "eligibility_decisions_total",
+                "Upserts decided, by the rule's reason",
+                ["reason", "eligible"],
+                registry=registry,
+            ),
+            dead_letters=Counter(
+                "eligibility_dead_letters_total",
+                "Input records sent to the dead-letter topic",
+                ["reason"],
+                registry=registry,
+            ),
+            retractions=Counter(
+                "eligibility_retractions_total", "Published items retracted, by cause", ["cause"], registry=registry
+            ),
+            records_in=Counter(
+                "eligibility_input_records_total", "Records consumed, by input", ["input"], registry=registry
+            ),
+            records_out=Counter(
+                "eligibility_output_records_total",
+                "Records acknowledged by the broker, by output",
+                ["output"],
+                registry=registry,
+            ),
+            batch_seconds=Histogram(
+                "eligibility_batch_duration_seconds",
+                "Time to decide, produce and commit one fetched batch",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
             broker_to_feed_seconds=Histogram(
                 "eligibility_processing_latency_seconds",
                 "From the input record's broker timestamp to the broker acknowledging its outputs",
-                buckets=LATENCY_BUCKETS, registry=registry),
-            ready=Gauge("eligibility_ready", "1 when partitions are assigned and state has caught up",
-                        registry=registry),
-            delivery_failures=Counter("eligibility_delivery_failures_total",
-                                      "Batches whose outputs the broker did not acknowledge (retried)",
-                                      registry=registry),
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            ready=Gauge(
+                "eligibility_ready", "1 when partitions are assigned and state has caught up", registry=registry
+            ),
+            delivery_failures=Counter(
+                "eligibility_delivery_failures_total",
+                "Batches whose outputs the broker did not acknowledge (retried)",
+                registry=registry,
+            ),
         )
         for reason in Reason:
             m.decisions.labels(reason=reason.value, eligible=str(reason is Reason.ELIGIBLE).lower())
@@ -73,7 +95,8 @@ class Metrics:
         for name in ("feed", "decisions", "dlq"):
             m.records_out.labels(output=name)
         Info("eligibility_build", "Version of the filter and of the policy in force", registry=registry).info(
-            {"version": __version__, "policy_version": policy_version})
+            {"version": __version__, "policy_version": policy_version}
+        )
         return m
 
     def count_batch(self, result: BatchResult) -> None:

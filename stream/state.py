@@ -8,7 +8,9 @@ when it has none, and resumes from the stored offsets when it has one.
 Key scheme (bytes, so RocksDB orders them and an author's items share a prefix):
   p:<account>               raw profile value, as validated from the topic
   o:<account>               raw objection value
-  i:<author>\\0<content>     a published item: what a re-evaluation needs
+  i:<len><author><content>  a published item (what a re-evaluation needs); <len> is
+                            the author's UTF-8 length in 2 bytes, so no id can
+                            forge another author's prefix
   \\0offset:<kind>           next offset of profiles/objections to apply
 """
 
@@ -40,7 +42,10 @@ def objection_key(account_id: str) -> bytes:
 
 
 def published_prefix(author_id: str) -> bytes:
-    return b"i:" + author_id.encode() + b"\x00"
+    # Length-prefixed, not separator-terminated: ids may contain any character
+    # (NUL included), and one author's prefix must never be another's.
+    author = author_id.encode()
+    return b"i:" + len(author).to_bytes(2, "big") + author
 
 
 def published_key(author_id: str, content_id: str) -> bytes:

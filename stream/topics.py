@@ -62,8 +62,9 @@ async def create_topics(settings: Settings) -> dict[str, str]:
                 outcome[spec.name] = "exists"
                 continue
             try:
-                await admin.create_topics([NewTopic(spec.name, settings.partitions, settings.replication_factor,
-                                                    topic_configs=spec.configs)])
+                await admin.create_topics(
+                    [NewTopic(spec.name, settings.partitions, settings.replication_factor, topic_configs=spec.configs)]
+                )
                 outcome[spec.name] = "created"
             except TopicAlreadyExistsError:
                 outcome[spec.name] = "exists"
@@ -117,7 +118,8 @@ async def check_layout(settings: Settings) -> dict[str, int | None]:
     problems = layout_problems(counts, settings.topics.inputs())
     if problems:
         raise TopicLayoutError(
-            "refusing to start: " + "; ".join(problems)
+            "refusing to start: "
+            + "; ".join(problems)
             + ". Create the topics with `python -m stream topics create` (STREAM_PARTITIONS sets the count), "
             "or repartition the inputs to the same count."
         )

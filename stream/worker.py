@@ -51,8 +51,11 @@ class FilterWorker:
         self._content = topics.content
         self._kind_of_topic = {topics.profiles: StateKind.PROFILES, topics.objections: StateKind.OBJECTIONS}
         self._topic_of_kind = {v: k for k, v in self._kind_of_topic.items()}
-        self._out_topic = {OutputTopic.FEED: topics.feed, OutputTopic.DECISIONS: topics.decisions,
-                           OutputTopic.DLQ: topics.dlq}
+        self._out_topic = {
+            OutputTopic.FEED: topics.feed,
+            OutputTopic.DECISIONS: topics.decisions,
+            OutputTopic.DLQ: topics.dlq,
+        }
         self._stores: dict[int, PartitionStore] = {}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -67,15 +70,28 @@ class FilterWorker:
     async def start(self) -> None:
         s = self.settings
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers, client_id=f"{s.group_id}-producer", acks="all",
-            enable_idempotence=True, linger_ms=s.linger_ms, compression_type=s.compression,
-            max_batch_size=512 << 10, request_timeout_ms=30000)
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.group_id}-producer",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=s.linger_ms,
+            compression_type=s.compression,
+            max_batch_size=512 << 10,
+            request_timeout_ms=30000,
+        )
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers, client_id=f"{s.group_id}-consumer", group_id=s.group_id,
-            enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-            max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20, fetch_max_wait_ms=100,
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.group_id}-consumer",
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4 << 20,
+            fetch_max_bytes=32 << 20,
+            fetch_max_wait_ms=100,
             # A batch is decided and produced within seconds; a worker slower than this is stuck.
-            max_poll_interval_ms=300000)
+            max_poll_interval_ms=300000,
+        )
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([self._content, *self._kind_of_topic], listener=_Rebalance(self))
@@ -109,8 +125,9 @@ class FilterWorker:
                 delay = RETRY_BACKOFF_SECONDS[min(failures, len(RETRY_BACKOFF_SECONDS) - 1)]
                 failures += 1
                 self.metrics.delivery_failures.inc()
-                log.error("batch failed (%s: %s); replaying from the last commit in %.1fs",
-                          type(exc).__name__, exc, delay)
+                log.error(
+                    "batch failed (%s: %s); replaying from the last commit in %.1fs", type(exc).__name__, exc, delay
+                )
                 await self._rewind()
                 await asyncio.sleep(delay)
 
@@ -181,8 +198,9 @@ class FilterWorker:
         await self._produce(result)
         acked = time.time()
         for partition in result.post_updates.keys() | result.state_offsets.keys():
-            self._stores[partition].apply(result.post_updates.get(partition, ()),
-                                          result.state_offsets.get(partition, {}))
+            self._stores[partition].apply(
+                result.post_updates.get(partition, ()), result.state_offsets.get(partition, {})
+            )
         if content:
             await self._commit(content)
             observe = self.metrics.broker_to_feed_seconds.observe
@@ -270,8 +288,11 @@ class FilterWorker:
         store = RocksPartitionStore(path)
         touched = store.touched_at()
         if touched is not None and time.time() - touched > STORE_MAX_IDLE_SECONDS:
-            log.warning("state of partition %d idle for %.0f h: rebuilding from the compacted topics",
-                        partition, (time.time() - touched) / 3600)
+            log.warning(
+                "state of partition %d idle for %.0f h: rebuilding from the compacted topics",
+                partition,
+                (time.time() - touched) / 3600,
+            )
             store.close()
             RocksPartitionStore.destroy(path)
             store = RocksPartitionStore(path)
