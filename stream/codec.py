@@ -1,0 +1,327 @@
+"""Bytes <-> models for every topic: the only module that knows the wire format.
+
+Decoding is orjson plus hand-written checks that accept exactly what the JSON
+Schemas under `schemas/` accept (`tests/unit/test_codec_schema.py` proves it against
+`jsonschema`, which is far too slow for the hot path). Bad input is not an exception
+but a `Rejected` value: a `DeadLetterReason` and a detail that names the field and
+the problem, never the payload, the text, a birth date or an id.
+
+Owns: JSON parsing, field checks, key checks, timestamp parsing and formatting,
+serialisation. Must not: decide eligibility, build output records, touch Kafka.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, TypeVar
+
+import orjson
+
+from stream.errors import StreamError
+from stream.models import (
+    ContentEvent,
+    ContentType,
+    DeadLetterReason,
+    Objection,
+    ObjectionStatus,
+    Op,
+    Platform,
+    Profile,
+    Visibility,
+)
+
+# Bounds from the schemas: big enough for any real record, small enough that a
+# runaway producer's megabyte string is a dead letter, not state or a feed record.
+ID_MAX_LENGTH: Final = 256
+TEXT_MAX_LENGTH: Final = 100_000
+MEDIA_URI_MAX_LENGTH: Final = 2048
+LANGUAGE_MAX_LENGTH: Final = 35
+
+# The schema patterns, used with fullmatch (so no `$`-before-newline surprise) and
+# with [0-9] rather than \d, which in Python also matches non-ASCII digits.
+_TIMESTAMP_RE: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|\+00:00)"
+)
+_DATE_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
+_LANGUAGE_RE: Final = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _members(enum: type[_E]) -> Mapping[str, _E]:
+    # A dict lookup is several times faster than calling the enum class.
+    return {member.value: member for member in enum}
+
+
+_OPS: Final = _members(Op)
+_CONTENT_TYPES: Final = _members(ContentType)
+_PLATFORMS: Final = _members(Platform)
+_VISIBILITIES: Final = _members(Visibility)
+_OBJECTION_STATUSES: Final = _members(ObjectionStatus)
+
+_JSON_TYPE_NAMES: Final[Mapping[type, str]] = {
+    type(None): "null",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input record that cannot be processed: it becomes a dead letter."""
+
+    reason: DeadLetterReason
+    detail: str  # human-readable; never the payload, text, birth dates or raw ids
+
+
+class _FieldError(StreamError):
+    """Raised inside this module when a field breaks the schema; caught here, never escapes."""
+
+
+def parse_timestamp(s: str) -> dt.datetime:
+    """Parse an RFC 3339 UTC timestamp (`Z` or `+00:00`) into an aware UTC datetime.
+
+    Fractional digits beyond microseconds are truncated. Raises ValueError, with a
+    message that does not repeat the input, for anything else.
+    """
+    if _TIMESTAMP_RE.fullmatch(s) is None:
+        raise ValueError("not an RFC 3339 UTC timestamp (YYYY-MM-DDTHH:MM:SS[.f], ending in Z or +00:00)")
+    try:
+        # After the pattern, fromisoformat only still rejects impossible dates; it
+        # returns tzinfo=dt.UTC for both `Z` and `+00:00`.
+        return dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError("not a real calendar date-time") from None
+
+
+def format_timestamp(d: dt.datetime) -> str:
+    """Format an aware datetime as RFC 3339 UTC with `Z`; microseconds only if nonzero."""
+    if d.utcoffset() is None:
+        raise ValueError("naive datetime: every timestamp on the wire is UTC")
+    # isoformat() of a UTC datetime ends in "+00:00" and omits zero microseconds.
+    return d.astimezone(dt.UTC).isoformat()[:-6] + "Z"
+
+
+def dumps(obj: Mapping[str, object]) -> bytes:
+    """Serialise an output record; any datetime in it is written with `Z` like `format_timestamp`."""
+    return orjson.dumps(obj if isinstance(obj, dict) else dict(obj), option=orjson.OPT_UTC_Z)
+
+
+def decode_content(key: bytes | None, value: bytes | None) -> ContentEvent | Rejected:
+    """Decode a `content.events` record; the key must equal `author_id`."""
+    if value is None:
+        return Rejected(
+            DeadLetterReason.SCHEMA_VIOLATION, "value is null (a tombstone); a content event must be a JSON object"
+        )
+    obj = _load(value)
+    if isinstance(obj, Rejected):
+        return obj
+    try:
+        event = _content_event(obj)
+    except _FieldError as exc:
+        return Rejected(DeadLetterReason.SCHEMA_VIOLATION, str(exc))
+    return _key_mismatch(key, event.author_id, "author_id") or event
+
+
+def decode_profile(key: bytes | None, value: bytes | None) -> Profile | Rejected | None:
+    """Decode an `accounts.profiles` record; None is a tombstone (the account was deleted)."""
+    if value is None:
+        return _tombstone_key_problem(key)
+    obj = _load(value)
+    if isinstance(obj, Rejected):
+        return obj
+    try:
+        profile = Profile(
+            account_id=_identifier(obj, "account_id"),
+            birth_date=_optional_date(obj, "birth_date"),
+            country=_optional_country(obj, "country"),
+            notified_at=_optional_timestamp(obj, "notified_at"),
+            updated_at=_timestamp(obj, "updated_at"),
+        )
+    except _FieldError as exc:
+        return Rejected(DeadLetterReason.SCHEMA_VIOLATION, str(exc))
+    return _key_mismatch(key, profile.account_id, "account_id") or profile
+
+
+def decode_objection(key: bytes | None, value: bytes | None) -> Objection | Rejected | None:
+    """Decode an `accounts.objections` record; None is a tombstone (no objection on record)."""
+    if value is None:
+        return _tombstone_key_problem(key)
+    obj = _load(value)
+    if isinstance(obj, Rejected):
+        return obj
+    try:
+        objection = Objection(
+            account_id=_identifier(obj, "account_id"),
+            status=_enum(obj, "status", _OBJECTION_STATUSES),
+            at=_timestamp(obj, "at"),
+            source=_identifier(obj, "source"),
+            request_id=_identifier(obj, "request_id"),
+        )
+    except _FieldError as exc:
+        return Rejected(DeadLetterReason.SCHEMA_VIOLATION, str(exc))
+    return _key_mismatch(key, objection.account_id, "account_id") or objection
+
+
+def _load(value: bytes) -> dict[str, object] | Rejected:
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        # orjson's messages are fixed phrases ("unexpected character", "str is not
+        # valid UTF-8: ..."); they never quote the document.
+        return Rejected(DeadLetterReason.MALFORMED_JSON, f"value is not UTF-8 JSON: {exc.msg} (at position {exc.pos})")
+    if type(obj) is not dict:
+        return Rejected(DeadLetterReason.NOT_AN_OBJECT, f"value is a JSON {_json_type(obj)}, not an object")
+    return obj
+
+
+def _content_event(obj: dict[str, object]) -> ContentEvent:
+    event_id = _identifier(obj, "event_id")
+    op = _enum(obj, "op", _OPS)
+    content_id = _identifier(obj, "content_id")
+    author_id = _identifier(obj, "author_id")
+    event_time = _timestamp(obj, "event_time")
+    if op is Op.DELETE:
+        # A delete's other fields are ignored, not validated: a delete must never
+        # be dead-lettered over a field it does not need.
+        return ContentEvent(event_id=event_id, op=op, content_id=content_id, author_id=author_id, event_time=event_time)
+    return ContentEvent(
+        event_id=event_id,
+        op=op,
+        content_id=content_id,
+        author_id=author_id,
+        event_time=event_time,
+        content_type=_enum(obj, "content_type", _CONTENT_TYPES),
+        platform=_enum(obj, "platform", _PLATFORMS),
+        visibility=_enum(obj, "visibility", _VISIBILITIES),
+        created_at=_timestamp(obj, "created_at"),
+        text=_optional_string(obj, "text", TEXT_MAX_LENGTH),
+        media_uri=_optional_string(obj, "media_uri", MEDIA_URI_MAX_LENGTH),
+        language=_optional_language(obj, "language"),
+    )
+
+
+def _key_mismatch(key: bytes | None, expected: str, field: str) -> Rejected | None:
+    if key is None:
+        return Rejected(DeadLetterReason.KEY_MISMATCH, f"record has no key; the key must equal `{field}`")
+    try:
+        decoded = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejected(DeadLetterReason.KEY_MISMATCH, f"key is not valid UTF-8, so it cannot equal `{field}`")
+    if decoded != expected:
+        return Rejected(DeadLetterReason.KEY_MISMATCH, f"key does not equal `{field}`")
+    return None
+
+
+def _tombstone_key_problem(key: bytes | None) -> Rejected | None:
+    # A tombstone names its account only through the key, so the key must be an
+    # account id a value could have carried.
+    if key is None:
+        return Rejected(DeadLetterReason.KEY_MISMATCH, "tombstone has no key; it must carry the account id")
+    try:
+        decoded = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejected(DeadLetterReason.KEY_MISMATCH, "tombstone key is not valid UTF-8, so it is no account id")
+    if not 1 <= len(decoded) <= ID_MAX_LENGTH:
+        return Rejected(
+            DeadLetterReason.KEY_MISMATCH, f"tombstone key is no account id (must be 1 to {ID_MAX_LENGTH} characters)"
+        )
+    return None
+
+
+def _json_type(v: object) -> str:
+    return _JSON_TYPE_NAMES.get(type(v), type(v).__name__)
+
+
+def _wrong(obj: dict[str, object], name: str, v: object, expected: str) -> _FieldError:
+    if v is None and name not in obj:
+        return _FieldError(f"field `{name}` is required but missing")
+    return _FieldError(f"field `{name}` must be {expected}, got {_json_type(v)}")
+
+
+def _identifier(obj: dict[str, object], name: str) -> str:
+    v = obj.get(name)
+    if type(v) is not str:
+        raise _wrong(obj, name, v, "a string")
+    if not v:
+        raise _FieldError(f"field `{name}` must not be empty")
+    if len(v) > ID_MAX_LENGTH:
+        raise _FieldError(f"field `{name}` is longer than {ID_MAX_LENGTH} characters")
+    return v
+
+
+def _enum(obj: dict[str, object], name: str, members: Mapping[str, _E]) -> _E:
+    v = obj.get(name)
+    member = members.get(v) if type(v) is str else None
+    if member is None:
+        if v is None and name not in obj:
+            raise _FieldError(f"field `{name}` is required but missing")
+        # The value itself is not repeated: it could be anything, payload included.
+        raise _FieldError(f"field `{name}` must be one of {', '.join(members)}")
+    return member
+
+
+def _timestamp(obj: dict[str, object], name: str) -> dt.datetime:
+    v = obj.get(name)
+    if type(v) is not str:
+        raise _wrong(obj, name, v, "an RFC 3339 UTC timestamp string")
+    try:
+        return parse_timestamp(v)
+    except ValueError as exc:
+        raise _FieldError(f"field `{name}` is {exc}") from None
+
+
+def _optional_timestamp(obj: dict[str, object], name: str) -> dt.datetime | None:
+    return None if obj.get(name) is None else _timestamp(obj, name)
+
+
+def _optional_string(obj: dict[str, object], name: str, max_length: int) -> str | None:
+    v = obj.get(name)
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise _FieldError(f"field `{name}` must be a string or null, got {_json_type(v)}")
+    if len(v) > max_length:
+        raise _FieldError(f"field `{name}` is longer than {max_length} characters")
+    return v
+
+
+def _optional_language(obj: dict[str, object], name: str) -> str | None:
+    v = _optional_string(obj, name, LANGUAGE_MAX_LENGTH)
+    if v is not None and _LANGUAGE_RE.fullmatch(v) is None:
+        raise _FieldError(f"field `{name}` is not a language tag like `en` or `pt-BR`")
+    return v
+
+
+def _optional_country(obj: dict[str, object], name: str) -> str | None:
+    v = obj.get(name)
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise _FieldError(f"field `{name}` must be a string or null, got {_json_type(v)}")
+    if _COUNTRY_RE.fullmatch(v) is None:
+        raise _FieldError(f"field `{name}` is not two upper-case letters (ISO 3166-1 alpha-2)")
+    return v
+
+
+def _optional_date(obj: dict[str, object], name: str) -> dt.date | None:
+    v = obj.get(name)
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise _FieldError(f"field `{name}` must be a YYYY-MM-DD string or null, got {_json_type(v)}")
+    if _DATE_RE.fullmatch(v) is None:
+        raise _FieldError(f"field `{name}` is not a YYYY-MM-DD date")
+    try:
+        return dt.date.fromisoformat(v)
+    except ValueError:
+        raise _FieldError(f"field `{name}` is not a real calendar date") from None

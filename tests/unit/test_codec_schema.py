@@ -1,0 +1,944 @@
+"""The codec accepts exactly what the JSON Schemas accept, and the schemas say the contract.
+
+`jsonschema` with a FormatChecker that really checks `date-time` and `date` is the
+oracle: property tests generate valid records and near misses for each input topic
+and compare the codec's verdict (and, on acceptance, the decoded fields) with it.
+Table-driven tests pin each dead-letter reason and its detail, and show that the
+output schemas accept the records the filter means to write and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator, FormatChecker
+
+from stream import codec
+from stream.codec import Rejected
+from stream.models import (
+    ContentEvent,
+    ContentType,
+    DeadLetterReason,
+    Objection,
+    ObjectionStatus,
+    Op,
+    Platform,
+    Profile,
+    Reason,
+    RetractCause,
+    Visibility,
+)
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+INPUT_TOPICS = ("content.events", "accounts.profiles", "accounts.objections")
+OUTPUT_TOPICS = ("training.feed", "eligibility.decisions", "content.events.dlq")
+FORMAT_CHECKER = FormatChecker()
+
+
+def _schema(topic: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((SCHEMA_DIR / f"{topic}.schema.json").read_text(encoding="utf-8"))
+    return schema
+
+
+VALIDATORS = {
+    topic: Draft202012Validator(_schema(topic), format_checker=FORMAT_CHECKER) for topic in INPUT_TOPICS + OUTPUT_TOPICS
+}
+
+TIMESTAMP_VALIDATOR = VALIDATORS["content.events"].evolve(schema=_schema("content.events")["$defs"]["timestamp"])
+
+Decoder = Callable[[bytes | None, bytes | None], object]
+DECODERS: dict[str, Decoder] = {
+    "content.events": codec.decode_content,
+    "accounts.profiles": codec.decode_profile,
+    "accounts.objections": codec.decode_objection,
+}
+KEY_FIELDS = {"content.events": "author_id", "accounts.profiles": "account_id", "accounts.objections": "account_id"}
+
+# Sized so the whole file runs in well under 30 s; raise max_examples locally to dig.
+PROPERTY_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+
+# ---------------------------------------------------------------------------
+# The oracle
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # RFC 8259 leaves number range to the parser; orjson (and so the filter) refuses
+    # numbers that overflow a double, and the oracle follows it.
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError("number overflows a double")
+    return number
+
+
+def _finite_int(text: str) -> int:
+    number = int(text)
+    float(number)  # OverflowError beyond a double, as orjson
+    return number
+
+
+def _oracle(topic: str, key: bytes | None, value: bytes | None) -> DeadLetterReason | None:
+    """What the contract says should happen: a dead-letter reason, or None for "accept"."""
+    if value is None:
+        if topic == "content.events":
+            return DeadLetterReason.SCHEMA_VIOLATION
+        # A tombstone names its account by the key alone: it must be a valid account id.
+        key_text = _key_text(key)
+        valid_id = key_text is not None and VALIDATORS[topic].evolve(
+            schema=VALIDATORS[topic].schema["$defs"]["identifier"]
+        ).is_valid(key_text)
+        return None if valid_id else DeadLetterReason.KEY_MISMATCH
+    try:
+        obj = json.loads(
+            value.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_finite_int
+        )
+    except (UnicodeDecodeError, ValueError, OverflowError):
+        return DeadLetterReason.MALFORMED_JSON
+    if not isinstance(obj, dict):
+        return DeadLetterReason.NOT_AN_OBJECT
+    if not VALIDATORS[topic].is_valid(obj):
+        return DeadLetterReason.SCHEMA_VIOLATION
+    if _key_text(key) != obj[KEY_FIELDS[topic]]:
+        return DeadLetterReason.KEY_MISMATCH
+    return None
+
+
+def _key_text(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+_TS_PARTS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?")
+
+
+def _expected_timestamp(s: str) -> dt.datetime:
+    # Independent of the codec: components by hand, fraction truncated to microseconds.
+    m = _TS_PARTS.match(s)
+    assert m is not None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    micro = int(((m.group(7) or "") + "000000")[:6])
+    return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=dt.UTC)
+
+
+def _optional_ts(s: object) -> dt.datetime | None:
+    return None if s is None else _expected_timestamp(str(s))
+
+
+def _expected_record(topic: str, obj: dict[str, Any]) -> object:
+    if topic == "content.events":
+        if obj["op"] == "delete":
+            return ContentEvent(
+                event_id=obj["event_id"],
+                op=Op.DELETE,
+                content_id=obj["content_id"],
+                author_id=obj["author_id"],
+                event_time=_expected_timestamp(obj["event_time"]),
+            )
+        return ContentEvent(
+            event_id=obj["event_id"],
+            op=Op.UPSERT,
+            content_id=obj["content_id"],
+            author_id=obj["author_id"],
+            event_time=_expected_timestamp(obj["event_time"]),
+            content_type=ContentType(obj["content_type"]),
+            platform=Platform(obj["platform"]),
+            visibility=Visibility(obj["visibility"]),
+            created_at=_expected_timestamp(obj["created_at"]),
+            text=obj.get("text"),
+            media_uri=obj.get("media_uri"),
+            language=obj.get("language"),
+        )
+    if topic == "accounts.profiles":
+        birth_date = obj.get("birth_date")
+        return Profile(
+            account_id=obj["account_id"],
+            birth_date=None if birth_date is None else dt.date(*map(int, birth_date.split("-"))),
+            country=obj.get("country"),
+            notified_at=_optional_ts(obj.get("notified_at")),
+            updated_at=_expected_timestamp(obj["updated_at"]),
+        )
+    return Objection(
+        account_id=obj["account_id"],
+        status=ObjectionStatus(obj["status"]),
+        at=_expected_timestamp(obj["at"]),
+        source=obj["source"],
+        request_id=obj["request_id"],
+    )
+
+
+def _assert_codec_agrees(topic: str, key: bytes | None, value: bytes | None) -> None:
+    expected = _oracle(topic, key, value)
+    if currently_in_test_context():
+        event(f"verdict: {expected or 'accepted'}")  # see pytest --hypothesis-show-statistics
+    result = DECODERS[topic](key, value)
+    if expected is not None:
+        assert isinstance(result, Rejected), f"oracle says {expected}, codec accepted {result!r}"
+        assert result.reason is expected, result.detail
+        assert result.detail
+        return
+    assert not isinstance(result, Rejected), f"oracle accepts, codec says {result}"
+    if value is None:
+        assert result is None
+        return
+    obj = orjson.loads(value)
+    assert result == _expected_record(topic, obj)
+    for name in ("event_time", "created_at", "notified_at", "updated_at", "at"):
+        stamp = getattr(result, name, None)
+        assert stamp is None or stamp.tzinfo is dt.UTC
+
+
+# ---------------------------------------------------------------------------
+# Strategies: valid values and near misses for each field
+
+identifiers = st.text(min_size=1, max_size=12)
+id_near_misses = st.one_of(
+    st.just(""),
+    st.sampled_from([255, 256, 257, 1000]).flatmap(lambda n: st.sampled_from(["x", "é", "😀"]).map(lambda c: c * n)),
+    st.text(max_size=3),
+)
+
+
+@st.composite
+def valid_timestamps(draw: st.DrawFn) -> str:
+    moment = draw(st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59)))
+    digits = draw(st.integers(0, 9))
+    fraction = f"{moment.microsecond:06d}" + draw(st.text("0123456789", min_size=3, max_size=3))
+    suffix = draw(st.sampled_from(["Z", "+00:00"]))
+    dot = "." + fraction[:digits] if digits else ""
+    return moment.isoformat(timespec="seconds") + dot + suffix
+
+
+@st.composite
+def timestamp_near_misses(draw: st.DrawFn) -> str:
+    """Timestamps built from components that are often out of range; the oracle decides."""
+    year = draw(st.sampled_from(["0000", "0001", "2024", "2026", "9999", "202", "20266", "\uff12\uff10\uff12\uff16"]))
+    month, day = draw(st.integers(0, 13)), draw(st.integers(0, 32))
+    hour, minute, second = draw(st.integers(0, 24)), draw(st.integers(0, 60)), draw(st.integers(0, 61))
+    separator = draw(st.sampled_from(["T", "T", "T", "t", " "]))
+    fraction = draw(st.one_of(st.just(""), st.text("0123456789", max_size=11).map(lambda d: "." + d)))
+    suffix = draw(
+        st.sampled_from(
+            ["Z", "+00:00", "z", "-00:00", "+02:00", "-05:30", "+0000", "", "Z\n", "+00:00\n", " Z", "+00:00Z"]
+        )
+    )
+    return f"{year}-{month:02d}-{day:02d}{separator}{hour:02d}:{minute:02d}:{second:02d}{fraction}{suffix}"
+
+
+timestamps_any = st.one_of(valid_timestamps(), timestamp_near_misses(), st.text(max_size=30))
+
+
+@st.composite
+def dates_any(draw: st.DrawFn) -> str:
+    year = draw(st.sampled_from(["0000", "0001", "1990", "2000", "2004", "2100", "9999", "199", "٢٠٠٠"]))
+    month, day = draw(st.integers(0, 13)), draw(st.integers(0, 32))
+    suffix = draw(st.sampled_from(["", "", "", "\n", "T00:00:00Z", " "]))
+    return f"{year}-{month:02d}-{day:02d}{suffix}"
+
+
+languages_valid = st.from_regex(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,3}", fullmatch=True)
+languages_any = st.one_of(
+    languages_valid,
+    languages_valid.map(lambda s: s + "\n"),
+    st.just("en-" + "-".join(["abcdefgh"] * 4)),  # matches the pattern but is 38 > 35 characters
+    st.text(max_size=12),
+)
+countries_any = st.one_of(
+    st.from_regex(r"[A-Z]{2}", fullmatch=True), st.text("ABGRZbr1 \n", max_size=3), st.just("\uff27\uff22")
+)
+
+
+def _long_strings(limit: int) -> st.SearchStrategy[str]:
+    return st.sampled_from([limit, limit + 1]).flatmap(lambda n: st.sampled_from(["x", "😀"]).map(lambda c: c * n))
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def _enum_values(enum: type[Any]) -> st.SearchStrategy[str]:
+    return st.sampled_from([m.value for m in enum])
+
+
+def _enum_near_misses(enum: type[Any]) -> st.SearchStrategy[object]:
+    values = [m.value for m in enum]
+    return st.one_of(
+        st.sampled_from([v.upper() for v in values] + [v + " " for v in values] + ["", "unknown"]),
+        st.text(max_size=10),
+    )
+
+
+# Per topic: field -> (valid values, near misses). `None` in valid values = may be absent or null.
+FIELDS: dict[str, dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]]] = {
+    "content.events": {
+        "event_id": (identifiers, id_near_misses),
+        "op": (_enum_values(Op), _enum_near_misses(Op)),
+        "content_id": (identifiers, id_near_misses),
+        "author_id": (identifiers, id_near_misses),
+        "event_time": (valid_timestamps(), timestamps_any),
+        "content_type": (_enum_values(ContentType), _enum_near_misses(ContentType)),
+        "platform": (_enum_values(Platform), _enum_near_misses(Platform)),
+        "visibility": (_enum_values(Visibility), _enum_near_misses(Visibility)),
+        "created_at": (valid_timestamps(), timestamps_any),
+        "text": (st.one_of(st.none(), st.text(max_size=20)), _long_strings(codec.TEXT_MAX_LENGTH)),
+        "media_uri": (st.one_of(st.none(), st.text(max_size=20)), _long_strings(codec.MEDIA_URI_MAX_LENGTH)),
+        "language": (st.one_of(st.none(), languages_valid), languages_any),
+    },
+    "accounts.profiles": {
+        "account_id": (identifiers, id_near_misses),
+        "birth_date": (
+            st.one_of(st.none(), st.dates(dt.date(1, 1, 1), dt.date(9999, 12, 31)).map(dt.date.isoformat)),
+            dates_any(),
+        ),
+        "country": (st.one_of(st.none(), st.sampled_from(["GB", "BR", "DE", "US", "ZZ"])), countries_any),
+        "notified_at": (st.one_of(st.none(), valid_timestamps()), timestamps_any),
+        "updated_at": (valid_timestamps(), timestamps_any),
+    },
+    "accounts.objections": {
+        "account_id": (identifiers, id_near_misses),
+        "status": (_enum_values(ObjectionStatus), _enum_near_misses(ObjectionStatus)),
+        "at": (valid_timestamps(), timestamps_any),
+        "source": (st.sampled_from(["form", "settings", "support"]), id_near_misses),
+        "request_id": (identifiers, id_near_misses),
+    },
+}
+OPTIONAL_NULLABLE = {"text", "media_uri", "language", "birth_date", "country", "notified_at"}
+DELETE_FIELDS = ("event_id", "op", "content_id", "author_id", "event_time")
+
+
+@st.composite
+def valid_records(draw: st.DrawFn, topic: str) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    fields = FIELDS[topic]
+    if topic == "content.events" and draw(_enum_values(Op)) == "delete":
+        names: tuple[str, ...] = DELETE_FIELDS
+    else:
+        names = tuple(fields)
+    for name in names:
+        value = draw(fields[name][0])
+        if value is None and draw(st.booleans()):
+            continue  # optional and nullable: absent means null
+        record[name] = value
+    if topic == "content.events":
+        record["op"] = "delete" if names is DELETE_FIELDS else "upsert"
+        if names is DELETE_FIELDS and draw(st.booleans()):
+            # A delete may carry the upsert fields, even broken ones: they are ignored.
+            for name in set(fields) - set(DELETE_FIELDS):
+                record[name] = draw(st.one_of(fields[name][0], fields[name][1], json_values))
+    return record
+
+
+@st.composite
+def mutated_records(draw: st.DrawFn, topic: str) -> dict[str, Any]:
+    record = draw(valid_records(topic))
+    fields = FIELDS[topic]
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["drop", "near_miss", "near_miss", "wrong_type", "extra"]))
+        name = draw(st.sampled_from(sorted(fields)))
+        if kind == "drop":
+            record.pop(name, None)
+        elif kind == "near_miss":
+            record[name] = draw(fields[name][1])
+        elif kind == "wrong_type":
+            record[name] = draw(json_values)
+        else:
+            record[draw(st.text(max_size=8))] = draw(json_values)
+    return record
+
+
+@st.composite
+def keys_for(draw: st.DrawFn, record: Mapping[str, Any], field: str) -> bytes | None:
+    own = record.get(field)
+    choice = draw(st.sampled_from(["own", "own", "own", "none", "other", "not_utf8", "padded"]))
+    if choice == "own" and isinstance(own, str):
+        return own.encode("utf-8")
+    if choice == "none":
+        return None
+    if choice == "not_utf8":
+        return b"\xff" + draw(st.binary(max_size=4))
+    if choice == "padded" and isinstance(own, str):
+        return (own + " ").encode("utf-8")
+    return draw(st.text(max_size=6)).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------
+# Properties: the codec agrees with the schema
+
+
+@pytest.mark.parametrize("topic", INPUT_TOPICS)
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_decode_valid_record_accepted_with_equal_fields(topic: str, data: st.DataObject) -> None:
+    record = data.draw(valid_records(topic))
+    key = str(record[KEY_FIELDS[topic]]).encode("utf-8")
+    value = orjson.dumps(record)
+    assert _oracle(topic, key, value) is None, "the strategy must generate valid records"
+    _assert_codec_agrees(topic, key, value)
+
+
+@pytest.mark.parametrize("topic", INPUT_TOPICS)
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_decode_mutated_record_verdict_matches_jsonschema(topic: str, data: st.DataObject) -> None:
+    record = data.draw(mutated_records(topic))
+    key = data.draw(keys_for(record, KEY_FIELDS[topic]))
+    _assert_codec_agrees(topic, key, orjson.dumps(record))
+
+
+@pytest.mark.parametrize("topic", INPUT_TOPICS)
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_decode_arbitrary_bytes_verdict_matches_jsonschema(topic: str, data: st.DataObject) -> None:
+    valid = orjson.dumps(data.draw(valid_records(topic)))
+    value = data.draw(
+        st.one_of(
+            st.none(),
+            st.binary(max_size=40),
+            json_values.map(orjson.dumps),
+            st.integers(0, len(valid) - 1).map(lambda n: valid[:n]),  # truncated
+            st.binary(min_size=1, max_size=4).map(lambda junk: valid + junk),  # trailing junk
+            st.just(b"\xef\xbb\xbf" + valid),  # byte order mark
+        )
+    )
+    key = data.draw(st.one_of(st.none(), st.binary(max_size=6), identifiers.map(str.encode)))
+    _assert_codec_agrees(topic, key, value)
+
+
+# ---------------------------------------------------------------------------
+# Table: every dead-letter reason, with a readable detail that leaks nothing
+
+SECRET_ID = "acct-7f3a9c1e"
+SECRET_TEXT = "my private words"
+SECRET_BIRTH_DATE = "2011-05-17"
+
+_UPSERT: dict[str, Any] = {
+    "event_id": "evt-4b8d2e11",
+    "op": "upsert",
+    "content_id": "cnt-93be02aa",
+    "content_type": "post",
+    "platform": "instagram",
+    "author_id": SECRET_ID,
+    "visibility": "public",
+    "created_at": "2026-11-28T09:15:00Z",
+    "event_time": "2026-11-28T09:15:00.250+00:00",
+    "text": SECRET_TEXT,
+    "media_uri": None,
+    "language": "en-GB",
+}
+_PROFILE: dict[str, Any] = {
+    "account_id": SECRET_ID,
+    "birth_date": SECRET_BIRTH_DATE,
+    "country": "GB",
+    "notified_at": "2026-10-01T00:00:00Z",
+    "updated_at": "2026-10-01T00:00:00Z",
+}
+_OBJECTION: dict[str, Any] = {
+    "account_id": SECRET_ID,
+    "status": "objected",
+    "at": "2026-11-28T09:15:00Z",
+    "source": "form",
+    "request_id": "req-1c0ffee0",
+}
+_KEY = SECRET_ID.encode()
+
+
+_DROP = object()
+
+
+def _with(base: Mapping[str, Any], **changes: Any) -> bytes:
+    record = {**base, **changes}
+    return orjson.dumps({k: v for k, v in record.items() if v is not _DROP})
+
+
+REJECTION_CASES = [
+    # (id, topic, key, value, reason, words the detail must contain)
+    ("garbage", "content.events", _KEY, b"\xff\xfe not json", DeadLetterReason.MALFORMED_JSON, ["UTF-8"]),
+    ("truncated", "accounts.profiles", _KEY, _with(_PROFILE)[:-1], DeadLetterReason.MALFORMED_JSON, ["JSON"]),
+    ("nan", "content.events", _KEY, b'{"event_id": NaN}', DeadLetterReason.MALFORMED_JSON, ["JSON"]),
+    ("empty_bytes", "accounts.objections", _KEY, b"", DeadLetterReason.MALFORMED_JSON, ["JSON"]),
+    ("array", "content.events", _KEY, b"[1, 2]", DeadLetterReason.NOT_AN_OBJECT, ["array"]),
+    ("json_null", "accounts.profiles", _KEY, b"null", DeadLetterReason.NOT_AN_OBJECT, ["null"]),
+    ("string", "accounts.objections", _KEY, b'"objected"', DeadLetterReason.NOT_AN_OBJECT, ["string"]),
+    ("content_tombstone", "content.events", _KEY, None, DeadLetterReason.SCHEMA_VIOLATION, ["null"]),
+    (
+        "missing_id",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, event_id=_DROP),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["event_id", "missing"],
+    ),
+    (
+        "empty_id",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, content_id=""),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["content_id", "empty"],
+    ),
+    (
+        "number_id",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, event_id=7),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["event_id", "string", "number"],
+    ),
+    (
+        "bool_visibility",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, visibility=True),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["visibility", "public"],
+    ),
+    (
+        "unknown_op",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, op="edit"),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["op", "upsert, delete"],
+    ),
+    (
+        "null_content_type",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, content_type=None),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["content_type", "message"],
+    ),
+    (
+        "upsert_without_created_at",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, created_at=_DROP),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["created_at", "missing"],
+    ),
+    (
+        "feb_30",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, created_at="2026-02-30T00:00:00Z"),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["created_at", "calendar"],
+    ),
+    (
+        "offset",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, event_time="2026-11-28T11:15:00+02:00"),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["event_time", "UTC"],
+    ),
+    (
+        "huge_text",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, text="x" * 100_001),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["text", "100000"],
+    ),
+    (
+        "bad_language",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, language="english!"),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["language"],
+    ),
+    (
+        "bad_birth_date",
+        "accounts.profiles",
+        _KEY,
+        _with(_PROFILE, birth_date="2011-02-29"),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["birth_date", "calendar"],
+    ),
+    (
+        "birth_date_format",
+        "accounts.profiles",
+        _KEY,
+        _with(_PROFILE, birth_date="17/05/2011"),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["birth_date", "YYYY-MM-DD"],
+    ),
+    (
+        "lowercase_country",
+        "accounts.profiles",
+        _KEY,
+        _with(_PROFILE, country="gb"),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["country", "upper-case"],
+    ),
+    (
+        "missing_updated_at",
+        "accounts.profiles",
+        _KEY,
+        _with(_PROFILE, updated_at=_DROP),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["updated_at", "missing"],
+    ),
+    (
+        "unknown_status",
+        "accounts.objections",
+        _KEY,
+        _with(_OBJECTION, status="OBJECTED"),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["status", "objected, withdrawn"],
+    ),
+    (
+        "missing_request_id",
+        "accounts.objections",
+        _KEY,
+        _with(_OBJECTION, request_id=_DROP),
+        DeadLetterReason.SCHEMA_VIOLATION,
+        ["request_id", "missing"],
+    ),
+    ("no_key", "content.events", None, _with(_UPSERT), DeadLetterReason.KEY_MISMATCH, ["no key", "author_id"]),
+    ("other_key", "content.events", b"acct-other", _with(_UPSERT), DeadLetterReason.KEY_MISMATCH, ["author_id"]),
+    (
+        "latin1_key",
+        "accounts.profiles",
+        b"acct-\xe9",
+        _with(_PROFILE, account_id="acct-é"),
+        DeadLetterReason.KEY_MISMATCH,
+        ["UTF-8", "account_id"],
+    ),
+    (
+        "other_key_objection",
+        "accounts.objections",
+        b"acct-other",
+        _with(_OBJECTION),
+        DeadLetterReason.KEY_MISMATCH,
+        ["account_id"],
+    ),
+    ("tombstone_no_key", "accounts.profiles", None, None, DeadLetterReason.KEY_MISMATCH, ["tombstone", "no key"]),
+    ("tombstone_empty_key", "accounts.objections", b"", None, DeadLetterReason.KEY_MISMATCH, ["tombstone"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("topic", "key", "value", "reason", "words"),
+    [case[1:] for case in REJECTION_CASES],
+    ids=[case[0] for case in REJECTION_CASES],
+)
+def test_decode_bad_record_rejected_with_readable_detail(
+    topic: str, key: bytes | None, value: bytes | None, reason: DeadLetterReason, words: list[str]
+) -> None:
+    assert _oracle(topic, key, value) is reason, "the case must be wrong for the schema too"
+    result = DECODERS[topic](key, value)
+    assert isinstance(result, Rejected)
+    assert result.reason is reason
+    for word in words:
+        assert word in result.detail
+    for secret in (SECRET_ID, SECRET_TEXT, SECRET_BIRTH_DATE, "acct-other", "acct-", "english", "edit"):
+        assert secret not in result.detail
+    assert len(result.detail) < 200
+
+
+def test_rejection_cases_every_dead_letter_reason_covered() -> None:
+    assert {case[4] for case in REJECTION_CASES} == set(DeadLetterReason)
+
+
+@pytest.mark.parametrize(
+    ("topic", "value"),
+    [
+        ("content.events", _with(_UPSERT)),
+        ("content.events", _with(_UPSERT, text=_DROP, media_uri=_DROP, language=_DROP, extra={"future": [1]})),
+        ("content.events", orjson.dumps({k: _UPSERT[k] for k in DELETE_FIELDS} | {"op": "delete"})),
+        ("content.events", _with(_UPSERT, op="delete", content_type="bogus", created_at="yesterday")),
+        ("accounts.profiles", _with(_PROFILE)),
+        ("accounts.profiles", orjson.dumps({"account_id": SECRET_ID, "updated_at": "2026-10-01T00:00:00Z"})),
+        ("accounts.objections", _with(_OBJECTION, status="withdrawn", channel="app")),
+    ],
+    ids=[
+        "upsert",
+        "upsert_minimal_with_extra",
+        "delete_minimal",
+        "delete_with_broken_extras",
+        "profile",
+        "profile_minimal",
+        "objection_withdrawn",
+    ],
+)
+def test_decode_good_record_accepted(topic: str, value: bytes) -> None:
+    assert _oracle(topic, _KEY, value) is None
+    _assert_codec_agrees(topic, _KEY, value)
+
+
+@pytest.mark.parametrize(
+    ("topic", "field", "candidates"),
+    [
+        ("content.events", "event_time", timestamps_any),
+        ("content.events", "created_at", timestamps_any),
+        ("content.events", "language", languages_any),
+        ("accounts.profiles", "birth_date", dates_any()),
+        ("accounts.profiles", "country", countries_any),
+        ("accounts.profiles", "notified_at", timestamps_any),
+    ],
+)
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_decode_field_near_miss_verdict_matches_jsonschema(
+    topic: str, field: str, candidates: st.SearchStrategy[str], data: st.DataObject
+) -> None:
+    # One field at a time, in an otherwise valid record: the sharpest probe of the
+    # hand-written checks against the schema's pattern + format.
+    base = {"content.events": _UPSERT, "accounts.profiles": _PROFILE}[topic]
+    _assert_codec_agrees(topic, _KEY, orjson.dumps({**base, field: data.draw(candidates)}))
+
+
+@pytest.mark.parametrize("topic", ["accounts.profiles", "accounts.objections"])
+def test_decode_tombstone_with_key_returns_none(topic: str) -> None:
+    assert DECODERS[topic](_KEY, None) is None
+
+
+def test_decode_duplicate_keys_last_one_wins() -> None:
+    # orjson, like Python's json module and most parsers, keeps the last duplicate.
+    value = _with(_OBJECTION)[:-1] + b',"status":"withdrawn"}'
+    result = codec.decode_objection(_KEY, value)
+    assert isinstance(result, Objection)
+    assert result.status is ObjectionStatus.WITHDRAWN
+
+
+# ---------------------------------------------------------------------------
+# Timestamps
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-28T09:15:00Z", dt.datetime(2026, 11, 28, 9, 15, tzinfo=dt.UTC)),
+        ("2026-11-28T09:15:00+00:00", dt.datetime(2026, 11, 28, 9, 15, tzinfo=dt.UTC)),
+        ("2024-02-29T23:59:59.5Z", dt.datetime(2024, 2, 29, 23, 59, 59, 500_000, tzinfo=dt.UTC)),
+        ("2026-11-28T09:15:00.123456789Z", dt.datetime(2026, 11, 28, 9, 15, 0, 123_456, tzinfo=dt.UTC)),
+    ],
+)
+def test_parse_timestamp_utc_text_gives_aware_utc(text: str, expected: dt.datetime) -> None:
+    assert TIMESTAMP_VALIDATOR.is_valid(text)
+    parsed = codec.parse_timestamp(text)
+    assert parsed == expected
+    assert parsed.tzinfo is dt.UTC
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-02-30T00:00:00Z",
+        "2026-02-29T00:00:00Z",
+        "2026-11-28T09:15:00+02:00",
+        "2026-11-28T09:15:00-00:00",
+        "2026-11-28T09:15:00",
+        "2026-11-28 09:15:00Z",
+        "2026-11-28t09:15:00z",
+        "2026-11-28T09:15Z",
+        "2026-11-28T24:00:00Z",
+        "2026-11-28T23:59:60Z",
+        "0000-01-01T00:00:00Z",
+        "2026-11-28T09:15:00Z\n",
+        "2026-11-28T09:15:00.Z",
+        "2026-11-28T09:15:00.1234567890Z",
+        "2026-11-28",
+        "",
+    ],
+)
+def test_parse_timestamp_non_utc_or_impossible_raises_without_echo(text: str) -> None:
+    assert not TIMESTAMP_VALIDATOR.is_valid(text)
+    with pytest.raises(ValueError, match=r"RFC 3339|calendar") as info:
+        codec.parse_timestamp(text)
+    assert not text.strip() or text.strip() not in str(info.value)
+
+
+@given(
+    st.datetimes(
+        max_value=dt.datetime(9999, 12, 30), timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-3))])
+    )
+)
+def test_format_timestamp_aware_datetime_round_trips(moment: dt.datetime) -> None:
+    text = codec.format_timestamp(moment)
+    assert TIMESTAMP_VALIDATOR.is_valid(text)
+    assert text.endswith("Z")
+    assert ("." in text) == (moment.microsecond != 0)
+    assert codec.parse_timestamp(text) == moment
+
+
+def test_format_timestamp_naive_datetime_raises() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        codec.format_timestamp(dt.datetime(2026, 11, 28, 9, 15))
+
+
+def test_dumps_datetime_written_like_format_timestamp() -> None:
+    moment = dt.datetime(2026, 11, 28, 9, 15, 0, 5, tzinfo=dt.UTC)
+    assert orjson.loads(codec.dumps({"at": moment})) == {"at": codec.format_timestamp(moment)}
+
+
+# ---------------------------------------------------------------------------
+# The schemas themselves
+
+
+def test_format_checker_date_time_and_date_really_checked() -> None:
+    # Without rfc3339-validator installed, jsonschema silently skips `date-time`.
+    assert not FORMAT_CHECKER.conforms("2026-02-30T00:00:00Z", "date-time")
+    assert FORMAT_CHECKER.conforms("2024-02-29T00:00:00Z", "date-time")
+    assert not FORMAT_CHECKER.conforms("2026-02-29", "date")
+    assert FORMAT_CHECKER.conforms("2024-02-29", "date")
+
+
+@pytest.mark.parametrize("topic", INPUT_TOPICS + OUTPUT_TOPICS)
+def test_schema_file_well_formed_and_documented(topic: str) -> None:
+    schema = _schema(topic)
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"].endswith(f"/{topic}.schema.json")
+    assert schema["title"] and schema["description"]
+    assert schema["additionalProperties"] is (topic in INPUT_TOPICS)
+    # Every field and definition is documented; if/then/else narrowings repeat no prose,
+    # except content.events' `then`, which is where the upsert fields are declared.
+    fields = dict(schema["properties"])
+    if topic == "content.events":
+        fields |= schema["then"]["properties"]
+    documented = fields | schema.get("$defs", {})
+    assert [name for name, sub in documented.items() if not sub.get("description")] == []
+    assert set(schema["required"]) <= set(schema["properties"])
+
+
+def test_schema_shared_definitions_identical_across_files() -> None:
+    seen: dict[str, dict[str, Any]] = {}
+    for topic in INPUT_TOPICS + OUTPUT_TOPICS:
+        for name, definition in _schema(topic).get("$defs", {}).items():
+            assert seen.setdefault(name, definition) == definition, f"$defs/{name} differs in {topic}"
+
+
+@pytest.mark.parametrize(
+    ("topic", "pointer", "values"),
+    [
+        ("content.events", ("then", "properties", "content_type", "enum"), {m.value for m in ContentType}),
+        ("content.events", ("then", "properties", "platform", "enum"), {m.value for m in Platform}),
+        ("content.events", ("then", "properties", "visibility", "enum"), {m.value for m in Visibility}),
+        ("content.events", ("properties", "op", "enum"), {m.value for m in Op}),
+        ("accounts.objections", ("properties", "status", "enum"), {m.value for m in ObjectionStatus}),
+        ("training.feed", ("properties", "content_type", "enum"), {m.value for m in ContentType} - {"message"}),
+        ("training.feed", ("properties", "platform", "enum"), {m.value for m in Platform}),
+        ("eligibility.decisions", ("properties", "reason", "enum"), {m.value for m in Reason} | {None}),
+        ("eligibility.decisions", ("properties", "cause", "enum"), {m.value for m in RetractCause} | {None}),
+        ("content.events.dlq", ("properties", "reason", "enum"), {m.value for m in DeadLetterReason}),
+    ],
+)
+def test_schema_enum_matches_models_enum(topic: str, pointer: tuple[str, ...], values: set[str | None]) -> None:
+    node: Any = _schema(topic)
+    for part in pointer:
+        node = node[part]
+    assert set(node) == values
+
+
+NOW = codec.format_timestamp(dt.datetime(2026, 11, 28, 9, 15, 0, 250_000, tzinfo=dt.UTC))
+FEED: dict[str, Any] = {
+    "content_id": "cnt-93be02aa",
+    "content_type": "photo",
+    "platform": "instagram",
+    "author_pseudonym": "a" * 64,
+    "created_at": "2026-11-28T09:15:00Z",
+    "text": None,
+    "media_uri": "https://cdn.example/p/93be02aa.jpg",
+    "language": None,
+    "jurisdiction": "GB",
+    "policy_version": "2026-11-01",
+    "decided_at": NOW,
+    "source_event_id": "evt-4b8d2e11",
+}
+DECIDE: dict[str, Any] = {
+    "content_id": "cnt-93be02aa",
+    "event_id": "evt-4b8d2e11",
+    "author_id": SECRET_ID,
+    "action": "decide",
+    "eligible": False,
+    "reason": "minor",
+    "cause": None,
+    "policy_version": "2026-11-01",
+    "decided_at": NOW,
+    "event_time": "2026-11-28T09:15:00Z",
+}
+RETRACT: dict[str, Any] = {**DECIDE, "action": "retract", "eligible": None, "reason": None, "cause": "objection"}
+DEAD_LETTER: dict[str, Any] = {
+    "reason": "key_mismatch",
+    "detail": "key does not equal `author_id`",
+    "topic": "content.events",
+    "partition": 3,
+    "offset": 1_234_567,
+    "received_at": NOW,
+    "key": base64.b64encode(b"acct-other").decode(),
+    "value": base64.b64encode(_with(_UPSERT)).decode(),
+}
+
+GOOD_OUTPUTS = [
+    ("feed", "training.feed", FEED),
+    ("feed_with_text", "training.feed", {**FEED, "text": "hello", "language": "pt-BR", "media_uri": None}),
+    ("decide_ineligible", "eligibility.decisions", DECIDE),
+    ("decide_eligible", "eligibility.decisions", {**DECIDE, "eligible": True, "reason": "eligible"}),
+    ("retract", "eligibility.decisions", RETRACT),
+    ("dead_letter", "content.events.dlq", DEAD_LETTER),
+    ("dead_letter_null_key_value", "content.events.dlq", {**DEAD_LETTER, "key": None, "value": None}),
+    ("dead_letter_empty_value", "content.events.dlq", {**DEAD_LETTER, "value": ""}),
+]
+BAD_OUTPUTS = [
+    ("feed_extra_field", "training.feed", {**FEED, "author_id": SECRET_ID}),
+    ("feed_missing_text", "training.feed", {k: v for k, v in FEED.items() if k != "text"}),
+    ("feed_message", "training.feed", {**FEED, "content_type": "message"}),
+    ("feed_uppercase_pseudonym", "training.feed", {**FEED, "author_pseudonym": "A" * 64}),
+    ("feed_offset_time", "training.feed", {**FEED, "decided_at": "2026-11-28T10:15:00+01:00"}),
+    ("decide_without_eligible", "eligibility.decisions", {**DECIDE, "eligible": None}),
+    ("decide_eligible_with_reason", "eligibility.decisions", {**DECIDE, "eligible": True}),
+    ("decide_ineligible_reason_eligible", "eligibility.decisions", {**DECIDE, "reason": "eligible"}),
+    ("decide_with_cause", "eligibility.decisions", {**DECIDE, "cause": "objection"}),
+    ("retract_with_eligible", "eligibility.decisions", {**RETRACT, "eligible": True}),
+    ("retract_without_cause", "eligibility.decisions", {**RETRACT, "cause": None}),
+    ("retract_unknown_cause", "eligibility.decisions", {**RETRACT, "cause": "boredom"}),
+    ("dead_letter_bool_partition", "content.events.dlq", {**DEAD_LETTER, "partition": True}),
+    ("dead_letter_negative_offset", "content.events.dlq", {**DEAD_LETTER, "offset": -1}),
+    ("dead_letter_not_base64", "content.events.dlq", {**DEAD_LETTER, "key": "acct-other"}),
+    ("dead_letter_unknown_reason", "content.events.dlq", {**DEAD_LETTER, "reason": "cosmic_ray"}),
+    ("dead_letter_extra_field", "content.events.dlq", {**DEAD_LETTER, "payload": "{}"}),
+]
+
+
+@pytest.mark.parametrize(("topic", "record"), [c[1:] for c in GOOD_OUTPUTS], ids=[c[0] for c in GOOD_OUTPUTS])
+def test_output_schema_example_record_valid(topic: str, record: dict[str, Any]) -> None:
+    assert not list(VALIDATORS[topic].iter_errors(orjson.loads(codec.dumps(record))))
+
+
+@pytest.mark.parametrize(("topic", "record"), [c[1:] for c in BAD_OUTPUTS], ids=[c[0] for c in BAD_OUTPUTS])
+def test_output_schema_broken_record_invalid(topic: str, record: dict[str, Any]) -> None:
+    assert not VALIDATORS[topic].is_valid(record)
