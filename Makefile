@@ -28,7 +28,7 @@ broker-stop: ## stop the local Kafka broker
 run: install ## broker, topics, worker, a synthetic workload and live counts by reason (Ctrl-C stops)
 	scripts/demo.sh
 
-test: install ## the whole suite: unit tests, then integration tests against the real broker
+test: check ## the whole suite: linters, strict mypy, unit tests, then integration tests against the real broker
 	scripts/kafka.sh start
 	$(PY) -m pytest
 

@@ -42,7 +42,7 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
     )
 
     @app.service
-    class FilterService(mode.Service):  # type: ignore[misc]  # mode ships no types
+    class FilterService(mode.Service):
         """Runs the filter loop inside the Faust worker's lifecycle."""
 
         async def on_start(self) -> None:
