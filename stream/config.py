@@ -25,6 +25,9 @@ class TopicNames:
     feed: str = "training.feed"
     decisions: str = "eligibility.decisions"
     dlq: str = "content.events.dlq"
+    # Ours, not the contract's: the changelog of held decisions (see engine.py), so
+    # they survive a partition moving to another worker.
+    deferred: str = "eligibility.deferred"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TopicNames:
@@ -36,6 +39,7 @@ class TopicNames:
             feed=env.get("STREAM_TOPIC_TRAINING_FEED", defaults.feed),
             decisions=env.get("STREAM_TOPIC_ELIGIBILITY_DECISIONS", defaults.decisions),
             dlq=env.get("STREAM_TOPIC_CONTENT_EVENTS_DLQ", defaults.dlq),
+            deferred=env.get("STREAM_TOPIC_ELIGIBILITY_DEFERRED", defaults.deferred),
         )
 
     def inputs(self) -> tuple[str, str, str]:

@@ -7,18 +7,23 @@ the order that keeps the feed safe across a crash at any point:
    crash after sending can never leave a feed item the index does not know);
 2. send `produce` and wait until the broker acknowledged every record;
 3. write `post_updates` with the new state offsets (profiles, objections, index
-   removals), so state that caused a retraction is never marked applied before the
-   tombstone is durable;
+   removals, deferrals), so state that caused a retraction is never marked applied
+   before the tombstone is durable;
 4. commit the content offsets.
 
 A crash anywhere replays the batch: records may be duplicated, never lost.
+
+Deferred decisions: an upsert refused only because the author's notice period is
+still running is held until the period ends (`process_due` decides it again with
+the state of that moment). A deferral lives in the partition store and, so that it
+survives a partition moving to another worker, on the compacted deferred topic.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -26,6 +31,7 @@ from typing import Protocol
 import orjson
 
 from stream.codec import Rejected, decode_content, decode_objection, decode_profile, dumps, format_timestamp
+from stream.codec import parse_timestamp as _parse_timestamp
 from stream.config import TopicNames
 from stream.models import (
     ContentEvent,
@@ -41,7 +47,22 @@ from stream.models import (
 )
 from stream.policy import Policy, decide
 from stream.records import RETRACT_CAUSE_OF_REASON, dead_letter_value, decide_value, feed_value, retract_value
-from stream.state import PartitionStore, StateKind, Update, objection_key, profile_key, published_key, published_prefix
+from stream.state import (
+    DEFERRED_PREFIX,
+    EntryKind,
+    PartitionStore,
+    StateKind,
+    Update,
+    deferred_due_key,
+    deferred_key,
+    item_id,
+    objection_key,
+    profile_key,
+    published_key,
+    published_prefix,
+    split_deferred_key,
+    split_item_id,
+)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -50,6 +71,7 @@ class OutputTopic(StrEnum):
     FEED = "feed"
     DECISIONS = "decisions"
     DLQ = "dlq"
+    DEFERRED = "deferred"
 
 
 class InputRecord(Protocol):
@@ -71,11 +93,12 @@ class InputRecord(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Produce:
-    """One record to send. A None value is a real Kafka tombstone."""
+    """One record to send. A None value is a real Kafka tombstone; `partition` pins it."""
 
     topic: OutputTopic
     key: bytes | None
     value: bytes | None
+    partition: int | None = None
 
 
 @dataclass(slots=True)
@@ -83,17 +106,32 @@ class BatchResult:
     produce: list[Produce] = field(default_factory=list)
     pre_updates: dict[int, list[Update]] = field(default_factory=dict)
     post_updates: dict[int, list[Update]] = field(default_factory=dict)
+    pre_counts: dict[int, Counter[EntryKind]] = field(default_factory=dict)
+    post_counts: dict[int, Counter[EntryKind]] = field(default_factory=dict)
     state_offsets: dict[int, dict[StateKind, int]] = field(default_factory=dict)
     decisions: Counter[Reason] = field(default_factory=Counter)
     dead_letters: Counter[DeadLetterReason] = field(default_factory=Counter)
     retractions: Counter[RetractCause] = field(default_factory=Counter)
+    # Upstream event_time (s) of each content event decided, for the latency metric.
+    event_times: list[float] = field(default_factory=list)
+    # Broker append time (ms) of each `objected` record applied, for propagation latency.
+    objections: list[int] = field(default_factory=list)
+
+
+_KIND_OF_PREFIX = {
+    b"p:": EntryKind.PROFILES,
+    b"o:": EntryKind.OBJECTIONS,
+    b"i:": EntryKind.PUBLISHED,
+    b"D:": EntryKind.DEFERRED,
+}
 
 
 class _Overlay:
     """The partition's store as it will be once this batch's writes are applied."""
 
-    def __init__(self, store: PartitionStore) -> None:
+    def __init__(self, store: PartitionStore, partition: int) -> None:
         self.store = store
+        self.partition = partition
         self.writes: dict[bytes, bytes | None] = {}
         self.published: dict[str, dict[str, bytes | None]] = {}
 
@@ -125,6 +163,28 @@ class _Overlay:
             if maybe is not None:
                 yield content_id, maybe
 
+    def settle(self, result: BatchResult) -> None:
+        """Split this batch's writes into the before-send and after-ack updates, with count deltas."""
+        pre: list[Update] = []
+        post: list[Update] = list(self.writes.items())
+        for author_id, items in self.published.items():
+            for content_id, value in items.items():
+                (pre if value is not None else post).append((published_key(author_id, content_id), value))
+        pre_counts: Counter[EntryKind] = Counter()
+        post_counts: Counter[EntryKind] = Counter()
+        for updates, counts in ((pre, pre_counts), (post, post_counts)):
+            for key, value in updates:
+                kind = _KIND_OF_PREFIX.get(key[:2])
+                if kind is not None:
+                    counts[kind] += (value is not None) - (self.store.get(key) is not None)
+        p = self.partition
+        if pre:
+            result.pre_updates[p] = pre
+            result.pre_counts[p] = pre_counts
+        if post:
+            result.post_updates[p] = post
+            result.post_counts[p] = post_counts
+
 
 class Engine:
     """Applies the rule to batches of input records; holds only immutable configuration."""
@@ -148,7 +208,7 @@ class Engine:
 
         def overlay(partition: int) -> _Overlay:
             if partition not in overlays:
-                overlays[partition] = _Overlay(stores[partition])
+                overlays[partition] = _Overlay(stores[partition], partition)
             return overlays[partition]
 
         for record in state_records:
@@ -156,27 +216,70 @@ class Engine:
             self._apply_state(overlay(record.partition), kind, record, now, result)
             result.state_offsets.setdefault(record.partition, {})[kind] = record.offset + 1
         for record in content_records:
-            self._decide_content(overlay(record.partition), record, now, result)
-
-        for partition, ov in overlays.items():
-            pre: list[Update] = []
-            post: list[Update] = list(ov.writes.items())
-            for author_id, items in ov.published.items():
-                for content_id, value in items.items():
-                    (pre if value is not None else post).append((published_key(author_id, content_id), value))
-            if pre:
-                result.pre_updates[partition] = pre
-            if post:
-                result.post_updates[partition] = post
+            self._decide_record(overlay(record.partition), record, now, result)
+        for ov in overlays.values():
+            ov.settle(result)
         return result
+
+    def process_due(self, store: PartitionStore, partition: int, now: dt.datetime, limit: int) -> BatchResult:
+        """Decide again, with the state of now, up to `limit` deferred items whose time has come."""
+        result = BatchResult()
+        ov = _Overlay(store, partition)
+        now_ms = _ms(now)
+        for key, raw in store.scan(DEFERRED_PREFIX):
+            due_ms, item = split_deferred_key(key)
+            if due_ms > now_ms or limit <= 0:
+                break
+            limit -= 1
+            author_id, _ = split_item_id(item)
+            event = decode_content(author_id.encode(), raw)
+            self._cancel_deferral(ov, item, result)
+            if isinstance(event, ContentEvent):
+                self._decide_event(ov, event, raw, now, result)
+        ov.settle(result)
+        return result
+
+    def restore_deferred(
+        self, store: PartitionStore, records: Iterable[InputRecord]
+    ) -> tuple[list[Update], Counter[EntryKind]]:
+        """Local writes that replay the deferred topic (our own changelog) into a store."""
+        ov = _Overlay(store, -1)
+        for record in records:
+            if record.key is None:
+                continue
+            item = record.key
+            previous = ov.get(deferred_due_key(item))
+            if previous is not None:
+                ov.put(deferred_key(int.from_bytes(previous, "big"), item), None)
+                ov.put(deferred_due_key(item), None)
+            if record.value is not None:
+                data = orjson.loads(record.value)
+                due_ms = int(data["due_ms"])
+                ov.put(deferred_key(due_ms, item), orjson.dumps(data["content"]))
+                ov.put(deferred_due_key(item), due_ms.to_bytes(8, "big"))
+        result = BatchResult()
+        ov.settle(result)
+        return result.post_updates.get(-1, []), result.post_counts.get(-1, Counter())
 
     # -- content -------------------------------------------------------------------
 
-    def _decide_content(self, ov: _Overlay, record: InputRecord, now: dt.datetime, result: BatchResult) -> None:
+    def _decide_record(self, ov: _Overlay, record: InputRecord, now: dt.datetime, result: BatchResult) -> None:
         event = decode_content(record.key, record.value)
         if isinstance(event, Rejected):
             self._dead_letter(record, event, now, result)
             return
+        assert record.value is not None  # decode_content rejects a null value
+        item = item_id(event.author_id, event.content_id)
+        if ov.get(deferred_due_key(item)) is not None:
+            # A newer event supersedes a held one: it is decided (or held) on its own.
+            self._cancel_deferral(ov, item, result)
+        self._decide_event(ov, event, record.value, now, result)
+
+    def _decide_event(
+        self, ov: _Overlay, event: ContentEvent, raw: bytes, now: dt.datetime, result: BatchResult
+    ) -> None:
+        result.event_times.append(event.event_time.timestamp())
+        key = event.content_id.encode()
         if event.op is Op.DELETE:
             if ov.is_published(event.author_id, event.content_id):
                 self._retract(
@@ -194,7 +297,7 @@ class Engine:
                 result.produce.append(
                     Produce(
                         OutputTopic.DECISIONS,
-                        event.content_id.encode(),
+                        key,
                         retract_value(
                             content_id=event.content_id,
                             event_id=event.event_id,
@@ -211,14 +314,14 @@ class Engine:
         objection = self._objection(ov, event.author_id)
         decision = decide(event, profile, objection, self.policy, now)
         result.decisions[decision.reason] += 1
-        key = event.content_id.encode()
         result.produce.append(Produce(OutputTopic.DECISIONS, key, decide_value(event, decision, decided_at=now)))
         if decision.eligible:
             ov.set_published(event.author_id, event.content_id, _index_value(event))
             result.produce.append(
                 Produce(OutputTopic.FEED, key, feed_value(event, decision, key=self._key, decided_at=now))
             )
-        elif ov.is_published(event.author_id, event.content_id):
+            return
+        if ov.is_published(event.author_id, event.content_id):
             self._retract(
                 ov,
                 event.author_id,
@@ -229,6 +332,23 @@ class Engine:
                 now,
                 result,
             )
+        if decision.reason is Reason.NOTICE_PERIOD_RUNNING and decision.retry_at is not None:
+            self._defer(ov, item_id(event.author_id, event.content_id), _ms(decision.retry_at), raw, result)
+
+    def _defer(self, ov: _Overlay, item: bytes, due_ms: int, raw: bytes, result: BatchResult) -> None:
+        ov.put(deferred_key(due_ms, item), raw)
+        ov.put(deferred_due_key(item), due_ms.to_bytes(8, "big"))
+        value = orjson.dumps({"due_ms": due_ms, "content": orjson.Fragment(raw)})
+        result.produce.append(Produce(OutputTopic.DEFERRED, item, value, partition=ov.partition))
+
+    def _cancel_deferral(self, ov: _Overlay, item: bytes, result: BatchResult) -> None:
+        due = ov.get(deferred_due_key(item))
+        if due is None:
+            return
+        ov.put(deferred_key(int.from_bytes(due, "big"), item), None)
+        ov.put(deferred_due_key(item), None)
+        # And on the changelog, or a worker restoring from it would bring the item back.
+        result.produce.append(Produce(OutputTopic.DEFERRED, item, None, partition=ov.partition))
 
     # -- state ---------------------------------------------------------------------
 
@@ -249,11 +369,11 @@ class Engine:
             # profile (account_unknown) or as objecting, never as it was before.
             if kind is StateKind.PROFILES:
                 ov.put(profile_key(account_id), None)
-                cause = RetractCause.ACCOUNT_CHANGED
+                self._retract_all(ov, account_id, record, RetractCause.ACCOUNT_CHANGED, now, result)
             else:
                 ov.put(objection_key(account_id), _fail_closed_objection(account_id, record, now))
-                cause = RetractCause.OBJECTION
-            self._retract_all(ov, account_id, record, cause, now, result)
+                result.objections.append(record.timestamp)
+                self._retract_all(ov, account_id, record, RetractCause.OBJECTION, now, result)
             return
         assert account_id is not None  # the codec accepted the key
         if kind is StateKind.PROFILES:
@@ -264,6 +384,8 @@ class Engine:
                 self._reevaluate(ov, account_id, record, RetractCause.ACCOUNT_CHANGED, now, result)
         else:
             ov.put(objection_key(account_id), record.value)
+            if isinstance(decoded, Objection) and decoded.status is ObjectionStatus.OBJECTED:
+                result.objections.append(record.timestamp)
             self._reevaluate(ov, account_id, record, RetractCause.OBJECTION, now, result)
 
     def _reevaluate(
@@ -368,6 +490,10 @@ class Engine:
         )
 
 
+def _ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
 def _account_of_key(key: bytes | None) -> str | None:
     if not key:
         return None
@@ -390,10 +516,8 @@ def _index_value(event: ContentEvent) -> bytes:
 
 
 def _event_from_index(author_id: str, content_id: str, raw: bytes) -> ContentEvent:
-    from stream.codec import parse_timestamp
-
     data = orjson.loads(raw)
-    created_at = parse_timestamp(data["created_at"])
+    created_at = _parse_timestamp(data["created_at"])
     return ContentEvent(
         event_id=data["event_id"],
         op=Op.UPSERT,

@@ -2,11 +2,13 @@
 
 Add a metric here, initialise each of its label values in `create()` (so no
 Grafana panel starts empty and `rate()` works from the first scrape), and document
-it in the README's metrics table. Labels come from closed enums only, never ids.
+it in the README's metrics table (a test checks the two agree). Labels come from
+closed sets only (enums, the input kinds, partition numbers), never ids.
 """
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -14,11 +16,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from stream import __version__
 from stream.engine import BatchResult
 from stream.models import DeadLetterReason, Reason, RetractCause
-from stream.state import StateKind
 
-# Seconds. The latency objective is p99 <= 50 ms end to end, so resolution is finest
-# below 100 ms; the tail buckets show backlog after a restart or rebalance.
+INPUTS = ("content", "profiles", "objections")
+OUTPUTS = ("feed", "decisions", "dlq")
+
+# Seconds. The end-to-end objective is p99 <= 50 ms, so resolution is finest below
+# 100 ms; the tail buckets show backlog after a restart or a rebalance.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0)
+# Seconds. The objection objective is p99 <= 250 ms: buckets straddle it closely.
+OBJECTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0)
+# Seconds from the upstream event_time: includes the platform's own delay, so wider.
+EVENT_TIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,81 +38,127 @@ class Metrics:
     records_in: Counter
     records_out: Counter
     batch_seconds: Histogram
-    broker_to_feed_seconds: Histogram
+    broker_latency: Histogram
+    event_time_latency: Histogram
+    objection_propagation: Histogram
+    consumer_lag: Gauge
+    state_entries: Gauge
+    deferred_items: Gauge
     ready: Gauge
+    recovering: Gauge
+    rebalances: Counter
+    last_batch: Gauge
     delivery_failures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None, *, policy_version: str = "") -> Metrics:
         registry = registry if registry is not None else CollectorRegistry()
+        r = registry
         m = cls(
-            registry=registry,
+            registry=r,
             decisions=Counter(
                 "eligibility_decisions_total",
                 "Upserts decided, by the rule's reason",
                 ["reason", "eligible"],
-                registry=registry,
+                registry=r,
             ),
             dead_letters=Counter(
-                "eligibility_dead_letters_total",
-                "Input records sent to the dead-letter topic",
-                ["reason"],
-                registry=registry,
+                "eligibility_dead_letters_total", "Input records sent to the dead-letter topic", ["reason"], registry=r
             ),
             retractions=Counter(
-                "eligibility_retractions_total", "Published items retracted, by cause", ["cause"], registry=registry
+                "eligibility_retractions_total", "Published items retracted, by cause", ["cause"], registry=r
             ),
-            records_in=Counter(
-                "eligibility_input_records_total", "Records consumed, by input", ["input"], registry=registry
-            ),
+            records_in=Counter("eligibility_input_records_total", "Records consumed, by input", ["input"], registry=r),
             records_out=Counter(
                 "eligibility_output_records_total",
                 "Records acknowledged by the broker, by output",
                 ["output"],
-                registry=registry,
+                registry=r,
             ),
             batch_seconds=Histogram(
                 "eligibility_batch_duration_seconds",
                 "Time to decide, produce and commit one fetched batch",
                 buckets=LATENCY_BUCKETS,
-                registry=registry,
+                registry=r,
             ),
-            broker_to_feed_seconds=Histogram(
+            broker_latency=Histogram(
                 "eligibility_processing_latency_seconds",
-                "From the input record's broker timestamp to the broker acknowledging its outputs",
+                "From a content record's broker timestamp to the broker acknowledging its outputs",
                 buckets=LATENCY_BUCKETS,
-                registry=registry,
+                registry=r,
             ),
-            ready=Gauge(
-                "eligibility_ready", "1 when partitions are assigned and state has caught up", registry=registry
+            event_time_latency=Histogram(
+                "eligibility_event_time_latency_seconds",
+                "From a content event's upstream event_time to the broker acknowledging its outputs",
+                buckets=EVENT_TIME_BUCKETS,
+                registry=r,
+            ),
+            objection_propagation=Histogram(
+                "eligibility_objection_propagation_seconds",
+                "From an objection's append to accounts.objections to the last of its tombstones acknowledged",
+                buckets=OBJECTION_BUCKETS,
+                registry=r,
+            ),
+            consumer_lag=Gauge(
+                "eligibility_consumer_lag_records",
+                "Records of an input partition not yet processed (end offset minus position)",
+                ["input", "partition"],
+                registry=r,
+            ),
+            state_entries=Gauge(
+                "eligibility_state_entries",
+                "Entries in the partition stores (RocksDB estimate), by kind",
+                ["kind"],
+                registry=r,
+            ),
+            deferred_items=Gauge(
+                "eligibility_deferred_items",
+                "Items held because the author's notice period is still running",
+                registry=r,
+            ),
+            ready=Gauge("eligibility_ready", "1 when partitions are assigned and state has caught up", registry=r),
+            recovering=Gauge(
+                "eligibility_recovering", "1 while assigned partitions' state is being rebuilt or caught up", registry=r
+            ),
+            rebalances=Counter("eligibility_rebalances_total", "Partition assignments received", registry=r),
+            last_batch=Gauge(
+                "eligibility_last_batch_timestamp_seconds",
+                "Unix time at which the last batch was committed",
+                registry=r,
             ),
             delivery_failures=Counter(
                 "eligibility_delivery_failures_total",
-                "Batches whose outputs the broker did not acknowledge (retried)",
-                registry=registry,
+                "Batches that failed (e.g. outputs not acknowledged) and were replayed",
+                registry=r,
             ),
         )
         for reason in Reason:
-            m.decisions.labels(reason=reason.value, eligible=str(reason is Reason.ELIGIBLE).lower())
+            m.decisions.labels(reason=reason.value, eligible=_eligible(reason))
         for dl in DeadLetterReason:
             m.dead_letters.labels(reason=dl.value)
         for cause in RetractCause:
             m.retractions.labels(cause=cause.value)
-        for name in ("content", *(k.value for k in StateKind)):
+        for name in INPUTS:
             m.records_in.labels(input=name)
-        for name in ("feed", "decisions", "dlq"):
+        for name in OUTPUTS:
             m.records_out.labels(output=name)
-        Info("eligibility_build", "Version of the filter and of the policy in force", registry=registry).info(
+        for kind in ("profiles", "objections", "published", "deferred"):
+            m.state_entries.labels(kind=kind)
+        Info("eligibility_build", "Version of the filter and of the policy in force", registry=r).info(
             {"version": __version__, "policy_version": policy_version}
         )
         return m
 
     def count_batch(self, result: BatchResult) -> None:
         for reason, n in result.decisions.items():
-            self.decisions.labels(reason=reason.value, eligible=str(reason is Reason.ELIGIBLE).lower()).inc(n)
+            self.decisions.labels(reason=reason.value, eligible=_eligible(reason)).inc(n)
         for dl, n in result.dead_letters.items():
             self.dead_letters.labels(reason=dl.value).inc(n)
         for cause, n in result.retractions.items():
             self.retractions.labels(cause=cause.value).inc(n)
-        for produce in result.produce:
-            self.records_out.labels(output=produce.topic.value).inc()
+        for topic, n in Tally(p.topic for p in result.produce).items():
+            self.records_out.labels(output=topic.value).inc(n)
+
+
+def _eligible(reason: Reason) -> str:
+    return "true" if reason is Reason.ELIGIBLE else "false"

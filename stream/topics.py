@@ -1,4 +1,4 @@
-"""The six topics of the contract: their layout, creation, and the start-up check.
+"""The six topics of the contract (and our deferred changelog): layout, creation, start-up check.
 
 `create_topics` is idempotent (existing topics are left as they are and reported);
 `check_layout` refuses to start a worker whose inputs are missing or not
@@ -47,6 +47,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.feed, {"cleanup.policy": "compact", "delete.retention.ms": str(7 * _DAY_MS)}),
         TopicSpec(t.decisions, {"cleanup.policy": "delete", "retention.ms": str(3 * 365 * _DAY_MS)}),
         TopicSpec(t.dlq, {"cleanup.policy": "delete", "retention.ms": str(30 * _DAY_MS)}),
+        # Held decisions, keyed by item and written to the partition of the author's
+        # content: co-partitioned with the inputs like them.
+        TopicSpec(t.deferred, {"cleanup.policy": "compact", "delete.retention.ms": str(_DAY_MS)}),
     ]
 
 
@@ -112,10 +115,10 @@ def layout_problems(counts: dict[str, int | None], inputs: tuple[str, ...]) -> l
 
 
 async def check_layout(settings: Settings) -> dict[str, int | None]:
-    """Raise TopicLayoutError unless all six topics exist and the inputs are co-partitioned."""
+    """Raise TopicLayoutError unless every topic exists and the inputs (and deferred) are co-partitioned."""
     names = [spec.name for spec in topic_specs(settings)]
     counts = await partition_counts(settings, names)
-    problems = layout_problems(counts, settings.topics.inputs())
+    problems = layout_problems(counts, (*settings.topics.inputs(), settings.topics.deferred))
     if problems:
         raise TopicLayoutError(
             "refusing to start: "

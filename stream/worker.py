@@ -8,11 +8,13 @@ the hot path runs on aiokafka directly because Faust's per-event machinery costs
 
 Guarantees (at least once):
 - an input offset is committed only after every record it caused was acknowledged
-  by the broker (acks=all, idempotent producer); a failed send replays the batch;
+  by the broker (acks=all, idempotent producer); a failed batch is replayed;
 - state topics are never committed to the group: each partition store keeps its
   own next offsets, written after the records they caused were acknowledged;
 - freshness gate: before content of partition p is decided, p's profiles and
-  objections have been applied up to the end offsets read after the fetch.
+  objections have been applied up to the end offsets read after the fetch;
+- deferred decisions are restored from their compacted topic when a partition is
+  assigned, and decided again when due.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from stream.config import Settings
 from stream.engine import BatchResult, Engine, InputRecord, OutputTopic
 from stream.errors import DeliveryError
 from stream.metrics import Metrics
-from stream.state import PartitionStore, RocksPartitionStore, StateKind
+from stream.state import DEFERRED_PREFIX, EntryKind, PartitionStore, RocksPartitionStore, StateKind
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 # so it is rebuilt from the beginning of the compacted topics instead of resumed.
 STORE_MAX_IDLE_SECONDS = 12 * 3600
 RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
+# Gauges read from the broker or the stores are refreshed at most this often.
+GAUGE_PERIOD_SECONDS = 1.0
 
 
 class FilterWorker:
@@ -50,16 +54,19 @@ class FilterWorker:
         topics = settings.topics
         self._content = topics.content
         self._kind_of_topic = {topics.profiles: StateKind.PROFILES, topics.objections: StateKind.OBJECTIONS}
-        self._topic_of_kind = {v: k for k, v in self._kind_of_topic.items()}
+        self._input_of_topic = {topics.content: "content", topics.profiles: "profiles", topics.objections: "objections"}
         self._out_topic = {
             OutputTopic.FEED: topics.feed,
             OutputTopic.DECISIONS: topics.decisions,
             OutputTopic.DLQ: topics.dlq,
+            OutputTopic.DEFERRED: topics.deferred,
         }
         self._stores: dict[int, PartitionStore] = {}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._needs_catch_up = True
+        self._gauges_at = 0.0
+        self._lag_labels: set[tuple[str, str]] = set()
         self.ready = False
         self.assigned: frozenset[int] = frozenset()
         self.consumer: AIOKafkaConsumer | None = None
@@ -141,31 +148,69 @@ class FilterWorker:
             if self._stopping.is_set():
                 return
             if self._needs_catch_up and self.assigned:
-                await self._catch_up(self.assigned)
-                self._needs_catch_up = False
-                self.ready = True
-                self.metrics.ready.set(1)
-                log.info("state caught up for partitions %s; ready", sorted(self.assigned))
-            if not fetched:
-                return
+                await self._recover(self.assigned)
             state: list[InputRecord] = []
             content: list[InputRecord] = []
             content_partitions: set[int] = set()
             for tp, records in fetched.items():
                 if tp.partition not in self._stores:
                     continue  # revoked while the fetch was in flight; the new owner reads it
+                self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(records))
                 if tp.topic == self._content:
                     content.extend(records)
                     content_partitions.add(tp.partition)
-                    self.metrics.records_in.labels(input="content").inc(len(records))
                 else:
                     state.extend(records)
-                    self.metrics.records_in.labels(input=self._kind_of_topic[tp.topic].value).inc(len(records))
             if state:
                 await self._cycle(state, ())
             if content:
                 await self._catch_up(content_partitions)
                 await self._cycle((), content)
+            if self.ready:
+                await self._decide_due()
+            await self._refresh_gauges()
+
+    async def _recover(self, partitions: frozenset[int]) -> None:
+        """After an assignment: restore deferrals, catch state up, then report ready."""
+        self.metrics.recovering.set(1)
+        started = time.monotonic()
+        await self._restore_deferred(partitions)
+        await self._catch_up(partitions)
+        self._needs_catch_up = False
+        self.ready = True
+        self.metrics.ready.set(1)
+        self.metrics.recovering.set(0)
+        log.info("state of partitions %s caught up in %.1fs; ready", sorted(partitions), time.monotonic() - started)
+
+    async def _restore_deferred(self, partitions: Iterable[int]) -> None:
+        """Replay our deferred changelog from each store's offset to its end."""
+        topic = self.settings.topics.deferred
+        tps = {TopicPartition(topic, p): p for p in partitions}
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id=f"{self.settings.group_id}-deferred-restore",
+        )
+        await reader.start()
+        try:
+            reader.assign(list(tps))
+            ends = await reader.end_offsets(list(tps))
+            for tp, p in tps.items():
+                reader.seek(tp, self._stores[p].next_offset(StateKind.DEFERRED))
+            pending = [tp for tp in tps if await reader.position(tp) < ends[tp]]
+            while pending:
+                fetched = await reader.getmany(*pending, timeout_ms=500, max_records=self.settings.max_batch)
+                for tp, records in fetched.items():
+                    store = self._stores[tps[tp]]
+                    updates, counts = self.engine.restore_deferred(store, records)
+                    store.apply(updates, {StateKind.DEFERRED: records[-1].offset + 1}, counts)
+                pending = [tp for tp in pending if await reader.position(tp) < ends[tp]]
+            for tp, p in tps.items():  # compaction may leave the end past the last record
+                self._stores[p].apply((), {StateKind.DEFERRED: ends[tp]})
+        finally:
+            await reader.stop()
 
     async def _catch_up(self, partitions: Iterable[int]) -> None:
         """The freshness gate: apply state of `partitions` up to the end offsets as of now."""
@@ -180,39 +225,65 @@ class FilterWorker:
             if not lagging or self._stopping.is_set():
                 return
             fetched = await consumer.getmany(*lagging, timeout_ms=500, max_records=self.settings.max_batch)
-            records = [r for tp in lagging for r in fetched.get(tp, ())]
+            records: list[InputRecord] = []
             for tp in lagging:
-                n = len(fetched.get(tp, ()))
-                if n:
-                    self.metrics.records_in.labels(input=self._kind_of_topic[tp.topic].value).inc(n)
+                got = fetched.get(tp, [])
+                records.extend(got)
+                self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(got))
             if records:
                 await self._cycle(records, ())
+
+    async def _decide_due(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        now_ms = int(now.timestamp() * 1000)
+        for partition, store in self._stores.items():
+            first = next(store.scan(DEFERRED_PREFIX), None)
+            if first is None or int.from_bytes(first[0][2:10], "big") > now_ms:
+                continue
+            result = self.engine.process_due(store, partition, now, self.settings.max_batch)
+            await self._perform(result)
+            log.info("decided %d deferred items of partition %d again", sum(result.decisions.values()), partition)
 
     async def _cycle(self, state: Sequence[InputRecord], content: Sequence[InputRecord]) -> None:
         """Decide, then perform the result in the crash-safe order described in engine.py."""
         started = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
         result = self.engine.process(self._stores, state, content, now)
-        for partition, updates in result.pre_updates.items():
-            self._stores[partition].apply(updates)
-        await self._produce(result)
+        await self._perform(result)
         acked = time.time()
-        for partition in result.post_updates.keys() | result.state_offsets.keys():
-            self._stores[partition].apply(
-                result.post_updates.get(partition, ()), result.state_offsets.get(partition, {})
-            )
         if content:
             await self._commit(content)
-            observe = self.metrics.broker_to_feed_seconds.observe
+            broker = self.metrics.broker_latency.observe
             for record in content:
-                observe(max(0.0, acked - record.timestamp / 1000))
-        self.metrics.count_batch(result)
+                broker(max(0.0, acked - record.timestamp / 1000))
+        event_time = self.metrics.event_time_latency.observe
+        for moment in result.event_times:
+            event_time(max(0.0, acked - moment))
+        propagation = self.metrics.objection_propagation.observe
+        for appended_ms in result.objections:
+            propagation(max(0.0, acked - appended_ms / 1000))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.last_batch.set(acked)
+
+    async def _perform(self, result: BatchResult) -> None:
+        for partition, updates in result.pre_updates.items():
+            self._stores[partition].apply(updates, counts=result.pre_counts.get(partition))
+        await self._produce(result)
+        for partition in result.post_updates.keys() | result.state_offsets.keys():
+            self._stores[partition].apply(
+                result.post_updates.get(partition, ()),
+                result.state_offsets.get(partition, {}),
+                result.post_counts.get(partition),
+            )
+        self.metrics.count_batch(result)
 
     async def _produce(self, result: BatchResult) -> None:
         producer = self.producer
         assert producer is not None
-        futures = [await producer.send(self._out_topic[p.topic], value=p.value, key=p.key) for p in result.produce]
+        futures = [
+            await producer.send(self._out_topic[p.topic], value=p.value, key=p.key, partition=p.partition)
+            for p in result.produce
+        ]
         if not futures:
             return
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
@@ -233,6 +304,31 @@ class FilterWorker:
             # The group rebalanced: the partition's new owner replays from the last
             # commit. Duplicates on the feed are idempotent (same key, same item).
             log.warning("commit failed after a rebalance; the new owner replays %d partitions", len(offsets))
+
+    async def _refresh_gauges(self) -> None:
+        if time.monotonic() - self._gauges_at < GAUGE_PERIOD_SECONDS:
+            return
+        self._gauges_at = time.monotonic()
+        consumer = self.consumer
+        assert consumer is not None
+        seen: set[tuple[str, str]] = set()
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            labels = (self._input_of_topic[tp.topic], str(tp.partition))
+            self.metrics.consumer_lag.labels(*labels).set(max(0, end - await consumer.position(tp)))
+            seen.add(labels)
+        for labels in self._lag_labels - seen:  # revoked partitions leave the gauge
+            self.metrics.consumer_lag.remove(*labels)
+        self._lag_labels = seen
+        totals = dict.fromkeys(EntryKind, 0)
+        for store in self._stores.values():
+            for kind, n in store.counts().items():
+                totals[kind] += n
+        for kind, n in totals.items():
+            self.metrics.state_entries.labels(kind=kind.value).set(n)
+        self.metrics.deferred_items.set(totals[EntryKind.DEFERRED])
 
     async def _rewind(self) -> None:
         """After a failed batch, reposition every input to what is durably done."""
@@ -281,6 +377,8 @@ class FilterWorker:
             self._seek_state(tp for tp in assigned if tp.topic != self._content)
             self.assigned = partitions
             self._needs_catch_up = True
+            self.metrics.rebalances.inc()
+            self.metrics.recovering.set(1)
             log.info("assigned partitions %s", sorted(partitions))
 
     def _open_store(self, partition: int) -> PartitionStore:

@@ -4,6 +4,7 @@ the freshness gate, retraction, state that survives a restart or a wiped disk.""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,17 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from stream.worker import FilterWorker
 
-from .harness import committed, latest_by_key, make_topics, read_all, read_until, running_worker, send, unique_settings
+from .harness import (
+    committed,
+    js,
+    latest_by_key,
+    make_topics,
+    read_all,
+    read_until,
+    running_worker,
+    send,
+    unique_settings,
+)
 from .test_filter_scenario import objection, profile, upsert
 
 pytestmark = pytest.mark.integration
@@ -122,3 +133,34 @@ async def test_worker_restart_with_state_on_disk_resumes_and_wiped_state_is_rebu
         assert _sample(worker, "eligibility_input_records_total", input="profiles") == 2
     reasons = {d.json()["content_id"]: d.json()["reason"] for d in decisions}
     assert reasons == {"c-1": "eligible", "c-2": "eligible", "c-3": "minor", "c-4": "eligible", "c-5": "minor"}
+
+
+async def test_worker_item_held_for_notice_period_is_decided_again_when_due_even_after_wiped_state(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path / "run1", partitions=1)
+    await make_topics(settings)
+    # Brazil's 30-day notice period ends a few seconds from now.
+    ends = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)
+    notified = (ends - dt.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    await send(settings, settings.topics.profiles, [profile("a-br", country="BR", notified=notified)])
+    await send(settings, settings.topics.content, [upsert("c-held", "a-br"), upsert("c-dropped", "a-br")])
+    async with running_worker(settings) as worker:
+        decisions = await read_until(settings, settings.topics.decisions, 2)
+        assert {d.json()["reason"] for d in decisions} == {"notice_period_running"}
+        # c-dropped is deleted while held: it must not come back when the period ends.
+        await send(settings, settings.topics.content, [(b"a-br", js({
+            "event_id": "e-del", "op": "delete", "content_id": "c-dropped", "author_id": "a-br",
+            "event_time": "2026-11-28T09:15:00Z"}))])
+        await read_until(settings, settings.topics.decisions, 3)
+        await _until(lambda: _sample(worker, "eligibility_deferred_items") == 1)
+
+    # The worker's local state is lost: the deferral comes back from its changelog.
+    shutil.rmtree(settings.data_dir)
+    async with running_worker(replace(settings)):
+        feed = await read_until(settings, settings.topics.feed, 1, timeout=60)
+        decisions = await read_until(settings, settings.topics.decisions, 4)
+    assert [r.key for r in feed] == [b"c-held"]
+    again = [d.json() for d in decisions][3]
+    assert (again["content_id"], again["reason"], again["event_id"]) == ("c-held", "eligible", "e-c-held")
+    assert dt.datetime.now(dt.UTC) >= ends
