@@ -8,6 +8,8 @@ table-browsing pages are disabled: they would expose personal data.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import faust
@@ -19,6 +21,8 @@ from stream.engine import Engine
 from stream.metrics import Metrics
 from stream.policy import load_policy
 from stream.worker import FilterWorker
+
+log = logging.getLogger(__name__)
 
 
 def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
@@ -50,7 +54,14 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
             self.add_future(worker.run())
 
         async def on_stop(self) -> None:
-            await worker.stop()
+            # Bounded, so a stuck broker cannot outlast the orchestrator's grace
+            # period: a batch cut short is not committed and is replayed on restart.
+            try:
+                await asyncio.wait_for(worker.stop(), timeout=settings.shutdown_timeout)
+            except TimeoutError:
+                log.error(
+                    "drain did not finish in %.0fs; exiting, the last batch will be replayed", settings.shutdown_timeout
+                )
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

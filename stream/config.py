@@ -61,6 +61,7 @@ class Settings:
     max_batch: int = 5000
     linger_ms: int = 5
     compression: str | None = "lz4"
+    shutdown_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +81,7 @@ class Settings:
             max_batch=_int(env, "STREAM_MAX_BATCH", 5000, minimum=1),
             linger_ms=_int(env, "STREAM_PRODUCER_LINGER_MS", 5, minimum=0),
             compression=_compression(env),
+            shutdown_timeout=float(_int(env, "STREAM_SHUTDOWN_TIMEOUT", 30, minimum=1)),
         )
 
 
