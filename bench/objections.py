@@ -1,0 +1,347 @@
+"""Objection propagation benchmark (issue 4): how fast an objection takes effect.
+
+Under background load at a fixed rate, canary users post content continuously;
+objections are written at recorded times; an observer reading the feed reports,
+per objection:
+- the leak window: feed items of that user whose content was acknowledged by the
+  broker after the objection was (must be zero);
+- the propagation latency: from the objection's append to `accounts.objections`
+  to the append of the last of that user's tombstones on `training.feed` (both
+  topics use LogAppendTime here, so both times are the broker's clock).
+
+    python -m bench.objections [--objections 220] [--rate 2000] [--quick]
+
+Results go to the `objections` block of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from stream.config import DEV_PSEUDONYM_KEY, Settings, TopicNames
+from stream.generator import produce
+from stream.topics import create_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- objections:begin -->", "<!-- objections:end -->"
+
+
+@dataclass
+class Canary:
+    account: str
+    posts: list[tuple[str, int]] = field(default_factory=list)  # (content id, ack time ms)
+    objected_at: int | None = None  # broker append time of the objection (ms)
+
+
+def _profile(account: str) -> bytes:
+    return orjson.dumps(
+        {
+            "account_id": account,
+            "birth_date": "1985-03-03",
+            "country": "GB",
+            "notified_at": "2025-01-01T00:00:00Z",
+            "updated_at": "2025-01-01T00:00:00Z",
+        }
+    )
+
+
+def _post(account: str, content_id: str, n: int) -> bytes:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return orjson.dumps(
+        {
+            "event_id": f"e-{content_id}",
+            "op": "upsert",
+            "content_id": content_id,
+            "content_type": "post",
+            "platform": "facebook",
+            "author_id": account,
+            "visibility": "public",
+            "created_at": "2026-01-01T00:00:00Z",
+            "event_time": now,
+            "text": f"canary post {n}",
+            "media_uri": None,
+            "language": "en",
+        }
+    )
+
+
+async def _log_append_time(settings: Settings, topics: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, t, configs={"message.timestamp.type": "LogAppendTime"})
+                for t in topics
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+async def _delete_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        t = settings.topics
+        await admin.delete_topics([t.content, t.profiles, t.objections, t.feed, t.decisions, t.dlq, t.deferred])
+    finally:
+        await admin.close()
+
+
+def _env(settings: Settings, port: int) -> dict[str, str]:
+    t = settings.topics
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_")}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+        STREAM_DATA_DIR=str(settings.data_dir),
+        STREAM_GROUP_ID=settings.group_id,
+        STREAM_DEV_MODE="1",
+        STREAM_WEB_PORT=str(port),
+        STREAM_TOPIC_CONTENT_EVENTS=t.content,
+        STREAM_TOPIC_ACCOUNTS_PROFILES=t.profiles,
+        STREAM_TOPIC_ACCOUNTS_OBJECTIONS=t.objections,
+        STREAM_TOPIC_TRAINING_FEED=t.feed,
+        STREAM_TOPIC_ELIGIBILITY_DECISIONS=t.decisions,
+        STREAM_TOPIC_CONTENT_EVENTS_DLQ=t.dlq,
+        STREAM_TOPIC_ELIGIBILITY_DEFERRED=t.deferred,
+    )
+    return env
+
+
+async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("worker exited during start-up")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:  # noqa: S310
+                if r.status == 200:
+                    return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("worker not ready")
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    tag = uuid.uuid4().hex[:8]
+    base = TopicNames()
+    topics = TopicNames(**{f: f"bo{tag}.{getattr(base, f)}" for f in base.__dataclass_fields__})
+    data = Path(tempfile.mkdtemp(prefix="bench-objections-"))
+    settings = Settings(
+        bootstrap_servers=args.bootstrap,
+        data_dir=data,
+        partitions=4,
+        group_id=f"bo-{tag}",
+        topics=topics,
+        dev_mode=True,
+    )
+    await create_topics(settings)
+    await _log_append_time(settings, [topics.objections, topics.feed])
+    rng = random.Random(7)
+    canaries = [Canary(f"canary-{tag}-{i:04d}") for i in range(args.objections)]
+    pseudonym_of = {hmac.new(DEV_PSEUDONYM_KEY, c.account.encode(), hashlib.sha256).hexdigest(): c for c in canaries}
+    owner = {}
+
+    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    await asyncio.gather(
+        *[await producer.send(topics.profiles, key=c.account.encode(), value=_profile(c.account)) for c in canaries]
+    )
+    port = 20000 + rng.randrange(20000)
+    log = (data / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "stream", "worker"], env=_env(settings, port), stdout=log, stderr=subprocess.STDOUT
+    )
+    stop = asyncio.Event()
+    try:
+        await _wait_ready(port, worker)
+        load = asyncio.create_task(
+            produce(
+                settings,
+                count=None,
+                rate=args.rate,
+                accounts=args.accounts,
+                seed=1,
+                malformed_share=0.0,
+                progress=False,
+                stop=stop,
+            )
+        )
+
+        async def post(c: Canary, n: int) -> None:
+            cid = f"{c.account}-p{n}"
+            owner[cid.encode()] = c
+            meta = await (await producer.send(topics.content, key=c.account.encode(), value=_post(c.account, cid, n)))
+            c.posts.append((cid, int(time.time() * 1000) if meta.timestamp == -1 else meta.timestamp))
+
+        # Warm-up: every canary has items on the feed before anyone objects.
+        for n in range(args.posts_before):
+            await asyncio.gather(*[post(c, n) for c in canaries])
+        pending = list(canaries)
+        rng.shuffle(pending)
+        n = args.posts_before
+        started = time.monotonic()
+        while pending:
+            c = pending.pop()
+            objection = orjson.dumps(
+                {
+                    "account_id": c.account,
+                    "status": "objected",
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "source": "form",
+                    "request_id": f"req-{c.account}",
+                }
+            )
+            meta = await (await producer.send(topics.objections, key=c.account.encode(), value=objection))
+            c.objected_at = meta.timestamp
+            # Canaries keep posting right after their objection: none of it may reach the feed.
+            await asyncio.gather(*[post(x, n) for x in rng.sample(canaries, min(20, len(canaries)))])
+            n += 1
+            await asyncio.sleep(args.interval)
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(2.0)  # allow the last retractions to land before reading the feed
+        stop.set()
+        await load
+    finally:
+        stop.set()
+        worker.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(30)
+        log.close()
+        await producer.stop()
+
+    # Observe the feed: live records and tombstones with their broker append times.
+    consumer = AIOKafkaConsumer(bootstrap_servers=args.bootstrap, group_id=None)
+    await consumer.start()
+    tps = [TopicPartition(topics.feed, p) for p in range(4)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    ends = await consumer.end_offsets(tps)
+    records = []
+    while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+        for batch in (await consumer.getmany(timeout_ms=500)).values():
+            records.extend(batch)
+    await consumer.stop()
+
+    last_tombstone: dict[str, int] = {}
+    leaks = 0
+    for r in records:
+        c = owner.get(r.key)
+        if c is None or c.objected_at is None:
+            continue
+        if r.value is None:
+            last_tombstone[c.account] = max(last_tombstone.get(c.account, 0), r.timestamp)
+        else:
+            item = orjson.loads(r.value)
+            assert pseudonym_of[item["author_pseudonym"]] is c
+            acked = dict(c.posts).get(r.key.decode())
+            if acked is not None and acked > c.objected_at:
+                leaks += 1
+    latencies = [
+        (last_tombstone[c.account] - c.objected_at) / 1000
+        for c in canaries
+        if c.objected_at is not None and c.account in last_tombstone
+    ]
+    missing = [c.account for c in canaries if c.account not in last_tombstone]
+    await _delete_topics(settings)
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+
+    return {
+        "objections": len(canaries),
+        "measured": len(latencies),
+        "without_tombstones": len(missing),
+        "p50_ms": pct(0.50) * 1000,
+        "p99_ms": pct(0.99) * 1000,
+        "max_ms": latencies[-1] * 1000 if latencies else 0,
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else 0,
+        "leaks": leaks,
+        "rate": args.rate,
+        "interval_s": args.interval,
+        "elapsed_s": elapsed,
+        "posts_before": args.posts_before,
+    }
+
+
+def write(result: dict[str, object]) -> None:
+    verdict_p99 = "met" if float(result["p99_ms"]) <= 250 else "MISSED"  # type: ignore[arg-type]
+    verdict_leak = "met" if result["leaks"] == 0 else "MISSED"
+    block = f"""{BEGIN}
+## Objection propagation (issue 4)
+
+Run `python -m bench.objections` (this block is rewritten by it). Machine:
+{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()};
+broker on the same machine. Background load: the generator at {result["rate"]} content
+events/s (open loop); {result["objections"]} canary users each posted
+{result["posts_before"]} items, then objected one after another every
+{result["interval_s"]} s while canaries kept posting.
+
+| measure | value | target |
+|---|---|---|
+| objections measured (had items on the feed) | {result["measured"]} of {result["objections"]} | >= 200 |
+| propagation p50 | {float(result["p50_ms"]):.1f} ms | |
+| propagation p99 | {float(result["p99_ms"]):.1f} ms | <= 250 ms: {verdict_p99} |
+| propagation max | {float(result["max_ms"]):.1f} ms | |
+| items emitted from content acknowledged after the objection | {result["leaks"]} | 0: {verdict_leak} |
+
+Propagation is measured from the objection's append to `accounts.objections` to
+the append of the last of that user's tombstones on `training.feed` (both topics
+set to LogAppendTime, so one clock). The worker exports the same quantity as
+`eligibility_objection_propagation_seconds`.
+{END}"""
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if BEGIN in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.objections")
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--objections", type=int, default=220)
+    parser.add_argument("--rate", type=float, default=2000.0, help="background content events/s")
+    parser.add_argument("--accounts", type=int, default=50_000)
+    parser.add_argument("--posts-before", type=int, default=3)
+    parser.add_argument("--interval", type=float, default=0.1, help="seconds between objections")
+    parser.add_argument("--quick", action="store_true", help="30 objections, light load: a smoke run")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.objections, args.rate, args.accounts = 30, 300.0, 2000
+    result = asyncio.run(run(args))
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if not args.no_write and not args.quick:
+        write(result)
+    return 0 if result["leaks"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
