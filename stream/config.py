@@ -28,6 +28,9 @@ class TopicNames:
     # Ours, not the contract's: the changelog of held decisions (see engine.py), so
     # they survive a partition moving to another worker.
     deferred: str = "eligibility.deferred"
+    # Ours too: the changelog of the published-items index, so a partition's new
+    # owner knows what to retract.
+    published: str = "eligibility.published"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TopicNames:
@@ -40,10 +43,15 @@ class TopicNames:
             decisions=env.get("STREAM_TOPIC_ELIGIBILITY_DECISIONS", defaults.decisions),
             dlq=env.get("STREAM_TOPIC_CONTENT_EVENTS_DLQ", defaults.dlq),
             deferred=env.get("STREAM_TOPIC_ELIGIBILITY_DEFERRED", defaults.deferred),
+            published=env.get("STREAM_TOPIC_ELIGIBILITY_PUBLISHED", defaults.published),
         )
 
     def inputs(self) -> tuple[str, str, str]:
         return (self.content, self.profiles, self.objections)
+
+    def changelogs(self) -> tuple[str, str]:
+        """Our own compacted topics, co-partitioned with the inputs: what a store restores from."""
+        return (self.published, self.deferred)
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ class OutputTopic(StrEnum):
     DECISIONS = "decisions"
     DLQ = "dlq"
     DEFERRED = "deferred"
+    PUBLISHED = "published"
 
 
 class InputRecord(Protocol):
@@ -170,6 +171,10 @@ class _Overlay:
         for author_id, items in self.published.items():
             for content_id, value in items.items():
                 (pre if value is not None else post).append((published_key(author_id, content_id), value))
+                # The index's changelog, so the partition's next owner can restore it.
+                result.produce.append(
+                    Produce(OutputTopic.PUBLISHED, item_id(author_id, content_id), value, partition=self.partition)
+                )
         pre_counts: Counter[EntryKind] = Counter()
         post_counts: Counter[EntryKind] = Counter()
         for updates, counts in ((pre, pre_counts), (post, post_counts)):
@@ -239,15 +244,18 @@ class Engine:
         ov.settle(result)
         return result
 
-    def restore_deferred(
-        self, store: PartitionStore, records: Iterable[InputRecord]
+    def restore(
+        self, kind: StateKind, store: PartitionStore, records: Iterable[InputRecord]
     ) -> tuple[list[Update], Counter[EntryKind]]:
-        """Local writes that replay the deferred topic (our own changelog) into a store."""
+        """Local writes that replay one of our changelogs (published or deferred) into a store."""
         ov = _Overlay(store, -1)
         for record in records:
             if record.key is None:
                 continue
             item = record.key
+            if kind is StateKind.PUBLISHED:
+                ov.put(b"i:" + item, record.value)
+                continue
             previous = ov.get(deferred_due_key(item))
             if previous is not None:
                 ov.put(deferred_key(int.from_bytes(previous, "big"), item), None)

@@ -11,7 +11,7 @@ Key scheme (bytes, so RocksDB orders them and an author's items share a prefix):
   i:<item>                    a published item: what a re-evaluation needs
   d:<due ms, 8 bytes><item>   a deferred item, ordered by when it is due: raw content value
   D:<item>                    the due time of a deferred item (to find and cancel it)
-  \\0offset:<kind>             next offset of profiles/objections/deferred to apply
+  \\0offset:<kind>             next offset of each topic the store is restored from
   \\0count:<kind>              number of entries of each kind (for the state gauge)
 where <item> is the author's UTF-8 length in 2 bytes, the author, then the content
 id: length-prefixed, so no id (NUL included) can forge another author's prefix.
@@ -34,6 +34,7 @@ class StateKind(StrEnum):
 
     PROFILES = "profiles"
     OBJECTIONS = "objections"
+    PUBLISHED = "published"
     DEFERRED = "deferred"
 
 

@@ -1,4 +1,4 @@
-"""The six topics of the contract (and our deferred changelog): layout, creation, start-up check.
+"""The six topics of the contract and our two changelogs: layout, creation, start-up check.
 
 `create_topics` is idempotent (existing topics are left as they are and reported);
 `check_layout` refuses to start a worker whose inputs are missing or not
@@ -50,6 +50,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Held decisions, keyed by item and written to the partition of the author's
         # content: co-partitioned with the inputs like them.
         TopicSpec(t.deferred, {"cleanup.policy": "compact", "delete.retention.ms": str(_DAY_MS)}),
+        # The published-items index, the same way: what a partition's next owner must
+        # be able to retract.
+        TopicSpec(t.published, {"cleanup.policy": "compact", "delete.retention.ms": str(_DAY_MS)}),
     ]
 
 
@@ -118,7 +121,7 @@ async def check_layout(settings: Settings) -> dict[str, int | None]:
     """Raise TopicLayoutError unless every topic exists and the inputs (and deferred) are co-partitioned."""
     names = [spec.name for spec in topic_specs(settings)]
     counts = await partition_counts(settings, names)
-    problems = layout_problems(counts, (*settings.topics.inputs(), settings.topics.deferred))
+    problems = layout_problems(counts, (*settings.topics.inputs(), *settings.topics.changelogs()))
     if problems:
         raise TopicLayoutError(
             "refusing to start: "

@@ -13,8 +13,9 @@ Guarantees (at least once):
   own next offsets, written after the records they caused were acknowledged;
 - freshness gate: before content of partition p is decided, p's profiles and
   objections have been applied up to the end offsets read after the fetch;
-- deferred decisions are restored from their compacted topic when a partition is
-  assigned, and decided again when due.
+- the published-items index and deferred decisions are restored from their
+  compacted changelogs when a partition is assigned, before any state record of
+  that partition is applied; deferred items are decided again when due.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class FilterWorker:
             OutputTopic.DECISIONS: topics.decisions,
             OutputTopic.DLQ: topics.dlq,
             OutputTopic.DEFERRED: topics.deferred,
+            OutputTopic.PUBLISHED: topics.published,
         }
+        self._changelog_kinds = {topics.published: StateKind.PUBLISHED, topics.deferred: StateKind.DEFERRED}
         self._stores: dict[int, PartitionStore] = {}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -147,8 +150,6 @@ class FilterWorker:
         async with self._lock:
             if self._stopping.is_set():
                 return
-            if self._needs_catch_up and self.assigned:
-                await self._recover(self.assigned)
             state: list[InputRecord] = []
             content: list[InputRecord] = []
             content_partitions: set[int] = set()
@@ -161,8 +162,25 @@ class FilterWorker:
                     content_partitions.add(tp.partition)
                 else:
                     state.extend(records)
-            if state:
+            recovering = self._needs_catch_up and bool(self.assigned)
+            if recovering:
+                # Published items and deferrals first: applying state may retract or re-decide them.
+                self.metrics.recovering.set(1)
+                started = time.monotonic()
+                await self._restore_changelogs(self.assigned)
+            if state:  # before any catch-up, which reads the records after these
                 await self._cycle(state, ())
+            if recovering:
+                await self._catch_up(self.assigned)
+                self._needs_catch_up = False
+                self.ready = True
+                self.metrics.ready.set(1)
+                self.metrics.recovering.set(0)
+                log.info(
+                    "state of partitions %s restored and caught up in %.1fs; ready",
+                    sorted(self.assigned),
+                    time.monotonic() - started,
+                )
             if content:
                 await self._catch_up(content_partitions)
                 await self._cycle((), content)
@@ -170,45 +188,33 @@ class FilterWorker:
                 await self._decide_due()
             await self._refresh_gauges()
 
-    async def _recover(self, partitions: frozenset[int]) -> None:
-        """After an assignment: restore deferrals, catch state up, then report ready."""
-        self.metrics.recovering.set(1)
-        started = time.monotonic()
-        await self._restore_deferred(partitions)
-        await self._catch_up(partitions)
-        self._needs_catch_up = False
-        self.ready = True
-        self.metrics.ready.set(1)
-        self.metrics.recovering.set(0)
-        log.info("state of partitions %s caught up in %.1fs; ready", sorted(partitions), time.monotonic() - started)
-
-    async def _restore_deferred(self, partitions: Iterable[int]) -> None:
-        """Replay our deferred changelog from each store's offset to its end."""
-        topic = self.settings.topics.deferred
-        tps = {TopicPartition(topic, p): p for p in partitions}
+    async def _restore_changelogs(self, partitions: Iterable[int]) -> None:
+        """Replay our changelogs (published index, deferrals) from each store's offset to their end."""
+        tps = {TopicPartition(topic, p): p for topic in self._changelog_kinds for p in partitions}
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
-            client_id=f"{self.settings.group_id}-deferred-restore",
+            client_id=f"{self.settings.group_id}-restore",
         )
         await reader.start()
         try:
             reader.assign(list(tps))
             ends = await reader.end_offsets(list(tps))
             for tp, p in tps.items():
-                reader.seek(tp, self._stores[p].next_offset(StateKind.DEFERRED))
+                reader.seek(tp, self._stores[p].next_offset(self._changelog_kinds[tp.topic]))
             pending = [tp for tp in tps if await reader.position(tp) < ends[tp]]
             while pending:
                 fetched = await reader.getmany(*pending, timeout_ms=500, max_records=self.settings.max_batch)
                 for tp, records in fetched.items():
+                    kind = self._changelog_kinds[tp.topic]
                     store = self._stores[tps[tp]]
-                    updates, counts = self.engine.restore_deferred(store, records)
-                    store.apply(updates, {StateKind.DEFERRED: records[-1].offset + 1}, counts)
+                    updates, counts = self.engine.restore(kind, store, records)
+                    store.apply(updates, {kind: records[-1].offset + 1}, counts)
                 pending = [tp for tp in pending if await reader.position(tp) < ends[tp]]
             for tp, p in tps.items():  # compaction may leave the end past the last record
-                self._stores[p].apply((), {StateKind.DEFERRED: ends[tp]})
+                self._stores[p].apply((), {self._changelog_kinds[tp.topic]: ends[tp]})
         finally:
             await reader.stop()
 

@@ -32,7 +32,7 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         STREAM_TOPIC_CONTENT_EVENTS=t.content, STREAM_TOPIC_ACCOUNTS_PROFILES=t.profiles,
         STREAM_TOPIC_ACCOUNTS_OBJECTIONS=t.objections, STREAM_TOPIC_TRAINING_FEED=t.feed,
         STREAM_TOPIC_ELIGIBILITY_DECISIONS=t.decisions, STREAM_TOPIC_CONTENT_EVENTS_DLQ=t.dlq,
-        STREAM_TOPIC_ELIGIBILITY_DEFERRED=t.deferred,
+        STREAM_TOPIC_ELIGIBILITY_DEFERRED=t.deferred, STREAM_TOPIC_ELIGIBILITY_PUBLISHED=t.published,
         STREAM_DEV_MODE="1",
     )
     env.update(extra)
@@ -55,7 +55,8 @@ async def _cleanup_policies(settings: Settings) -> dict[str, str]:
     await admin.start()
     try:
         names = [settings.topics.content, settings.topics.profiles, settings.topics.objections,
-                 settings.topics.feed, settings.topics.decisions, settings.topics.dlq, settings.topics.deferred]
+                 settings.topics.feed, settings.topics.decisions, settings.topics.dlq, settings.topics.deferred,
+                 settings.topics.published]
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
         policies: dict[str, str] = {}
         for response in responses:
@@ -74,13 +75,14 @@ async def test_topics_create_twice_is_idempotent_with_contract_cleanup_policies(
     first = _cli(settings, "topics", "create")
     second = _cli(settings, "topics", "create")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count(": created") == 7  # the contract's six and our deferred changelog
-    assert second.returncode == 0 and second.stdout.count(": exists") == 7
+    assert first.stdout.count(": created") == 8  # the contract's six and our two changelogs
+    assert second.returncode == 0 and second.stdout.count(": exists") == 8
     assert "layout ok" in second.stdout
     t = settings.topics
     assert await _cleanup_policies(settings) == {
         t.content: "delete", t.profiles: "compact", t.objections: "compact",
         t.feed: "compact", t.decisions: "delete", t.dlq: "delete", t.deferred: "compact",
+        t.published: "compact",
     }
 
 

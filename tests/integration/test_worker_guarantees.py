@@ -164,3 +164,27 @@ async def test_worker_item_held_for_notice_period_is_decided_again_when_due_even
     again = [d.json() for d in decisions][3]
     assert (again["content_id"], again["reason"], again["event_id"]) == ("c-held", "eligible", "e-c-held")
     assert dt.datetime.now(dt.UTC) >= ends
+
+
+@pytest.mark.parametrize("wipe", [False, True], ids=["state-kept", "state-wiped"])
+async def test_worker_restart_between_publishing_and_objecting_still_retracts_everything(
+    bootstrap: str, tmp_path: Path, wipe: bool
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path / "data")
+    await make_topics(settings)
+    await send(settings, settings.topics.profiles, [profile("a-obj"), profile("a-other")])
+    items = [upsert(f"c-{i}", "a-obj") for i in range(6)] + [upsert("c-other", "a-other")]
+    await send(settings, settings.topics.content, items)
+    async with running_worker(settings):
+        await read_until(settings, settings.topics.feed, 7)
+
+    if wipe:  # a new pod, or the partition moved to another worker: only the topics remain
+        shutil.rmtree(settings.data_dir)
+    await send(settings, settings.topics.objections, [objection("a-obj", "objected")])
+    async with running_worker(replace(settings)):
+        feed = await read_until(settings, settings.topics.feed, 7 + 6)
+        decisions = await read_until(settings, settings.topics.decisions, 7 + 6)
+    live = {k for k, r in latest_by_key(feed).items() if r.value is not None}
+    assert live == {b"c-other"}
+    retracts = sorted(d.json()["content_id"] for d in decisions if d.json()["action"] == "retract")
+    assert retracts == [f"c-{i}" for i in range(6)]

@@ -11,7 +11,7 @@ from stream.config import TopicNames
 from stream.engine import BatchResult, Engine, OutputTopic
 from stream.models import Reason
 from stream.policy import load_policy
-from stream.state import EntryKind, MemoryPartitionStore, item_id
+from stream.state import EntryKind, MemoryPartitionStore, StateKind, item_id
 
 TOPICS = TopicNames()
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -158,7 +158,7 @@ def test_deferral_restored_from_changelog_equals_the_original_store() -> None:
 
     fresh = MemoryPartitionStore()
     _apply(fresh, engine.process({0: fresh}, [_profile()], [], NOW))
-    updates, counts = engine.restore_deferred(fresh, changelog)
+    updates, counts = engine.restore(StateKind.DEFERRED, fresh, changelog)
     fresh.apply(updates, counts=counts)
 
     assert list(fresh.scan(b"d:")) == list(store.scan(b"d:"))

@@ -30,6 +30,7 @@ from stream.policy import Policy, load_policy
 from stream.state import (
     MemoryPartitionStore,
     StateKind,
+    item_id,
     objection_key,
     profile_key,
     published_key,
@@ -200,7 +201,12 @@ def retracted(content_id: str, event_id: str, cause: str, event_time: str) -> li
 
 
 def decoded(result: BatchResult) -> list[tuple[OutputTopic, bytes | None, Any]]:
-    return [(p.topic, p.key, None if p.value is None else orjson.loads(p.value)) for p in result.produce]
+    # The published-items changelog is internal plumbing, tested on its own below.
+    return [
+        (p.topic, p.key, None if p.value is None else orjson.loads(p.value))
+        for p in result.produce
+        if p.topic is not OutputTopic.PUBLISHED
+    ]
 
 
 # -- the fake worker ---------------------------------------------------------------
@@ -225,6 +231,7 @@ class FakeWorker:
         self.engine = engine
         self.stores = {p: MemoryPartitionStore() for p in partitions}
         self.feed: dict[bytes, bytes] = {}  # the compacted `training.feed`
+        self.changelog: list[InRecord] = []  # the published-items changelog, as written
         self._next_offset: Counter[tuple[str, int]] = Counter()
 
     def record(
@@ -258,6 +265,10 @@ class FakeWorker:
         for partition, updates in result.pre_updates.items():
             self.stores[partition].apply(updates)
         for out in result.produce:
+            if out.topic is OutputTopic.PUBLISHED:
+                self.changelog.append(
+                    InRecord(TOPICS.published, out.partition or 0, len(self.changelog), out.key, out.value, BROKER_MS)
+                )
             if out.topic is OutputTopic.FEED:
                 assert out.key is not None
                 if out.value is None:
@@ -307,7 +318,7 @@ def test_engine_eligible_upsert_yields_one_decision_and_one_minimised_feed_recor
         (OutputTopic.DECISIONS, b"c-1", decide_record("c-1", "e-1", "eligible")),
         (OutputTopic.FEED, b"c-1", feed_record("c-1", "e-1")),
     ]
-    feed = orjson.loads(result.produce[1].value or b"")
+    feed = orjson.loads(next(p for p in result.produce if p.topic is OutputTopic.FEED).value or b"")
     assert set(feed) == FEED_FIELDS
     assert feed["author_pseudonym"] == hmac.new(PSEUDONYM_KEY, AUTHOR.encode(), hashlib.sha256).hexdigest()
     assert result.decisions == Counter({Reason.ELIGIBLE: 1})
@@ -938,3 +949,25 @@ def test_engine_author_id_containing_nul_objection_retracts_only_own_items(worke
     assert decoded(first) == []
     assert [(t, k) for t, k, _ in decoded(second)] == [(OutputTopic.FEED, b"c-1"), (OutputTopic.DECISIONS, b"c-1")]
     assert worker.feed == {}
+
+
+def test_engine_published_index_changes_go_to_their_changelog_on_the_authors_partition(worker: FakeWorker) -> None:
+    worker.run(state=[worker.profile(profile_value(AUTHOR), key=AUTHOR.encode())])
+    added = worker.run(content=[worker.content(upsert_value("c-1", "e-c-1"), key=AUTHOR.encode())])
+    removed = worker.run(state=[worker.objection(objection_value("objected"))])
+
+    [entry] = [p for p in added.produce if p.topic is OutputTopic.PUBLISHED]
+    assert (entry.key, entry.partition) == (item_id(AUTHOR, "c-1"), 0)
+    assert entry.value is not None and orjson.loads(entry.value)["event_id"] == "e-c-1"
+    [tombstone] = [p for p in removed.produce if p.topic is OutputTopic.PUBLISHED]
+    assert (tombstone.key, tombstone.value, tombstone.partition) == (item_id(AUTHOR, "c-1"), None, 0)
+
+
+def test_engine_published_changelog_restores_the_index_it_came_from(worker: FakeWorker) -> None:
+    worker.publish("c-1", "c-2", "c-3")
+    worker.run(content=[worker.content(upsert_value("c-2", "e-x", visibility="friends"), key=AUTHOR.encode())])
+    fresh = MemoryPartitionStore()
+    updates, _ = worker.engine.restore(StateKind.PUBLISHED, fresh, worker.changelog)
+    fresh.apply(updates)
+    assert list(fresh.scan(published_prefix(AUTHOR))) == list(worker.stores[0].scan(published_prefix(AUTHOR)))
+    assert len(list(fresh.scan(published_prefix(AUTHOR)))) == 2
