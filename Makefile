@@ -28,16 +28,22 @@ broker-stop: ## stop the local Kafka broker
 run: install ## broker, topics, worker, a synthetic workload and live counts by reason (Ctrl-C stops)
 	scripts/demo.sh
 
-test: check ## the whole suite: linters, strict mypy, unit tests, then integration tests against the real broker
+test: check prometheus ## the whole suite: linters, strict mypy, unit tests, then integration tests against the real broker
 	scripts/kafka.sh start
 	$(PY) -m pytest
 
 check: install ## linters and strict mypy
-	$(VENV)/bin/ruff check stream tests
+	$(VENV)/bin/ruff check stream tests dashboards
 	$(VENV)/bin/mypy
+
+prometheus: ## install prometheus and promtool (Debian's package) if missing
+	scripts/install-prometheus.sh
+
+dashboards: install ## regenerate dashboards/*.json from dashboards/build.py
+	$(PY) dashboards/build.py
 
 clean: ## remove the virtualenv, local state and the broker's data
 	-scripts/kafka.sh reset
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install broker broker-stop run test check clean
+.PHONY: help install broker broker-stop run test check prometheus dashboards clean

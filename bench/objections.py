@@ -106,7 +106,7 @@ async def _delete_topics(settings: Settings) -> None:
     await admin.start()
     try:
         t = settings.topics
-        await admin.delete_topics([t.content, t.profiles, t.objections, t.feed, t.decisions, t.dlq, t.deferred])
+        await admin.delete_topics([getattr(t, f) for f in t.__dataclass_fields__])
     finally:
         await admin.close()
 
@@ -139,7 +139,7 @@ async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float =
         if proc.poll() is not None:
             raise RuntimeError("worker exited during start-up")
         with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:  
                 if r.status == 200:
                     return
         await asyncio.sleep(0.2)

@@ -18,7 +18,7 @@ from stream.engine import BatchResult
 from stream.models import DeadLetterReason, Reason, RetractCause
 
 INPUTS = ("content", "profiles", "objections")
-OUTPUTS = ("feed", "decisions", "dlq", "deferred")
+OUTPUTS = ("feed", "decisions", "dlq", "deferred", "published")
 
 # Seconds. The end-to-end objective is p99 <= 50 ms, so resolution is finest below
 # 100 ms; the tail buckets show backlog after a restart or a rebalance.

@@ -1,0 +1,659 @@
+"""Grafana dashboards as code: `python dashboards/build.py` writes the committed JSON.
+
+Owns the two dashboards the stack provisions (dashboards/provisioning/): the SREs'
+overview and the compliance view. Every query reads only series that
+stream/metrics.py defines, through the Prometheus data source provisioned with uid
+`prometheus`; tests/unit/test_dashboards.py checks both, and that the committed
+JSON is exactly what this file generates. tests/integration/test_prometheus.py
+runs every query against a real Prometheus scraping a real worker.
+
+Edit this file, never the JSON: run `python dashboards/build.py` and commit both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import bargauge, stat, timeseries
+from grafana_foundation_sdk.builders.common import (
+    GraphThresholdsStyleConfig,
+    ReduceDataOptions,
+    StackingConfig,
+    VizLegendOptions,
+)
+from grafana_foundation_sdk.builders.dashboard import Dashboard, Row, ThresholdsConfig, TimePicker
+from grafana_foundation_sdk.builders.prometheus import Dataquery
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import (
+    BarGaugeDisplayMode,
+    BigValueColorMode,
+    BigValueGraphMode,
+    BigValueTextMode,
+    DataSourceRef,
+    GraphThresholdsStyleMode,
+    LegendDisplayMode,
+    LegendPlacement,
+    StackingMode,
+    VizOrientation,
+)
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    Panel,
+    Threshold,
+    ThresholdsMode,
+)
+
+HERE = Path(__file__).resolve().parent
+
+# The data source of dashboards/provisioning/datasources/prometheus.yml.
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
+# The scrape job of deploy/prometheus/prometheus.yml.
+JOB = "eligibility-filter"
+
+# Objectives (README, stream/metrics.py): p99 of processing latency <= 50 ms; 99% of
+# objections propagated to the feed within 250 ms. The latter's histogram has a bucket
+# boundary exactly at 0.25 s, so "share within the objective" is exact, not interpolated.
+PROCESSING_OBJECTIVE_S = 0.05
+OBJECTION_OBJECTIVE_S = 0.25
+OBJECTION_TARGET = 0.99
+# deploy/prometheus/rules.yml pages at these burn rates (1h and 6h windows).
+FAST_BURN = 14.4
+SLOW_BURN = 6.0
+NO_PROGRESS_S = 120
+
+RATE = "$__rate_interval"
+
+
+# -- query and panel helpers --------------------------------------------------------------
+
+
+def query(expr: str, legend: str = "", *, ref: str = "A", instant: bool = False) -> Dataquery:
+    q = Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
+    if legend:
+        q = q.legend_format(legend)
+    if instant:
+        q = q.instant()
+    return q
+
+
+def quantile(q: float, histogram: str) -> str:
+    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{RATE}])))"
+
+
+def quantiles(histogram: str) -> list[Dataquery]:
+    return [
+        query(quantile(0.5, histogram), "p50", ref="A"),
+        query(quantile(0.99, histogram), "p99", ref="B"),
+    ]
+
+
+def thresholds(*steps: tuple[float | None, str]) -> ThresholdsConfig:
+    return ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([Threshold(value=v, color=c) for v, c in steps])
+
+
+def objective_line(limit: float) -> ThresholdsConfig:
+    return thresholds((None, "green"), (limit, "red"))
+
+
+class Ids:
+    """Panel ids, unique within a dashboard and stable across builds (Grafana links use them)."""
+
+    def __init__(self) -> None:
+        self._next: Iterator[int] = itertools.count(1)
+
+    def __call__(self) -> int:
+        return next(self._next)
+
+
+def series_panel(
+    ids: Ids,
+    title: str,
+    description: str,
+    unit: str,
+    targets: list[Dataquery],
+    *,
+    span: int = 12,
+    height: int = 8,
+    objective: float | ThresholdsConfig | None = None,
+    stacked: bool = False,
+) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .min(0)
+        .span(span)
+        .height(height)
+        .fill_opacity(10)
+        .legend(
+            VizLegendOptions()
+            .show_legend(True)
+            .display_mode(LegendDisplayMode.TABLE)
+            .placement(LegendPlacement.BOTTOM)
+            .calcs(["lastNotNull", "max"])
+        )
+    )
+    for target in targets:
+        panel = panel.with_target(target)
+    if objective is not None:
+        limits = objective if isinstance(objective, ThresholdsConfig) else objective_line(objective)
+        panel = panel.thresholds(limits).thresholds_style(
+            GraphThresholdsStyleConfig().mode(GraphThresholdsStyleMode.DASHED)
+        )
+    if stacked:
+        panel = panel.stacking(StackingConfig().mode(StackingMode.NORMAL).group("A"))
+    return panel
+
+
+def stat_panel(
+    ids: Ids,
+    title: str,
+    description: str,
+    unit: str,
+    target: Dataquery,
+    *,
+    steps: ThresholdsConfig | None = None,
+    span: int = 4,
+    height: int = 4,
+    text_mode: BigValueTextMode = BigValueTextMode.AUTO,
+) -> stat.Panel:
+    panel = (
+        stat.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(span)
+        .height(height)
+        .with_target(target)
+        .color_mode(BigValueColorMode.BACKGROUND if steps is not None else BigValueColorMode.NONE)
+        .graph_mode(BigValueGraphMode.NONE)
+        .text_mode(text_mode)
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+    if steps is not None:
+        panel = panel.thresholds(steps)
+    return panel
+
+
+def bars_panel(
+    ids: Ids, title: str, description: str, target: Dataquery, *, span: int = 8, height: int = 10
+) -> bargauge.Panel:
+    return (
+        bargauge.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit("short")
+        .decimals(0)
+        .min(0)
+        .span(span)
+        .height(height)
+        .with_target(target)
+        .display_mode(BarGaugeDisplayMode.BASIC)
+        .orientation(VizOrientation.HORIZONTAL)
+        .show_unfilled(True)
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+
+
+def add(dashboard: Dashboard, *panels: Builder[Panel]) -> Dashboard:
+    for panel in panels:
+        dashboard = dashboard.with_panel(panel)
+    return dashboard
+
+
+def base(uid: str, title: str, description: str, time_from: str) -> Dashboard:
+    return (
+        Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["eligibility-filter", "generated"])
+        .readonly()
+        .refresh("30s")
+        .time(time_from, "now")
+        .timezone("utc")
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .timepicker(TimePicker().refresh_intervals(["10s", "30s", "1m", "5m", "15m"]))
+    )
+
+
+# -- the SREs' overview -------------------------------------------------------------------
+
+
+def overview() -> Dashboard:
+    ids = Ids()
+    d = base(
+        "eligibility-overview",
+        "Eligibility filter: overview",
+        "What SREs watch: throughput, decisions, latency against the objectives, backlog, "
+        "dead letters, retractions and worker health. Generated by dashboards/build.py.",
+        "now-1h",
+    )
+
+    d = d.with_row(Row("At a glance").id(ids()))
+    d = add(
+        d,
+        stat_panel(
+            ids,
+            "Workers up",
+            "Worker processes Prometheus can scrape (job eligibility-filter). 0 pages: EligibilityWorkerDown.",
+            "none",
+            query(f'sum(up{{job="{JOB}"}})', instant=True),
+            steps=thresholds((None, "red"), (1, "green")),
+        ),
+        stat_panel(
+            ids,
+            "Workers ready",
+            "Workers whose partitions are assigned and whose state has caught up (/ready answers 200). "
+            "Fewer than 'Workers up' for 5 minutes: EligibilityNotReady.",
+            "none",
+            query("sum(eligibility_ready)", instant=True),
+            steps=thresholds((None, "red"), (1, "green")),
+        ),
+        stat_panel(
+            ids,
+            "Content lag",
+            "Content records appended but not yet decided, over all partitions.",
+            "short",
+            query('sum(eligibility_consumer_lag_records{input="content"})', instant=True),
+            steps=thresholds((None, "green"), (1000, "orange"), (10000, "red")),
+        ),
+        stat_panel(
+            ids,
+            "Eligible share",
+            "Share of decided upserts that went to the training feed.",
+            "percentunit",
+            query(
+                f'sum(rate(eligibility_decisions_total{{eligible="true"}}[{RATE}]))'
+                f" / sum(rate(eligibility_decisions_total[{RATE}]))",
+                instant=True,
+            ),
+        ),
+        stat_panel(
+            ids,
+            "Processing p99",
+            "From a content record's broker timestamp to its outputs acknowledged. Objective: p99 <= 50 ms.",
+            "s",
+            query(quantile(0.99, "eligibility_processing_latency_seconds"), instant=True),
+            steps=objective_line(PROCESSING_OBJECTIVE_S),
+        ),
+        stat_panel(
+            ids,
+            "Objection propagation p99",
+            "From an objection's append to the last of its tombstones on the feed. Objective: p99 <= 250 ms.",
+            "s",
+            query(quantile(0.99, "eligibility_objection_propagation_seconds"), instant=True),
+            steps=objective_line(OBJECTION_OBJECTIVE_S),
+        ),
+    )
+
+    d = d.with_row(Row("Throughput and decisions").id(ids()))
+    d = add(
+        d,
+        series_panel(
+            ids,
+            "Throughput in",
+            "Records consumed per second from content.events, accounts.profiles and accounts.objections.",
+            "rps",
+            [query(f"sum by (input) (rate(eligibility_input_records_total[{RATE}]))", "{{input}}")],
+        ),
+        series_panel(
+            ids,
+            "Throughput out",
+            "Records per second acknowledged by the broker on training.feed, eligibility.decisions and the DLQ.",
+            "rps",
+            [query(f"sum by (output) (rate(eligibility_output_records_total[{RATE}]))", "{{output}}")],
+        ),
+        series_panel(
+            ids,
+            "Decisions by reason",
+            "Upserts decided per second, by the first rule that applied (README: The rule). "
+            "A sudden shift between reasons usually means a policy or upstream change.",
+            "rps",
+            [query(f"sum by (reason) (rate(eligibility_decisions_total[{RATE}]))", "{{reason}}")],
+            span=16,
+            stacked=True,
+        ),
+        series_panel(
+            ids,
+            "Eligible share",
+            "Share of decided upserts that went to the training feed.",
+            "percentunit",
+            [
+                query(
+                    f'sum(rate(eligibility_decisions_total{{eligible="true"}}[{RATE}]))'
+                    f" / sum(rate(eligibility_decisions_total[{RATE}]))",
+                    "eligible",
+                )
+            ],
+            span=8,
+        ),
+    )
+
+    d = d.with_row(Row("Latency against the objectives").id(ids()))
+    d = add(
+        d,
+        series_panel(
+            ids,
+            "Latency p50/p99",
+            "Processing latency: p50 and p99 of the time from a content record's broker timestamp to the "
+            "broker acknowledging its outputs. Dashed line: the 50 ms objective.",
+            "s",
+            quantiles("eligibility_processing_latency_seconds"),
+            objective=PROCESSING_OBJECTIVE_S,
+        ),
+        series_panel(
+            ids,
+            "Objection propagation vs objective",
+            "p50 and p99 of the product's headline service level. Dashed line: the 250 ms objective; "
+            "the burn-rate alerts are EligibilityObjectionBudgetFastBurn and ...SlowBurn.",
+            "s",
+            quantiles("eligibility_objection_propagation_seconds"),
+            objective=OBJECTION_OBJECTIVE_S,
+        ),
+        series_panel(
+            ids,
+            "Latency from event time",
+            "Includes the platform's own delay before the event reached Kafka: compare with the processing "
+            "latency to tell an upstream delay from ours.",
+            "s",
+            quantiles("eligibility_event_time_latency_seconds"),
+        ),
+        series_panel(
+            ids,
+            "Batch duration",
+            "Time to process one fetched batch. Rising with flat input means slower state or broker.",
+            "s",
+            quantiles("eligibility_batch_duration_seconds"),
+        ),
+    )
+
+    d = d.with_row(Row("Backlog").id(ids()))
+    d = add(
+        d,
+        series_panel(
+            ids,
+            "Consumer lag",
+            "End offset minus position for each input partition. Growing for 10 minutes above 10000 records: "
+            "EligibilityLagGrowing. Objection lag delays objections: watch it first.",
+            "short",
+            [
+                query(
+                    "sum by (input, partition) (eligibility_consumer_lag_records)",
+                    "{{input}} p{{partition}}",
+                )
+            ],
+            span=16,
+        ),
+        series_panel(
+            ids,
+            "Deferred items",
+            "Items refused only because the author's notice period is running; decided again when it ends.",
+            "short",
+            [query("sum(eligibility_deferred_items)", "held")],
+            span=8,
+        ),
+    )
+
+    d = d.with_row(Row("Dead letters and retractions").id(ids()))
+    d = add(
+        d,
+        series_panel(
+            ids,
+            "Dead letters by reason",
+            "Input records sent to content.events.dlq (with their bytes, replayable). Above 1% of the input "
+            "for 10 minutes: EligibilityDeadLetterSpike.",
+            "rps",
+            [query(f"sum by (reason) (rate(eligibility_dead_letters_total[{RATE}]))", "{{reason}}")],
+        ),
+        series_panel(
+            ids,
+            "Retractions by cause",
+            "Published items withdrawn from the feed (tombstone + retract record). The freshness gate keeps "
+            "these rare except for objections and deletions made after publication.",
+            "rps",
+            [query(f"sum by (cause) (rate(eligibility_retractions_total[{RATE}]))", "{{cause}}")],
+        ),
+    )
+
+    d = d.with_row(Row("Worker health").id(ids()))
+    d = add(
+        d,
+        series_panel(
+            ids,
+            "Up (scrape succeeded)",
+            "1 while Prometheus scrapes the worker. 0 for 2 minutes: EligibilityWorkerDown.",
+            "none",
+            [query(f'up{{job="{JOB}"}}', "{{instance}}")],
+            span=8,
+        ),
+        series_panel(
+            ids,
+            "Ready and recovering",
+            "ready: partitions assigned and state caught up. recovering: state being rebuilt or caught up "
+            "(after a restart, a wiped data directory or a rebalance). Not ready for 5 minutes: "
+            "EligibilityNotReady.",
+            "none",
+            [
+                query("eligibility_ready", "ready {{instance}}", ref="A"),
+                query("eligibility_recovering", "recovering {{instance}}", ref="B"),
+            ],
+            span=8,
+        ),
+        series_panel(
+            ids,
+            "Time since last batch",
+            "Seconds since the worker last committed a batch. Above 120 s while there is lag: "
+            "EligibilityNoProgress. No data until the first batch.",
+            "s",
+            [
+                query(
+                    "time() - max by (instance) (eligibility_last_batch_timestamp_seconds > 0)",
+                    "{{instance}}",
+                )
+            ],
+            span=8,
+            objective=NO_PROGRESS_S,
+        ),
+        series_panel(
+            ids,
+            "Rebalances",
+            "Partition assignments received in the last 5 minutes. A steady stream means workers keep "
+            "joining and leaving the group (crash loop, slow batches past max.poll.interval).",
+            "short",
+            [query("sum by (instance) (increase(eligibility_rebalances_total[5m]))", "{{instance}}")],
+            span=8,
+        ),
+        series_panel(
+            ids,
+            "Delivery failures",
+            "Batches in the last 5 minutes whose outputs were not acknowledged and were replayed "
+            "(duplicates possible, no loss). "
+            "Repeated failures: EligibilityDeliveryFailures.",
+            "short",
+            [query("sum by (instance) (increase(eligibility_delivery_failures_total[5m]))", "{{instance}}")],
+            span=8,
+        ),
+        series_panel(
+            ids,
+            "State size",
+            "Entries in the partition stores (RocksDB estimate): profiles, objections, published items, "
+            "deferred items.",
+            "short",
+            [query("sum by (kind) (eligibility_state_entries)", "{{kind}}")],
+            span=8,
+        ),
+    )
+    return d.with_panel(
+        stat_panel(
+            ids,
+            "Build and policy in force",
+            "Version of the filter and of the policy each worker runs. Two policy versions at once are "
+            "expected only during a rolling deploy.",
+            "none",
+            query("eligibility_build_info", "{{instance}}: {{version}}, policy {{policy_version}}", instant=True),
+            span=24,
+            height=3,
+            text_mode=BigValueTextMode.NAME,
+        )
+    )
+
+
+# -- the compliance view ------------------------------------------------------------------
+
+
+def compliance() -> Dashboard:
+    ids = Ids()
+    within = 'eligibility_objection_propagation_seconds_bucket{le="0.25"}'
+    total = "eligibility_objection_propagation_seconds_count"
+
+    def slow_share(window: str) -> str:
+        return f"(1 - sum(rate({within}[{window}])) / sum(rate({total}[{window}])))"
+
+    d = base(
+        "eligibility-compliance",
+        "Eligibility filter: compliance",
+        "For privacy and compliance staff: are objections honoured within the objective, what was decided "
+        "and retracted, under which policy. Generated by dashboards/build.py.",
+        "now-24h",
+    )
+    d = d.with_row(Row("Objections honoured").id(ids()))
+    d = add(
+        d,
+        stat_panel(
+            ids,
+            "Objections propagated within 250 ms",
+            "Share of objections, in the selected range, whose tombstones all reached the feed within 250 ms. "
+            "Objective: 99%.",
+            "percentunit",
+            query(f"sum(increase({within}[$__range])) / sum(increase({total}[$__range]))", instant=True),
+            steps=thresholds((None, "red"), (OBJECTION_TARGET, "green")),
+            span=6,
+        ),
+        stat_panel(
+            ids,
+            "Objections propagated",
+            "Objections whose retractions were completed in the selected range.",
+            "short",
+            query(f"sum(increase({total}[$__range]))", instant=True),
+            span=6,
+        ),
+        stat_panel(
+            ids,
+            "Objection records consumed",
+            "Records read from accounts.objections in the selected range (objections and withdrawals).",
+            "short",
+            query('sum(increase(eligibility_input_records_total{input="objections"}[$__range]))', instant=True),
+            span=6,
+        ),
+        stat_panel(
+            ids,
+            "Objections not yet applied",
+            "Records on accounts.objections the filter has not read yet. Above 0 for long means objections "
+            "wait: the SREs are paged by EligibilityLagGrowing / EligibilityNoProgress.",
+            "short",
+            query('sum(eligibility_consumer_lag_records{input="objections"})', instant=True),
+            steps=thresholds((None, "green"), (1, "orange"), (1000, "red")),
+            span=6,
+        ),
+        series_panel(
+            ids,
+            "Objection propagation p50 / p99",
+            "Dashed line: the 250 ms objective.",
+            "s",
+            quantiles("eligibility_objection_propagation_seconds"),
+            objective=OBJECTION_OBJECTIVE_S,
+        ),
+        series_panel(
+            ids,
+            "Objection objective: error-budget burn rate",
+            "How fast the 1% budget of objections slower than 250 ms is being spent (1 = exactly on budget "
+            "over 30 days). Pages at 14.4 over 1 h and 6 over 6 h (deploy/prometheus/rules.yml).",
+            "none",
+            [
+                query(f"{slow_share('1h')} / {1 - OBJECTION_TARGET:g}", "1h window", ref="A"),
+                query(f"{slow_share('6h')} / {1 - OBJECTION_TARGET:g}", "6h window", ref="B"),
+            ],
+            objective=thresholds((None, "green"), (SLOW_BURN, "orange"), (FAST_BURN, "red")),
+        ),
+    )
+
+    d = d.with_row(Row("What was decided, in the selected range").id(ids()))
+    d = add(
+        d,
+        bars_panel(
+            ids,
+            "Decisions by reason",
+            "Upserts decided, by the rule's first applicable reason. Every decision is in eligibility.decisions.",
+            query("sum by (reason) (increase(eligibility_decisions_total[$__range]))", "{{reason}}", instant=True),
+        ),
+        bars_panel(
+            ids,
+            "Retractions by cause",
+            "Items withdrawn from the training feed (a tombstone and a retract record each).",
+            query("sum by (cause) (increase(eligibility_retractions_total[$__range]))", "{{cause}}", instant=True),
+        ),
+        bars_panel(
+            ids,
+            "Dead letters by reason",
+            "Input records that could not be decided. None is lost: each is on content.events.dlq with its "
+            "original bytes, for replay.",
+            query("sum by (reason) (increase(eligibility_dead_letters_total[$__range]))", "{{reason}}", instant=True),
+        ),
+    )
+    return d.with_panel(
+        stat_panel(
+            ids,
+            "Policy in force",
+            "Policy version each worker decides with; every feed record and decision carries it.",
+            "none",
+            query("eligibility_build_info", "{{instance}}: policy {{policy_version}}", instant=True),
+            span=24,
+            height=3,
+            text_mode=BigValueTextMode.NAME,
+        )
+    )
+
+
+DASHBOARDS: dict[str, Callable[[], Dashboard]] = {
+    "eligibility-overview.json": overview,
+    "eligibility-compliance.json": compliance,
+}
+
+
+def render(dashboard: Dashboard) -> str:
+    return JSONEncoder(sort_keys=True, indent=2).encode(dashboard.build()) + "\n"
+
+
+def write(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, build in DASHBOARDS.items():
+        path = out_dir / name
+        path.write_text(render(build()), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=HERE, help="where to write the JSON [dashboards/]")
+    args = parser.parse_args(argv)
+    for path in write(args.out_dir):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Every dashboard query answers from a real Prometheus scraping a real worker under load.
+
+A real worker process (`python -m stream worker`, uuid-named topics) decides a
+generated workload while a real Prometheus server (Debian's package binary, installed
+by scripts/install-prometheus.sh) scrapes it every second and evaluates
+deploy/prometheus/rules.yml. Then each PromQL expression of each panel of the
+committed dashboards, with Grafana's variables given fixed values, must return at
+least one series: a panel that would show "No data" fails, naming the panel.
+
+Locally a missing prometheus binary skips loudly; under CI=true it is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stream.config import Settings
+
+from .harness import unique_settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
+RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
+JOB = "eligibility-filter"  # the job name of deploy/prometheus/prometheus.yml, which the dashboards select on
+
+# Grafana's built-in variables, as Grafana would fill them for a short time range at a
+# 1 s scrape interval. A query with any other `$` variable fails the test: give it a
+# value here when a dashboard starts using one.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "5m",
+}
+COUNT = 3000
+
+
+def _exprs() -> Iterator[tuple[str, str]]:
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        panels = [p for p in dashboard["panels"]] + [c for p in dashboard["panels"] for c in p.get("panels", [])]
+        for panel in panels:
+            for target in panel.get("targets", []):
+                yield f"{path.name} / {panel['title']} / {target['refId']}", target["expr"]
+
+
+def _substituted(expr: str) -> str:
+    # Longest first: $__interval is a prefix of $__interval_ms and the like.
+    for variable in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
+        expr = expr.replace(variable, GRAFANA_VARIABLES[variable])
+    assert "$" not in expr, f"unknown Grafana variable in {expr!r}: add it to GRAFANA_VARIABLES"
+    return expr
+
+
+@pytest.fixture(scope="module")
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
+    if path is None:
+        reason = "no prometheus binary: run scripts/install-prometheus.sh (Debian's prometheus package)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI: {reason}", pytrace=False)
+        pytest.skip(f"NO PROMETHEUS, dashboard query test skipped: {reason}")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    t = settings.topics
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_")}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+        STREAM_DATA_DIR=str(settings.data_dir),
+        STREAM_PARTITIONS=str(settings.partitions),
+        STREAM_GROUP_ID=settings.group_id,
+        STREAM_TOPIC_CONTENT_EVENTS=t.content,
+        STREAM_TOPIC_ACCOUNTS_PROFILES=t.profiles,
+        STREAM_TOPIC_ACCOUNTS_OBJECTIONS=t.objections,
+        STREAM_TOPIC_TRAINING_FEED=t.feed,
+        STREAM_TOPIC_ELIGIBILITY_DECISIONS=t.decisions,
+        STREAM_TOPIC_CONTENT_EVENTS_DLQ=t.dlq,
+        STREAM_DEV_MODE="1",
+    )
+    env.update(extra)
+    return env
+
+
+async def _get(url: str) -> tuple[int, bytes]:
+    def get() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    return await asyncio.to_thread(get)
+
+
+async def _api(base: str, path: str, **params: str) -> Any:
+    status, body = await _get(f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}")
+    if status == 0:
+        return None
+    payload = json.loads(body)
+    assert payload["status"] == "success", f"{path} {params}: {payload}"
+    return payload["data"]
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+class Process:
+    """A child process with its log in a file; stopped with SIGTERM, then killed."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self.name = Path(args[0]).name
+        self._file = log.open("w")
+        self.proc = subprocess.Popen(args, env=env, stdout=self._file, stderr=subprocess.STDOUT)
+
+    def assert_running(self) -> None:
+        assert self.proc.poll() is None, f"{self.name} exited {self.proc.returncode}:\n{_tail(self.log)}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._file.close()
+
+
+async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worker(
+    bootstrap: str, tmp_path: Path, prometheus_binary: str
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path / "worker-data")
+    created = subprocess.run(
+        [sys.executable, "-m", "stream", "topics", "create"],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+
+    worker_port, prometheus_port = _free_port(), _free_port()
+    while prometheus_port == worker_port:  # two probes may get the same ephemeral port back
+        prometheus_port = _free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]}],
+            }
+        )
+    )
+    base = f"http://127.0.0.1:{prometheus_port}"
+    worker = Process(
+        [sys.executable, "-m", "stream", "worker"],
+        tmp_path / "worker.log",
+        _env(settings, STREAM_WEB_PORT=str(worker_port)),
+    )
+    prometheus = Process(
+        [
+            prometheus_binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ],
+        tmp_path / "prometheus.log",
+    )
+    try:
+        async with asyncio.timeout(120):
+            while (await _get(f"http://127.0.0.1:{worker_port}/ready"))[0] != 200:
+                worker.assert_running()
+                await asyncio.sleep(0.2)
+
+        async with asyncio.timeout(60):  # Prometheus up and scraping the worker
+            while True:
+                prometheus.assert_running()
+                targets = await _api(base, "/api/v1/targets")
+                if targets and any(t["labels"]["job"] == JOB and t["health"] == "up" for t in targets["activeTargets"]):
+                    break
+                await asyncio.sleep(0.5)
+
+        generated = subprocess.run(
+            [sys.executable, "-m", "stream", "generate", "--count", str(COUNT), "--accounts", "300", "--no-progress"],
+            env=_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert generated.returncode == 0, generated.stderr
+
+        consumed = f'sum(eligibility_input_records_total{{job="{JOB}", input="content"}}) >= {COUNT}'
+        async with asyncio.timeout(120):  # the whole workload decided, and Prometheus has seen it
+            while not (await _api(base, "/api/v1/query", query=consumed) or {}).get("result"):
+                worker.assert_running()
+                prometheus.assert_running()
+                await asyncio.sleep(1)
+
+        pending = dict(_exprs())
+        assert pending, "no dashboard queries found"
+        answers: dict[str, Any] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30  # rates need two scrapes in their window; gauges refresh periodically
+        while pending and loop.time() < deadline:
+            for panel, expr in list(pending.items()):
+                data = await _api(base, "/api/v1/query", query=_substituted(expr))
+                answers[panel] = data
+                if data and data["result"]:
+                    del pending[panel]
+            if pending:
+                await asyncio.sleep(1)
+        assert not pending, "panels whose queries return no series (Grafana would show 'No data'):\n" + "\n".join(
+            f"  {panel}: {expr}  -> {answers.get(panel)}" for panel, expr in pending.items()
+        )
+
+        groups = (await _api(base, "/api/v1/rules"))["groups"]
+        assert {g["file"] for g in groups} == {str(RULES)}
+        broken = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] == "err"]
+        assert not broken, broken
+    finally:
+        prometheus.stop()
+        worker.stop()

@@ -1,0 +1,216 @@
+"""docker-compose.yml agrees with the code and the files it mounts, without running Docker.
+
+Checked: every bind-mounted path exists; every `python -m stream ...` command is one
+the CLI accepts (read from its own --help); the worker's port is the code's default
+STREAM_WEB_PORT; Prometheus scrapes that worker on that port with the rules it is
+given; Grafana's data source points at the Prometheus service and its dashboard
+provider at the directory where the generated dashboards are mounted.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stream.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+STREAM = ["python", "-m", "stream"]
+
+
+@cache
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    return services
+
+
+def _bind_mounts(service: dict[str, Any]) -> list[tuple[Path, str]]:
+    """(host path, container path) of each bind mount; named volumes are left out."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts.append(((COMPOSE.parent / source).resolve(), target))
+    return mounts
+
+
+def _host_path(service: dict[str, Any], container_path: str) -> Path:
+    """The host file behind a container path, through the service's bind mounts."""
+    for source, target in _bind_mounts(service):
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            return source / Path(container_path).relative_to(target)
+    raise AssertionError(f"{container_path} is not inside any bind mount")
+
+
+def _container_ports(service: dict[str, Any]) -> list[int]:
+    return [int(str(p).split(":")[-1].split("/")[0]) for p in service.get("ports", [])]
+
+
+def _stream_commands() -> list[tuple[str, list[str]]]:
+    return [
+        (name, s["command"][len(STREAM) :])
+        for name, s in _services().items()
+        if s.get("command", [])[: len(STREAM)] == STREAM
+    ]
+
+
+@cache
+def _usage(*subcommand: str) -> str:
+    """The usage block of `python -m stream [subcommand] --help`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", *subcommand, "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("\n\n")[0]
+
+
+def _grammar(usage: str) -> tuple[dict[str, tuple[str, ...] | None], list[tuple[str, ...]]]:
+    """Options (name -> allowed values, () for any value, None for a flag) and positional choices of a usage."""
+    options: dict[str, tuple[str, ...] | None] = {}
+    for name, value in re.findall(r"\[(--[\w-]+)(?: (\{[^}]*\}|[A-Z_]+))?\]", usage):
+        options[name] = None if not value else tuple(value.strip("{}").split(",")) if value.startswith("{") else ()
+    without_options = re.sub(r"\[[^\]]*\]", "", usage)
+    positionals = [tuple(c.split(",")) for c in re.findall(r"\{([^}]*)\}", without_options)]
+    return options, positionals
+
+
+def _check_args(
+    args: list[str], options: dict[str, tuple[str, ...] | None], positionals: list[tuple[str, ...]]
+) -> None:
+    position = 0
+    tokens = iter(args)
+    for token in tokens:
+        if token.startswith("--"):
+            name, has_value, inline = token.partition("=")
+            assert name in options, f"unknown option {name}; the CLI has {sorted(options)}"
+            allowed = options[name]
+            if allowed is None:
+                assert not has_value, f"{name} is a flag"
+                continue
+            value = inline if has_value else next(tokens, None)
+            assert value is not None, f"{name} needs a value"
+            assert not allowed or value in allowed, f"{name} {value}: expected one of {allowed}"
+        else:
+            assert position < len(positionals), f"unexpected argument {token!r}"
+            assert token in positionals[position], f"{token!r}: expected one of {positionals[position]}"
+            position += 1
+    assert position == len(positionals), f"missing positional argument, one of {positionals[position:]}"
+
+
+def test_compose_every_bind_mount_exists() -> None:
+    for name, service in _services().items():
+        for source, _ in _bind_mounts(service):
+            assert source.exists(), f"service {name} mounts {source.relative_to(ROOT)}, which does not exist"
+
+
+def test_compose_every_named_volume_is_declared() -> None:
+    declared = set(_compose().get("volumes") or {})
+    for name, service in _services().items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"service {name}: volume {source} not declared"
+
+
+def test_compose_stream_services_exist() -> None:
+    assert {"topics", "worker", "generator"} <= {name for name, _ in _stream_commands()}
+
+
+@pytest.mark.parametrize(("service", "args"), _stream_commands(), ids=[n for n, _ in _stream_commands()])
+def test_compose_stream_command_is_accepted_by_the_cli(service: str, args: list[str]) -> None:
+    top_options, (subcommands,) = _grammar(_usage())
+    position = 0
+    while args[position].startswith("--"):  # options of `python -m stream` itself
+        position += 2 if top_options.get(args[position].split("=")[0]) is not None else 1
+    subcommand = args[position]
+    assert subcommand in subcommands, f"{service}: no subcommand {subcommand!r} in {subcommands}"
+    _check_args(args[:position], top_options, [])
+    _check_args(args[position + 1 :], *_grammar(_usage(subcommand)))
+
+
+def test_compose_cli_check_rejects_what_argparse_would() -> None:
+    options, positionals = _grammar(_usage("topics"))
+    with pytest.raises(AssertionError):
+        _check_args(["delete"], options, positionals)
+    options, positionals = _grammar(_usage("generate"))
+    with pytest.raises(AssertionError):
+        _check_args(["--bogus"], options, positionals)
+    _check_args(["--count", "3", "--no-progress"], options, positionals)
+
+
+def test_compose_worker_port_is_the_code_default() -> None:
+    default = Settings.from_env({"STREAM_DEV_MODE": "1"}).web_port
+    worker = _services()["worker"]
+    assert int(worker["environment"].get("STREAM_WEB_PORT", default)) == default
+    assert _container_ports(worker) == [default]
+
+
+def test_compose_stream_services_reach_the_kafka_service() -> None:
+    kafka_ports = _container_ports(_services()["kafka"])
+    for name, _ in _stream_commands():
+        host, _, port = _services()[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"].partition(":")
+        assert host == "kafka" and int(port) in kafka_ports, name
+
+
+def _prometheus_config() -> tuple[dict[str, Any], Path]:
+    service = _services()["prometheus"]
+    flag = next(a for a in service["command"] if a.startswith("--config.file="))
+    path = _host_path(service, flag.partition("=")[2])
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    return config, path
+
+
+def test_compose_prometheus_scrapes_the_worker_service_on_its_port() -> None:
+    config, _ = _prometheus_config()
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    job = jobs["eligibility-filter"]  # the job the dashboards and alerts select on
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    port = Settings.from_env({"STREAM_DEV_MODE": "1"}).web_port
+    assert targets == [f"worker:{port}"]
+    assert "worker" in _services()
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_compose_prometheus_rule_files_are_mounted() -> None:
+    config, path = _prometheus_config()
+    assert config["rule_files"]
+    for rule_file in config["rule_files"]:
+        assert (path.parent / rule_file).is_file(), rule_file
+
+
+def test_compose_prometheus_and_grafana_ports() -> None:
+    assert _container_ports(_services()["prometheus"]) == [9090]
+    assert _container_ports(_services()["grafana"]) == [3000]
+
+
+def test_compose_grafana_provisioning_points_at_prometheus_and_the_generated_dashboards() -> None:
+    grafana = _services()["grafana"]
+    provisioning = _host_path(grafana, "/etc/grafana/provisioning")
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["uid"] == "prometheus"
+    assert datasource["url"] == f"http://prometheus:{_container_ports(_services()['prometheus'])[0]}"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "eligibility.yml").read_text())["providers"]
+    dashboards = _host_path(grafana, provider["options"]["path"])
+    assert dashboards == ROOT / "dashboards"
+    assert {p.name for p in dashboards.glob("*.json")} >= {"eligibility-overview.json", "eligibility-compliance.json"}
+    home = grafana["environment"].get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home:
+        assert _host_path(grafana, home).is_file()
