@@ -27,8 +27,15 @@ def unique_settings(bootstrap: str, data_dir: Path, *, partitions: int = 2) -> S
     tag = uuid.uuid4().hex[:10]
     base = TopicNames()
     topics = TopicNames(**{f: f"t{tag}.{getattr(base, f)}" for f in base.__dataclass_fields__})
-    return Settings(bootstrap_servers=bootstrap, data_dir=data_dir, pseudonym_key=KEY, partitions=partitions,
-                    group_id=f"it-{tag}", topics=topics, dev_mode=True)
+    return Settings(
+        bootstrap_servers=bootstrap,
+        data_dir=data_dir,
+        pseudonym_key=KEY,
+        partitions=partitions,
+        group_id=f"it-{tag}",
+        topics=topics,
+        dev_mode=True,
+    )
 
 
 async def make_topics(settings: Settings) -> None:
@@ -63,8 +70,13 @@ def js(obj: dict[str, Any]) -> bytes:
 
 async def read_until(settings: Settings, topic: str, count: int, timeout: float = 60.0) -> list[Out]:
     """Read `topic` from the beginning until `count` records arrived (fails on timeout)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     out: list[Out] = []
     try:
@@ -82,8 +94,7 @@ async def read_until(settings: Settings, topic: str, count: int, timeout: float 
 
 async def read_all(settings: Settings, topic: str) -> list[Out]:
     """Everything on `topic` up to its current end offsets."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
@@ -109,8 +120,9 @@ def latest_by_key(records: Iterable[Out]) -> dict[bytes | None, Out]:
 
 
 def build_worker(settings: Settings) -> FilterWorker:
-    return FilterWorker(settings, Engine(load_policy(settings.policy_path), settings.pseudonym_key, settings.topics),
-                        Metrics.create())
+    return FilterWorker(
+        settings, Engine(load_policy(settings.policy_path), settings.pseudonym_key, settings.topics), Metrics.create()
+    )
 
 
 @contextlib.asynccontextmanager
@@ -130,8 +142,9 @@ async def running_worker(settings: Settings) -> AsyncIterator[FilterWorker]:
 
 async def committed(settings: Settings, topic: str) -> dict[int, int | None]:
     """The group's committed offset of each partition of `topic`."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         await consumer.topics()  # fetch metadata: partitions_for_topic reads only the cache
@@ -142,3 +155,54 @@ async def committed(settings: Settings, topic: str) -> dict[int, int | None]:
 
 def with_topics(settings: Settings, **names: str) -> Settings:
     return replace(settings, topics=replace(settings.topics, **names))
+
+
+# -- real worker processes ---------------------------------------------------------
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that points `python -m stream ...` at these settings' topics and broker."""
+    import os
+
+    base = TopicNames()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_")}
+    env.update(
+        {
+            "STREAM_TOPIC_" + getattr(base, f).upper().replace(".", "_"): getattr(settings.topics, f)
+            for f in base.__dataclass_fields__
+        }
+    )
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+        STREAM_DATA_DIR=str(settings.data_dir),
+        STREAM_PARTITIONS=str(settings.partitions),
+        STREAM_GROUP_ID=settings.group_id,
+        STREAM_DEV_MODE="1",
+    )
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def http_get(url: str) -> tuple[int, bytes]:
+    """Status and body of a GET on loopback; status 0 when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    def get() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return int(response.status), bytes(response.read())
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), bytes(exc.read())
+        except OSError:
+            return 0, b""
+
+    return await asyncio.to_thread(get)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,45 +14,40 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from stream.config import Settings
 
-from .harness import read_until, unique_settings
+from .harness import free_port, http_get, process_env, read_until, unique_settings
 
 pytestmark = pytest.mark.integration
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    t = settings.topics
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_")}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers, STREAM_DATA_DIR=str(settings.data_dir),
-        STREAM_PARTITIONS=str(settings.partitions), STREAM_GROUP_ID=settings.group_id,
-        STREAM_TOPIC_CONTENT_EVENTS=t.content, STREAM_TOPIC_ACCOUNTS_PROFILES=t.profiles,
-        STREAM_TOPIC_ACCOUNTS_OBJECTIONS=t.objections, STREAM_TOPIC_TRAINING_FEED=t.feed,
-        STREAM_TOPIC_ELIGIBILITY_DECISIONS=t.decisions, STREAM_TOPIC_CONTENT_EVENTS_DLQ=t.dlq,
-        STREAM_TOPIC_ELIGIBILITY_DEFERRED=t.deferred, STREAM_TOPIC_ELIGIBILITY_PUBLISHED=t.published,
-        STREAM_DEV_MODE="1",
-    )
-    env.update(extra)
-    return env
+    return process_env(settings, **extra)
 
 
 def _cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stream", *args], env=_env(settings, **env), capture_output=True,
-                          text=True, timeout=120, check=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        env=_env(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 async def _cleanup_policies(settings: Settings) -> dict[str, str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
-        names = [settings.topics.content, settings.topics.profiles, settings.topics.objections,
-                 settings.topics.feed, settings.topics.decisions, settings.topics.dlq, settings.topics.deferred,
-                 settings.topics.published]
+        names = [
+            settings.topics.content,
+            settings.topics.profiles,
+            settings.topics.objections,
+            settings.topics.feed,
+            settings.topics.decisions,
+            settings.topics.dlq,
+            settings.topics.deferred,
+            settings.topics.published,
+        ]
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
         policies: dict[str, str] = {}
         for response in responses:
@@ -69,8 +60,7 @@ async def _cleanup_policies(settings: Settings) -> dict[str, str]:
         await admin.close()
 
 
-async def test_topics_create_twice_is_idempotent_with_contract_cleanup_policies(bootstrap: str,
-                                                                                tmp_path: Path) -> None:
+async def test_topics_create_twice_is_idempotent_with_contract_cleanup_policies(bootstrap: str, tmp_path: Path) -> None:
     settings = unique_settings(bootstrap, tmp_path, partitions=3)
     first = _cli(settings, "topics", "create")
     second = _cli(settings, "topics", "create")
@@ -80,14 +70,20 @@ async def test_topics_create_twice_is_idempotent_with_contract_cleanup_policies(
     assert "layout ok" in second.stdout
     t = settings.topics
     assert await _cleanup_policies(settings) == {
-        t.content: "delete", t.profiles: "compact", t.objections: "compact",
-        t.feed: "compact", t.decisions: "delete", t.dlq: "delete", t.deferred: "compact",
+        t.content: "delete",
+        t.profiles: "compact",
+        t.objections: "compact",
+        t.feed: "compact",
+        t.decisions: "delete",
+        t.dlq: "delete",
+        t.deferred: "compact",
         t.published: "compact",
     }
 
 
-async def test_worker_inputs_not_copartitioned_refuses_to_start_with_clear_message(bootstrap: str,
-                                                                                   tmp_path: Path) -> None:
+async def test_worker_inputs_not_copartitioned_refuses_to_start_with_clear_message(
+    bootstrap: str, tmp_path: Path
+) -> None:
     settings = unique_settings(bootstrap, tmp_path, partitions=2)
     assert _cli(settings, "topics", "create").returncode == 0
     # An objections topic with a different partition count: recreate it under a new name.
@@ -111,8 +107,9 @@ def test_worker_missing_topics_refuses_to_start_naming_them(bootstrap: str, tmp_
     assert f"topic '{settings.topics.content}' does not exist" in result.stderr
 
 
-def test_worker_without_pseudonym_key_outside_dev_mode_refuses_naming_the_variable(bootstrap: str,
-                                                                                  tmp_path: Path) -> None:
+def test_worker_without_pseudonym_key_outside_dev_mode_refuses_naming_the_variable(
+    bootstrap: str, tmp_path: Path
+) -> None:
     settings = unique_settings(bootstrap, tmp_path)
     result = _cli(settings, "worker", STREAM_DEV_MODE="0")
     assert result.returncode == 2
@@ -120,29 +117,20 @@ def test_worker_without_pseudonym_key_outside_dev_mode_refuses_naming_the_variab
 
 
 async def _http(url: str) -> tuple[int, bytes]:
-    def get() -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return 0, b""
-
-    return await asyncio.to_thread(get)
+    return await http_get(url)
 
 
-async def test_worker_process_gets_ready_decides_generated_load_and_drains_on_sigterm(bootstrap: str,
-                                                                                     tmp_path: Path) -> None:
+async def test_worker_process_gets_ready_decides_generated_load_and_drains_on_sigterm(
+    bootstrap: str, tmp_path: Path
+) -> None:
     settings = unique_settings(bootstrap, tmp_path)
     assert _cli(settings, "topics", "create").returncode == 0
-    port = _free_port()
+    port = free_port()
     key_file = tmp_path / "key"
     key_file.write_text("a-secret-key\n")
     env = _env(settings, STREAM_WEB_PORT=str(port), STREAM_DEV_MODE="0", STREAM_PSEUDONYM_KEY_FILE=str(key_file))
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         async with asyncio.timeout(90):
             while (await _http(f"http://127.0.0.1:{port}/ready"))[0] != 200:
@@ -151,8 +139,9 @@ async def test_worker_process_gets_ready_decides_generated_load_and_drains_on_si
         assert (await _http(f"http://127.0.0.1:{port}/healthz"))[0] == 200
         assert (await _http(f"http://127.0.0.1:{port}/table"))[0] == 404  # no table pages: personal data
 
-        generated = _cli(settings, "generate", "--count", "400", "--accounts", "100", "--malformed-share", "0",
-                         "--no-progress")
+        generated = _cli(
+            settings, "generate", "--count", "400", "--accounts", "100", "--malformed-share", "0", "--no-progress"
+        )
         assert generated.returncode == 0, generated.stderr
         await read_until(settings, settings.topics.decisions, 400)
 
@@ -160,7 +149,7 @@ async def test_worker_process_gets_ready_decides_generated_load_and_drains_on_si
         assert status == 200
         text = body.decode()
         assert 'eligibility_input_records_total{input="content"} 400.0' in text
-        assert 'eligibility_ready 1.0' in text
+        assert "eligibility_ready 1.0" in text
 
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0

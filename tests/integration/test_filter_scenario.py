@@ -25,23 +25,50 @@ def ts(d: dt.datetime) -> str:
     return d.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def profile(account: str, *, country: str | None = "GB", birth: str | None = "1980-05-05",
-            notified: str | None = LONG_AGO) -> tuple[bytes, bytes]:
-    return account.encode(), js({"account_id": account, "birth_date": birth, "country": country,
-                                 "notified_at": notified, "updated_at": LONG_AGO})
+def profile(
+    account: str, *, country: str | None = "GB", birth: str | None = "1980-05-05", notified: str | None = LONG_AGO
+) -> tuple[bytes, bytes]:
+    return account.encode(), js(
+        {
+            "account_id": account,
+            "birth_date": birth,
+            "country": country,
+            "notified_at": notified,
+            "updated_at": LONG_AGO,
+        }
+    )
 
 
 def objection(account: str, status: str) -> tuple[bytes, bytes]:
-    return account.encode(), js({"account_id": account, "status": status, "at": LONG_AGO, "source": "form",
-                                 "request_id": f"req-{account}"})
+    return account.encode(), js(
+        {"account_id": account, "status": status, "at": LONG_AGO, "source": "form", "request_id": f"req-{account}"}
+    )
 
 
-def upsert(content_id: str, author: str, *, content_type: str = "post", visibility: str = "public",
-           created_at: str = "2026-01-02T03:04:05Z", **extra: Any) -> tuple[bytes, bytes]:
-    value = {"event_id": f"e-{content_id}", "op": "upsert", "content_id": content_id, "content_type": content_type,
-             "platform": "instagram", "author_id": author, "visibility": visibility, "created_at": created_at,
-             "event_time": "2026-11-28T09:15:00Z", "text": f"text of {content_id}", "media_uri": None,
-             "language": "en", **extra}
+def upsert(
+    content_id: str,
+    author: str,
+    *,
+    content_type: str = "post",
+    visibility: str = "public",
+    created_at: str = "2026-01-02T03:04:05Z",
+    **extra: Any,
+) -> tuple[bytes, bytes]:
+    value = {
+        "event_id": f"e-{content_id}",
+        "op": "upsert",
+        "content_id": content_id,
+        "content_type": content_type,
+        "platform": "instagram",
+        "author_id": author,
+        "visibility": visibility,
+        "created_at": created_at,
+        "event_time": "2026-11-28T09:15:00Z",
+        "text": f"text of {content_id}",
+        "media_uri": None,
+        "language": "en",
+        **extra,
+    }
     return author.encode(), js(value)
 
 
@@ -84,25 +111,35 @@ BAD: list[tuple[bytes | None, bytes | None, str]] = [
     (b"a-gb", b"\xff\xfe not json", "malformed_json"),
     (b"a-gb", b"[1, 2, 3]", "not_an_object"),
     (b"a-gb", js({"event_id": "e-x", "op": "upsert"}), "schema_violation"),
-    (b"a-gb", js({**__import__("orjson").loads(upsert("c-bad-enum", "a-gb")[1]), "visibility": "everyone"}),
-     "schema_violation"),
-    (b"a-gb", js({**__import__("orjson").loads(upsert("c-huge", "a-gb")[1]), "text": "x" * 200_000}),
-     "schema_violation"),
+    (
+        b"a-gb",
+        js({**__import__("orjson").loads(upsert("c-bad-enum", "a-gb")[1]), "visibility": "everyone"}),
+        "schema_violation",
+    ),
+    (
+        b"a-gb",
+        js({**__import__("orjson").loads(upsert("c-huge", "a-gb")[1]), "text": "x" * 200_000}),
+        "schema_violation",
+    ),
     (b"a-gb", None, "schema_violation"),
     (b"someone-else", upsert("c-mismatch", "a-gb")[1], "key_mismatch"),
     (None, upsert("c-nokey", "a-gb")[1], "key_mismatch"),
 ]
 
 
-async def test_worker_known_scenario_writes_exact_feed_decisions_and_dead_letters(bootstrap: str,
-                                                                                  tmp_path: Path) -> None:
+async def test_worker_known_scenario_writes_exact_feed_decisions_and_dead_letters(
+    bootstrap: str, tmp_path: Path
+) -> None:
     settings = unique_settings(bootstrap, tmp_path)
     await make_topics(settings)
     await send(settings, settings.topics.profiles, PROFILES)
     await send(settings, settings.topics.objections, OBJECTIONS)
     after_bad = upsert("c-after-bad", "a-gb")
-    await send(settings, settings.topics.content,
-               [record for record, _ in CONTENT.values()] + [(k, v) for k, v, _ in BAD] + [after_bad])
+    await send(
+        settings,
+        settings.topics.content,
+        [record for record, _ in CONTENT.values()] + [(k, v) for k, v, _ in BAD] + [after_bad],
+    )
     expected_decisions = len(CONTENT) + 1
 
     async with running_worker(settings):
@@ -152,7 +189,8 @@ async def test_worker_known_scenario_writes_exact_feed_decisions_and_dead_letter
     expected = sorted(
         ((key, value, reason) for key, value, reason in BAD),
         key=lambda bad: [letter["value"] for letter in letters].index(
-            base64.b64encode(bad[1]).decode() if bad[1] is not None else None),
+            base64.b64encode(bad[1]).decode() if bad[1] is not None else None
+        ),
     )
     assert len(letters) == len(BAD)
     for letter, (key, value, reason) in zip(letters, expected, strict=True):

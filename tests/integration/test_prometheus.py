@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -30,9 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.config import Settings
-
-from .harness import unique_settings
+from .harness import free_port, http_get, process_env, unique_settings
 
 pytestmark = pytest.mark.integration
 
@@ -80,43 +77,9 @@ def prometheus_binary() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    t = settings.topics
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_")}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        STREAM_DATA_DIR=str(settings.data_dir),
-        STREAM_PARTITIONS=str(settings.partitions),
-        STREAM_GROUP_ID=settings.group_id,
-        STREAM_TOPIC_CONTENT_EVENTS=t.content,
-        STREAM_TOPIC_ACCOUNTS_PROFILES=t.profiles,
-        STREAM_TOPIC_ACCOUNTS_OBJECTIONS=t.objections,
-        STREAM_TOPIC_TRAINING_FEED=t.feed,
-        STREAM_TOPIC_ELIGIBILITY_DECISIONS=t.decisions,
-        STREAM_TOPIC_CONTENT_EVENTS_DLQ=t.dlq,
-        STREAM_DEV_MODE="1",
-    )
-    env.update(extra)
-    return env
-
-
-async def _get(url: str) -> tuple[int, bytes]:
-    def get() -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return 0, b""
-
-    return await asyncio.to_thread(get)
+_free_port = free_port
+_env = process_env
+_get = http_get
 
 
 async def _api(base: str, path: str, **params: str) -> Any:

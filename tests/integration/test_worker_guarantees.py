@@ -110,8 +110,9 @@ async def test_worker_objection_after_publishing_retracts_every_item(bootstrap: 
     assert live == {b"c-other"}
 
 
-async def test_worker_restart_with_state_on_disk_resumes_and_wiped_state_is_rebuilt(bootstrap: str,
-                                                                                   tmp_path: Path) -> None:
+async def test_worker_restart_with_state_on_disk_resumes_and_wiped_state_is_rebuilt(
+    bootstrap: str, tmp_path: Path
+) -> None:
     settings = unique_settings(bootstrap, tmp_path / "run1")
     await make_topics(settings)
     await send(settings, settings.topics.profiles, [profile("a-gb"), profile("a-minor", birth="2015-01-01")])
@@ -149,9 +150,24 @@ async def test_worker_item_held_for_notice_period_is_decided_again_when_due_even
         decisions = await read_until(settings, settings.topics.decisions, 2)
         assert {d.json()["reason"] for d in decisions} == {"notice_period_running"}
         # c-dropped is deleted while held: it must not come back when the period ends.
-        await send(settings, settings.topics.content, [(b"a-br", js({
-            "event_id": "e-del", "op": "delete", "content_id": "c-dropped", "author_id": "a-br",
-            "event_time": "2026-11-28T09:15:00Z"}))])
+        await send(
+            settings,
+            settings.topics.content,
+            [
+                (
+                    b"a-br",
+                    js(
+                        {
+                            "event_id": "e-del",
+                            "op": "delete",
+                            "content_id": "c-dropped",
+                            "author_id": "a-br",
+                            "event_time": "2026-11-28T09:15:00Z",
+                        }
+                    ),
+                )
+            ],
+        )
         await read_until(settings, settings.topics.decisions, 3)
         await _until(lambda: _sample(worker, "eligibility_deferred_items") == 1)
 
