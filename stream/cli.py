@@ -1,4 +1,4 @@
-"""Operator commands: `python -m stream worker | topics create | topics check | generate | watch`.
+"""Operator commands: `python -m stream worker | topics create|check | generate | verify | watch`.
 
 Each command reads the settings once, turns a StreamError into one clear line on
 stderr and exit status 2, and never re-implements the rule.
@@ -40,6 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--malformed-share", type=float, default=0.005)
     gen.add_argument("--no-progress", action="store_true")
 
+    verify = sub.add_parser("verify", help="independent compliance check of the feed against the inputs")
+    verify.add_argument("--once", action="store_true", help="one check, then exit 1 on any violation or loss")
+    verify.add_argument("--interval", type=float, default=300.0, help="seconds between checks [300]")
+    verify.add_argument("--port", type=int, default=6067, help="port of the verifier's /metrics [6067]")
+    verify.add_argument("--json", default=None, help="write the machine-readable report here (- for stdout)")
+    verify.add_argument("--grace", type=float, default=None, help="seconds a difference may be pending [0 once, 60]")
+    verify.add_argument("--examples", type=int, default=10, help="content ids listed per category [10]")
+
     watch = sub.add_parser("watch", help="live counts of decisions by reason, read from the audit log")
     watch.add_argument("--interval", type=float, default=2.0)
     watch.add_argument("--from-beginning", action="store_true")
@@ -54,6 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_topics(settings, args.action))
         if args.command == "generate":
             return asyncio.run(_generate(settings, args))
+        if args.command == "verify":
+            from pathlib import Path
+
+            from stream.verify import main_verify
+
+            return main_verify(settings, Path(args.json) if args.json else None, args.once, args.interval,
+                               port=args.port, grace_seconds=args.grace, examples=args.examples)
         if args.command == "watch":
             return asyncio.run(_watch(settings, args.interval, args.from_beginning))
     except StreamError as exc:

@@ -32,8 +32,12 @@ Choices the contract leaves open, and why:
   upsert (by broker timestamp, within `CLOCK_SLACK`) may rightly stay retracted
   ("items retracted earlier stay retracted until a new upsert"): it is `excused`,
   reported but not failing;
-- `grace_seconds` (continuous mode) holds back differences whose cause is younger
-  than the grace as `pending`: the filter may simply not have caught up yet;
+- `grace_seconds` (default 0 once, 60 continuously) holds back differences whose
+  cause is younger than the grace as `pending`: the filter may not have caught up;
+- the feed's end offsets are taken before the inputs', so every feed record read
+  was caused by inputs that are read too;
+- a feed item made from an older upsert than the item's latest eligible one is
+  `stale`: reported, not failing (the contract names no such guarantee);
 - once time retention has removed content events, a feed item without one cannot
   be called `unknown_content`: its author (found through the pseudonym) and the feed
   record's own fields are still judged, and if they pass it is `unverifiable`.
@@ -818,14 +822,41 @@ async def verify(
     grace_seconds: float = 0.0,
     examples: int = DEFAULT_EXAMPLES,
 ) -> Report:
-    """Read the inputs and the feed from the beginning to the end offsets taken at start; compare."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # the shell's dependency; the pure part needs no Kafka
+    """Read the inputs and the feed from the beginning to the end offsets taken at start; compare.
+
+    Raises VerifyError when a topic is missing, the broker cannot be read, or the
+    policy file is unusable.
+    """
+    from aiokafka.errors import KafkaError
 
     now = dt.datetime.now(UTC) if now is None else now
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     policy = read_policy(settings.policy_path)
+    try:
+        state, feed, truncated = await _read(settings)
+    except KafkaError as exc:
+        raise VerifyError(f"cannot read the topics from {settings.bootstrap_servers}: {exc!r}") from exc
+    return compare(
+        state,
+        feed,
+        policy,
+        pseudonym_key=settings.pseudonym_key,
+        now=now,
+        grace_seconds=grace_seconds,
+        content_truncated=truncated,
+        examples=examples,
+    )
+
+
+async def _read(settings: Settings) -> tuple[State, dict[bytes, bytes], bool]:
+    """The state of the inputs, the live feed, and whether retention removed content events."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # the shell's dependency; the pure part needs no Kafka
+
     topics = settings.topics
+    counts = await _partition_counts(settings, [topics.feed, topics.content, topics.profiles, topics.objections])
+    partitions = {name: [TopicPartition(name, p) for p in range(n)] for name, n in counts.items()}
+    # No group: nothing is committed, and the filter's group never sees this reader.
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id="eligibility-verifier",
@@ -834,8 +865,6 @@ async def verify(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 << 20,
     )
-    counts = await _partition_counts(settings, [topics.feed, topics.content, topics.profiles, topics.objections])
-    partitions = {name: [TopicPartition(name, p) for p in range(n)] for name, n in counts.items()}
     await consumer.start()
     try:
         # The feed's end offsets first, the inputs' after: every feed record read was
@@ -868,16 +897,7 @@ async def verify(
                     state.apply_objection(r.key, r.value, _broker_time(r.timestamp))
     finally:
         await consumer.stop()
-    return compare(
-        state,
-        feed,
-        policy,
-        pseudonym_key=settings.pseudonym_key,
-        now=now,
-        grace_seconds=grace_seconds,
-        content_truncated=truncated,
-        examples=examples,
-    )
+    return state, feed, truncated
 
 
 async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:
