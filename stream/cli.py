@@ -67,8 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from stream.verify import main_verify
 
-            return main_verify(settings, Path(args.json) if args.json else None, args.once, args.interval,
-                               port=args.port, grace_seconds=args.grace, examples=args.examples)
+            return main_verify(
+                settings,
+                Path(args.json) if args.json else None,
+                args.once,
+                args.interval,
+                port=args.port,
+                grace_seconds=args.grace,
+                examples=args.examples,
+            )
         if args.command == "watch":
             return asyncio.run(_watch(settings, args.interval, args.from_beginning))
     except StreamError as exc:

@@ -49,6 +49,7 @@ from stream.policy import Policy, decide
 from stream.records import RETRACT_CAUSE_OF_REASON, dead_letter_value, decide_value, feed_value, retract_value
 from stream.state import (
     DEFERRED_PREFIX,
+    MARK_PREFIX,
     EntryKind,
     PartitionStore,
     StateKind,
@@ -65,6 +66,7 @@ from stream.state import (
 )
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MARK = MARK_PREFIX
 
 
 class OutputTopic(StrEnum):
@@ -206,8 +208,17 @@ class Engine:
         state_records: Sequence[InputRecord],
         content_records: Sequence[InputRecord],
         now: dt.datetime,
+        *,
+        recovering: bool = False,
     ) -> BatchResult:
-        """Apply state records first (in offset order per partition), then decide content."""
+        """Apply state records first (in offset order per partition), then decide content.
+
+        `recovering`: the state records replay history into a restored store whose
+        published index is already current, so judging items by each intermediate
+        state would retract items that a later state allowed. The touched accounts
+        are marked instead, durably, and `reevaluate_marked` judges them by their
+        final state once the replay is done.
+        """
         result = BatchResult()
         overlays: dict[int, _Overlay] = {}
 
@@ -218,7 +229,7 @@ class Engine:
 
         for record in state_records:
             kind = self._kind_of_topic[record.topic]
-            self._apply_state(overlay(record.partition), kind, record, now, result)
+            self._apply_state(overlay(record.partition), kind, record, now, result, recovering)
             result.state_offsets.setdefault(record.partition, {})[kind] = record.offset + 1
         for record in content_records:
             self._decide_record(overlay(record.partition), record, now, result)
@@ -241,6 +252,30 @@ class Engine:
             self._cancel_deferral(ov, item, result)
             if isinstance(event, ContentEvent):
                 self._decide_event(ov, event, raw, now, result)
+        ov.settle(result)
+        return result
+
+    def reevaluate_marked(self, store: PartitionStore, partition: int, now: dt.datetime, limit: int) -> BatchResult:
+        """Judge the published items of up to `limit` accounts marked during recovery by their final state."""
+        result = BatchResult()
+        ov = _Overlay(store, partition)
+        for key, raw in store.scan(_MARK):
+            if limit <= 0:
+                break
+            limit -= 1
+            account_id = key[len(_MARK) :].decode()
+            event_id, appended_ms = orjson.loads(raw)
+            event_time = dt.datetime.fromtimestamp(appended_ms / 1000, tz=dt.UTC)
+            profile = self._profile(ov, account_id)
+            objection = self._objection(ov, account_id)
+            for content_id, value in list(ov.published_items(account_id)):
+                decision = decide(
+                    _event_from_index(account_id, content_id, value), profile, objection, self.policy, now
+                )
+                if not decision.eligible:
+                    cause = RETRACT_CAUSE_OF_REASON[decision.reason]
+                    self._retract(ov, account_id, content_id, event_id, event_time, cause, now, result)
+            ov.put(key, None)
         ov.settle(result)
         return result
 
@@ -361,7 +396,13 @@ class Engine:
     # -- state ---------------------------------------------------------------------
 
     def _apply_state(
-        self, ov: _Overlay, kind: StateKind, record: InputRecord, now: dt.datetime, result: BatchResult
+        self,
+        ov: _Overlay,
+        kind: StateKind,
+        record: InputRecord,
+        now: dt.datetime,
+        result: BatchResult,
+        recovering: bool = False,
     ) -> None:
         decoded: Profile | Objection | Rejected | None
         if kind is StateKind.PROFILES:
@@ -375,6 +416,12 @@ class Engine:
                 return
             # Fail closed: an unreadable update leaves the account as if it had no
             # profile (account_unknown) or as objecting, never as it was before.
+            if recovering:
+                fail_closed = None if kind is StateKind.PROFILES else _fail_closed_objection(account_id, record, now)
+                key = profile_key(account_id) if kind is StateKind.PROFILES else objection_key(account_id)
+                ov.put(key, fail_closed)
+                ov.put(_MARK + account_id.encode(), orjson.dumps([_state_event_id(record), record.timestamp]))
+                return
             if kind is StateKind.PROFILES:
                 ov.put(profile_key(account_id), None)
                 self._retract_all(ov, account_id, record, RetractCause.ACCOUNT_CHANGED, now, result)
@@ -384,6 +431,10 @@ class Engine:
                 self._retract_all(ov, account_id, record, RetractCause.OBJECTION, now, result)
             return
         assert account_id is not None  # the codec accepted the key
+        if recovering:
+            ov.put(profile_key(account_id) if kind is StateKind.PROFILES else objection_key(account_id), record.value)
+            ov.put(_MARK + account_id.encode(), orjson.dumps([_state_event_id(record), record.timestamp]))
+            return
         if kind is StateKind.PROFILES:
             ov.put(profile_key(account_id), record.value)
             if decoded is None:

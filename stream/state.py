@@ -11,6 +11,8 @@ Key scheme (bytes, so RocksDB orders them and an author's items share a prefix):
   i:<item>                    a published item: what a re-evaluation needs
   d:<due ms, 8 bytes><item>   a deferred item, ordered by when it is due: raw content value
   D:<item>                    the due time of a deferred item (to find and cancel it)
+  R:<account>                 an account whose state a recovery replay changed, awaiting
+                              judgement of its published items by its final state
   \\0offset:<kind>             next offset of each topic the store is restored from
   \\0count:<kind>              number of entries of each kind (for the state gauge)
 where <item> is the author's UTF-8 length in 2 bytes, the author, then the content
@@ -74,6 +76,8 @@ def published_key(author_id: str, content_id: str) -> bytes:
 
 
 DEFERRED_PREFIX = b"d:"
+# Accounts whose state a recovery replay changed, awaiting judgement by their final state.
+MARK_PREFIX = b"R:"
 
 
 def deferred_key(due_ms: int, item: bytes) -> bytes:

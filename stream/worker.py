@@ -34,7 +34,7 @@ from stream.config import Settings
 from stream.engine import BatchResult, Engine, InputRecord, OutputTopic
 from stream.errors import DeliveryError
 from stream.metrics import Metrics
-from stream.state import DEFERRED_PREFIX, EntryKind, PartitionStore, RocksPartitionStore, StateKind
+from stream.state import DEFERRED_PREFIX, MARK_PREFIX, EntryKind, PartitionStore, RocksPartitionStore, StateKind
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,10 @@ class FilterWorker:
                 started = time.monotonic()
                 await self._restore_changelogs(self.assigned)
             if state:  # before any catch-up, which reads the records after these
-                await self._cycle(state, ())
+                await self._cycle(state, (), recovering=recovering)
             if recovering:
-                await self._catch_up(self.assigned)
+                await self._catch_up(self.assigned, recovering=True)
+                await self._reevaluate_marked()
                 self._needs_catch_up = False
                 self.ready = True
                 self.metrics.ready.set(1)
@@ -218,7 +219,7 @@ class FilterWorker:
         finally:
             await reader.stop()
 
-    async def _catch_up(self, partitions: Iterable[int]) -> None:
+    async def _catch_up(self, partitions: Iterable[int], *, recovering: bool = False) -> None:
         """The freshness gate: apply state of `partitions` up to the end offsets as of now."""
         consumer = self.consumer
         assert consumer is not None
@@ -237,7 +238,16 @@ class FilterWorker:
                 records.extend(got)
                 self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(got))
             if records:
-                await self._cycle(records, ())
+                await self._cycle(records, (), recovering=recovering)
+
+    async def _reevaluate_marked(self) -> None:
+        """After a recovery replay: retract what the final state of each touched account refuses."""
+        for partition, store in self._stores.items():
+            while next(store.scan(MARK_PREFIX), None) is not None:
+                result = self.engine.reevaluate_marked(
+                    store, partition, dt.datetime.now(dt.UTC), self.settings.max_batch
+                )
+                await self._perform(result)
 
     async def _decide_due(self) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -250,11 +260,13 @@ class FilterWorker:
             await self._perform(result)
             log.info("decided %d deferred items of partition %d again", sum(result.decisions.values()), partition)
 
-    async def _cycle(self, state: Sequence[InputRecord], content: Sequence[InputRecord]) -> None:
+    async def _cycle(
+        self, state: Sequence[InputRecord], content: Sequence[InputRecord], *, recovering: bool = False
+    ) -> None:
         """Decide, then perform the result in the crash-safe order described in engine.py."""
         started = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
-        result = self.engine.process(self._stores, state, content, now)
+        result = self.engine.process(self._stores, state, content, now, recovering=recovering)
         await self._perform(result)
         acked = time.time()
         if content:
