@@ -28,13 +28,23 @@ broker-stop: ## stop the local Kafka broker
 run: install ## broker, topics, worker, a synthetic workload and live counts by reason (Ctrl-C stops)
 	scripts/demo.sh
 
-test: check prometheus ## the whole suite: linters, strict mypy, unit tests, then integration tests against the real broker
-	scripts/kafka.sh start
+# The tests start the local broker themselves (scripts/kafka.sh) unless one answers
+# at KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092); under CI=true a broker that
+# does not start fails the run.
+test: check prometheus ## the whole suite: linters, strict mypy, unit, integration and fault tests on a real broker
 	$(PY) -m pytest
 
 check: install ## linters and strict mypy
 	$(VENV)/bin/ruff check stream tests dashboards
 	$(VENV)/bin/mypy
+
+faults: check ## the fault-injection suite alone (also part of `make test`); rewrites docs/reliability.md
+	RELIABILITY_REPORT=1 $(PY) -m pytest tests/faults -v
+
+bench: install ## the benchmarks (docs/benchmarks.md); long: see bench/run.py for options
+	scripts/kafka.sh start
+	$(PY) -m bench all
+	$(PY) -m bench.objections
 
 prometheus: ## install prometheus and promtool (Debian's package) if missing
 	scripts/install-prometheus.sh
@@ -46,4 +56,4 @@ clean: ## remove the virtualenv, local state and the broker's data
 	-scripts/kafka.sh reset
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install broker broker-stop run test check prometheus dashboards clean
+.PHONY: help install broker broker-stop run test check faults bench prometheus dashboards clean
