@@ -101,6 +101,9 @@ class FilterWorker:
             fetch_max_wait_ms=100,
             # A batch is decided and produced within seconds; a worker slower than this is stuck.
             max_poll_interval_ms=300000,
+            # A killed worker's partitions move on after this long without heartbeats.
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=3000,
         )
         await self.producer.start()
         await self.consumer.start()
