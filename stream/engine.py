@@ -22,6 +22,7 @@ survives a partition moving to another worker, on the compacted deferred topic.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from stream.models import (
 from stream.policy import Policy, decide
 from stream.records import RETRACT_CAUSE_OF_REASON, dead_letter_value, decide_value, feed_value, retract_value
 from stream.state import (
+    DEFERRED_DUE_PREFIX,
     DEFERRED_PREFIX,
     MARK_PREFIX,
     EntryKind,
@@ -96,12 +98,18 @@ class InputRecord(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Produce:
-    """One record to send. A None value is a real Kafka tombstone; `partition` pins it."""
+    """One record to send. A None value is a real Kafka tombstone.
+
+    `partition` is the input partition the record comes from: every output goes to
+    the same partition number (modulo the output's partition count), so a content
+    item's records always share a partition (compaction and order per key hold)
+    and the worker can send whole per-partition batches without hashing each key.
+    """
 
     topic: OutputTopic
     key: bytes | None
     value: bytes | None
-    partition: int | None = None
+    partition: int
 
 
 @dataclass(slots=True)
@@ -137,6 +145,8 @@ class _Overlay:
         self.partition = partition
         self.writes: dict[bytes, bytes | None] = {}
         self.published: dict[str, dict[str, bytes | None]] = {}
+        # Most partitions hold no deferred item: then no event needs a lookup for one.
+        self.may_hold_deferrals = next(store.scan(DEFERRED_DUE_PREFIX), None) is not None
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.writes:
@@ -312,10 +322,9 @@ class Engine:
             self._dead_letter(record, event, now, result)
             return
         assert record.value is not None  # decode_content rejects a null value
-        item = item_id(event.author_id, event.content_id)
-        if ov.get(deferred_due_key(item)) is not None:
+        if ov.may_hold_deferrals and ov.get(deferred_due_key(item_id(event.author_id, event.content_id))):
             # A newer event supersedes a held one: it is decided (or held) on its own.
-            self._cancel_deferral(ov, item, result)
+            self._cancel_deferral(ov, item_id(event.author_id, event.content_id), result)
         self._decide_event(ov, event, record.value, now, result)
 
     def _decide_event(
@@ -350,6 +359,7 @@ class Engine:
                             decided_at=now,
                             event_time=event.event_time,
                         ),
+                        ov.partition,
                     )
                 )
             return
@@ -357,11 +367,13 @@ class Engine:
         objection = self._objection(ov, event.author_id)
         decision = decide(event, profile, objection, self.policy, now)
         result.decisions[decision.reason] += 1
-        result.produce.append(Produce(OutputTopic.DECISIONS, key, decide_value(event, decision, decided_at=now)))
+        result.produce.append(
+            Produce(OutputTopic.DECISIONS, key, decide_value(event, decision, decided_at=now), ov.partition)
+        )
         if decision.eligible:
             ov.set_published(event.author_id, event.content_id, _index_value(event))
             result.produce.append(
-                Produce(OutputTopic.FEED, key, feed_value(event, decision, key=self._key, decided_at=now))
+                Produce(OutputTopic.FEED, key, feed_value(event, decision, key=self._key, decided_at=now), ov.partition)
             )
             return
         if ov.is_published(event.author_id, event.content_id):
@@ -379,6 +391,7 @@ class Engine:
             self._defer(ov, item_id(event.author_id, event.content_id), _ms(decision.retry_at), raw, result)
 
     def _defer(self, ov: _Overlay, item: bytes, due_ms: int, raw: bytes, result: BatchResult) -> None:
+        ov.may_hold_deferrals = True
         ov.put(deferred_key(due_ms, item), raw)
         ov.put(deferred_due_key(item), due_ms.to_bytes(8, "big"))
         value = orjson.dumps({"due_ms": due_ms, "content": orjson.Fragment(raw)})
@@ -492,7 +505,7 @@ class Engine:
         ov.set_published(author_id, content_id, None)
         key = content_id.encode()
         result.retractions[cause] += 1
-        result.produce.append(Produce(OutputTopic.FEED, key, None))
+        result.produce.append(Produce(OutputTopic.FEED, key, None, ov.partition))
         result.produce.append(
             Produce(
                 OutputTopic.DECISIONS,
@@ -506,6 +519,7 @@ class Engine:
                     decided_at=now,
                     event_time=event_time,
                 ),
+                ov.partition,
             )
         )
 
@@ -515,14 +529,14 @@ class Engine:
         raw = ov.get(profile_key(account_id))
         if raw is None:
             return None
-        profile = decode_profile(account_id.encode(), raw)
+        profile = _decode_stored_profile(account_id, raw)
         return profile if isinstance(profile, Profile) else None
 
     def _objection(self, ov: _Overlay, account_id: str) -> Objection | None:
         raw = ov.get(objection_key(account_id))
         if raw is None:
             return None
-        objection = decode_objection(account_id.encode(), raw)
+        objection = _decode_stored_objection(account_id, raw)
         if isinstance(objection, Objection):
             return objection
         # Stored objections were validated on the way in; should one ever fail to
@@ -545,8 +559,21 @@ class Engine:
                     key=record.key,
                     value=record.value,
                 ),
+                record.partition,
             )
         )
+
+
+# Stored values are immutable bytes, so a decoded value can be reused for the same
+# (account, bytes): an author's profile is decoded once, not once per post.
+@functools.lru_cache(maxsize=65536)
+def _decode_stored_profile(account_id: str, raw: bytes) -> Profile | Rejected | None:
+    return decode_profile(account_id.encode(), raw)
+
+
+@functools.lru_cache(maxsize=16384)
+def _decode_stored_objection(account_id: str, raw: bytes) -> Objection | Rejected | None:
+    return decode_objection(account_id.encode(), raw)
 
 
 def _ms(moment: dt.datetime) -> int:

@@ -8,7 +8,9 @@ closed sets only (enums, the input kinds, partition numbers), never ids.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter as Tally
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -158,6 +160,26 @@ class Metrics:
             self.retractions.labels(cause=cause.value).inc(n)
         for topic, n in Tally(p.topic for p in result.produce).items():
             self.records_out.labels(output=topic.value).inc(n)
+
+
+def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
+    """Observe every value, with one increment per bucket instead of one call per value.
+
+    The hot path observes two latencies per event; `Histogram.observe` costs ~8 µs
+    each, a bisect a fraction of that. It uses the histogram's internals (bucket
+    bounds and values, unchanged across prometheus_client's releases since 0.4);
+    `tests/unit/test_metrics.py` checks it against `observe`.
+    """
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= value
+        total += value
+    for i, n in enumerate(counts):
+        if n:
+            histogram._buckets[i].inc(n)
+    histogram._sum.inc(total)
 
 
 def _eligible(reason: Reason) -> str:

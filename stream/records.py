@@ -1,5 +1,8 @@
 """The records this filter writes: feed items, audit decisions, dead letters. Pure.
 
+Datetimes go to `codec.dumps` as they are: orjson writes them as RFC 3339 UTC with
+`Z` in C, as `codec.format_timestamp` would, at a fraction of the cost.
+
 Data minimisation lives here: a feed record carries only the contract's fields,
 with the author as an HMAC pseudonym, never the raw account id, birth date or
 country (only the jurisdiction that allowed the item).
@@ -12,7 +15,7 @@ import datetime as dt
 import hashlib
 import hmac
 
-from stream.codec import dumps, format_timestamp
+from stream.codec import dumps
 from stream.models import Action, ContentEvent, DeadLetterReason, Reason, RetractCause
 from stream.policy import Decision
 
@@ -31,13 +34,13 @@ def feed_value(event: ContentEvent, decision: Decision, *, key: bytes, decided_a
             "content_type": event.content_type.value,
             "platform": event.platform.value,
             "author_pseudonym": pseudonym(key, event.author_id),
-            "created_at": format_timestamp(event.created_at),
+            "created_at": event.created_at,
             "text": event.text,
             "media_uri": event.media_uri,
             "language": event.language,
             "jurisdiction": decision.jurisdiction,
             "policy_version": decision.policy_version,
-            "decided_at": format_timestamp(decided_at),
+            "decided_at": decided_at,
             "source_event_id": event.event_id,
         }
     )
@@ -55,8 +58,8 @@ def decide_value(event: ContentEvent, decision: Decision, *, decided_at: dt.date
             "reason": decision.reason.value,
             "cause": None,
             "policy_version": decision.policy_version,
-            "decided_at": format_timestamp(decided_at),
-            "event_time": format_timestamp(event.event_time),
+            "decided_at": decided_at,
+            "event_time": event.event_time,
         }
     )
 
@@ -86,8 +89,8 @@ def retract_value(
             "reason": None,
             "cause": cause.value,
             "policy_version": policy_version,
-            "decided_at": format_timestamp(decided_at),
-            "event_time": format_timestamp(event_time),
+            "decided_at": decided_at,
+            "event_time": event_time,
         }
     )
 
@@ -111,7 +114,7 @@ def dead_letter_value(
             "topic": topic,
             "partition": partition,
             "offset": offset,
-            "received_at": format_timestamp(received_at),
+            "received_at": received_at,
             "key": base64.b64encode(key).decode("ascii") if key is not None else None,
             "value": base64.b64encode(value).decode("ascii") if value is not None else None,
         }

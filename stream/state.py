@@ -84,8 +84,11 @@ def deferred_key(due_ms: int, item: bytes) -> bytes:
     return DEFERRED_PREFIX + due_ms.to_bytes(8, "big") + item
 
 
+DEFERRED_DUE_PREFIX = b"D:"
+
+
 def deferred_due_key(item: bytes) -> bytes:
-    return b"D:" + item
+    return DEFERRED_DUE_PREFIX + item
 
 
 def split_deferred_key(key: bytes) -> tuple[int, bytes]:

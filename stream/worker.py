@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -33,7 +34,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from stream.config import Settings
 from stream.engine import BatchResult, Engine, InputRecord, OutputTopic
 from stream.errors import DeliveryError
-from stream.metrics import Metrics
+from stream.metrics import Metrics, observe_many
 from stream.state import DEFERRED_PREFIX, MARK_PREFIX, EntryKind, PartitionStore, RocksPartitionStore, StateKind
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class FilterWorker:
         }
         self._changelog_kinds = {topics.published: StateKind.PUBLISHED, topics.deferred: StateKind.DEFERRED}
         self._stores: dict[int, PartitionStore] = {}
+        self._partition_counts: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._needs_catch_up = True
@@ -274,15 +276,9 @@ class FilterWorker:
         acked = time.time()
         if content:
             await self._commit(content)
-            broker = self.metrics.broker_latency.observe
-            for record in content:
-                broker(max(0.0, acked - record.timestamp / 1000))
-        event_time = self.metrics.event_time_latency.observe
-        for moment in result.event_times:
-            event_time(max(0.0, acked - moment))
-        propagation = self.metrics.objection_propagation.observe
-        for appended_ms in result.objections:
-            propagation(max(0.0, acked - appended_ms / 1000))
+            observe_many(self.metrics.broker_latency, (max(0.0, acked - r.timestamp / 1000) for r in content))
+        observe_many(self.metrics.event_time_latency, (max(0.0, acked - t) for t in result.event_times))
+        observe_many(self.metrics.objection_propagation, (max(0.0, acked - ms / 1000) for ms in result.objections))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.last_batch.set(acked)
 
@@ -299,18 +295,38 @@ class FilterWorker:
         self.metrics.count_batch(result)
 
     async def _produce(self, result: BatchResult) -> None:
+        """Send every record as per-partition batches; return once the broker acknowledged all."""
         producer = self.producer
         assert producer is not None
-        futures = [
-            await producer.send(self._out_topic[p.topic], value=p.value, key=p.key, partition=p.partition)
-            for p in result.produce
-        ]
-        if not futures:
+        if not result.produce:
             return
+        open_batches: dict[tuple[str, int], Any] = {}
+        futures: list[asyncio.Future[Any]] = []
+        for p in result.produce:
+            topic = self._out_topic[p.topic]
+            partition = p.partition % await self._partitions_of(topic)
+            batch = open_batches.get((topic, partition))
+            if batch is None:
+                batch = open_batches[topic, partition] = producer.create_batch()
+            if batch.append(key=p.key, value=p.value, timestamp=None) is None:  # full: send it, start another
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = open_batches[topic, partition] = producer.create_batch()
+                if batch.append(key=p.key, value=p.value, timestamp=None) is None:
+                    raise DeliveryError(f"a record for {topic} is larger than a whole producer batch")
+        for (topic, partition), batch in open_batches.items():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
-            raise DeliveryError(f"{len(errors)} of {len(futures)} records not acknowledged: {errors[0]!r}")
+            raise DeliveryError(f"{len(errors)} of {len(futures)} batches not acknowledged: {errors[0]!r}")
+
+    async def _partitions_of(self, topic: str) -> int:
+        count = self._partition_counts.get(topic)
+        if count is None:
+            producer = self.producer
+            assert producer is not None
+            count = self._partition_counts[topic] = len(await producer.partitions_for(topic))
+        return count
 
     async def _commit(self, content: Sequence[InputRecord]) -> None:
         consumer = self.consumer

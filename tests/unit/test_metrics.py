@@ -53,3 +53,24 @@ def test_metrics_every_label_value_initialised_at_startup() -> None:
     assert registry.get_sample_value("eligibility_dead_letters_total", {"reason": "key_mismatch"}) == 0
     assert registry.get_sample_value("eligibility_retractions_total", {"cause": "objection"}) == 0
     assert registry.get_sample_value("eligibility_output_records_total", {"output": "deferred"}) == 0
+
+
+def test_metrics_observe_many_counts_exactly_like_observe() -> None:
+    from stream.metrics import LATENCY_BUCKETS, observe_many
+
+    values = [0.0, 0.001, 0.0011, 0.05, 0.0500001, 3.0, 60.0, 61.0, 1e9] + [i / 997 for i in range(2000)]
+    one, many = CollectorRegistry(), CollectorRegistry()
+    from prometheus_client import Histogram
+
+    h1 = Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=one)
+    h2 = Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=many)
+    for v in values:
+        h1.observe(v)
+    observe_many(h2, values)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        family = next(iter(registry.collect()))
+        return {(s.name, tuple(s.labels.items())): s.value for s in family.samples if not s.name.endswith("_created")}
+
+    assert samples(one) == samples(many)
+    assert samples(one)[("h_count", ())] == len(values)
