@@ -11,7 +11,13 @@ export STREAM_DATA_DIR="${STREAM_DATA_DIR:-./data}"
 RATE="${DEMO_RATE:-500}"
 ACCOUNTS="${DEMO_ACCOUNTS:-20000}"
 
-scripts/kafka.sh start
+# Reuse a broker that already answers (yours, or one the tests started); else start ours.
+if (exec 3<>"/dev/tcp/127.0.0.1/${KAFKA_PORT:-9092}") 2>/dev/null; then
+    echo "demo: a broker already answers on 127.0.0.1:${KAFKA_PORT:-9092}; using it"
+    export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
+else
+    scripts/kafka.sh start
+fi
 "$PY" -m stream topics create
 
 pids=()

@@ -111,8 +111,9 @@ def layout_problems(counts: dict[str, int | None], inputs: tuple[str, ...]) -> l
     if len(set(input_counts.values())) > 1:
         listed = ", ".join(f"{name}={n}" for name, n in input_counts.items())
         problems.append(
-            f"input topics are not co-partitioned ({listed}): content events, profiles and objections "
-            "must have the same number of partitions so one worker owns a user's content and state"
+            f"topics are not co-partitioned ({listed}): content events, profiles, objections and the "
+            "filter's changelogs must have the same number of partitions so one worker owns a user's "
+            "content and state"
         )
     return problems
 
