@@ -45,7 +45,7 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
         store="memory://",
         # Faust's own (idle) consumer group must not hold a restart hostage: after a
         # kill -9 the group waits a whole session for the dead member (60 s by default).
-        broker_session_timeout=10.0,
+        broker_session_timeout=30.0,
         broker_heartbeat_interval=3.0,
         broker_rebalance_timeout=30.0,
     )

@@ -51,7 +51,8 @@ from stream.records import RETRACT_CAUSE_OF_REASON, dead_letter_value, decide_va
 from stream.state import (
     DEFERRED_DUE_PREFIX,
     DEFERRED_PREFIX,
-    MARK_PREFIX,
+    PUBLISHED_PREFIX,
+    REEVALUATE_KEY,
     EntryKind,
     PartitionStore,
     StateKind,
@@ -68,7 +69,6 @@ from stream.state import (
 )
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MARK = MARK_PREFIX
 
 
 class OutputTopic(StrEnum):
@@ -225,9 +225,8 @@ class Engine:
 
         `recovering`: the state records replay history into a restored store whose
         published index is already current, so judging items by each intermediate
-        state would retract items that a later state allowed. The touched accounts
-        are marked instead, durably, and `reevaluate_marked` judges them by their
-        final state once the replay is done.
+        state would retract items that a later state allowed. State is only applied;
+        `reevaluate_published` then judges every published item by the final state.
         """
         result = BatchResult()
         overlays: dict[int, _Overlay] = {}
@@ -239,7 +238,12 @@ class Engine:
 
         for record in state_records:
             kind = self._kind_of_topic[record.topic]
-            self._apply_state(overlay(record.partition), kind, record, now, result, recovering)
+            ov = overlay(record.partition)
+            if recovering:
+                # Written with the replayed state itself: until the pass over the published
+                # index ends, a restarted worker knows it still has to judge them.
+                ov.put(REEVALUATE_KEY, b"1")
+            self._apply_state(ov, kind, record, now, result, recovering)
             result.state_offsets.setdefault(record.partition, {})[kind] = record.offset + 1
         for record in content_records:
             self._decide_record(overlay(record.partition), record, now, result)
@@ -265,29 +269,36 @@ class Engine:
         ov.settle(result)
         return result
 
-    def reevaluate_marked(self, store: PartitionStore, partition: int, now: dt.datetime, limit: int) -> BatchResult:
-        """Judge the published items of up to `limit` accounts marked during recovery by their final state."""
+    def reevaluate_published(
+        self, store: PartitionStore, partition: int, now: dt.datetime, after: bytes | None, limit: int
+    ) -> tuple[BatchResult, bytes | None]:
+        """Judge up to `limit` published items after key `after` by the current state.
+
+        One pass over the published index after a recovery replay: each item the rule
+        now refuses is retracted. Returns the result and the key to continue after,
+        or None when the pass is complete.
+        """
         result = BatchResult()
         ov = _Overlay(store, partition)
-        for key, raw in store.scan(_MARK):
+        author = ""
+        profile: Profile | None = None
+        objection: Objection | None = None
+        last: bytes | None = None
+        for key, value in store.scan(PUBLISHED_PREFIX, after=after):
             if limit <= 0:
-                break
+                ov.settle(result)
+                return result, last
             limit -= 1
-            account_id = key[len(_MARK) :].decode()
-            event_id, appended_ms = orjson.loads(raw)
-            event_time = dt.datetime.fromtimestamp(appended_ms / 1000, tz=dt.UTC)
-            profile = self._profile(ov, account_id)
-            objection = self._objection(ov, account_id)
-            for content_id, value in list(ov.published_items(account_id)):
-                decision = decide(
-                    _event_from_index(account_id, content_id, value), profile, objection, self.policy, now
-                )
-                if not decision.eligible:
-                    cause = RETRACT_CAUSE_OF_REASON[decision.reason]
-                    self._retract(ov, account_id, content_id, event_id, event_time, cause, now, result)
-            ov.put(key, None)
+            last = key
+            author_id, content_id = split_item_id(key[len(PUBLISHED_PREFIX) :])
+            if author_id != author:
+                author, profile, objection = author_id, self._profile(ov, author_id), self._objection(ov, author_id)
+            decision = decide(_event_from_index(author_id, content_id, value), profile, objection, self.policy, now)
+            if not decision.eligible:
+                cause = RETRACT_CAUSE_OF_REASON[decision.reason]
+                self._retract(ov, author_id, content_id, f"recovery:{partition}", now, cause, now, result)
         ov.settle(result)
-        return result
+        return result, None
 
     def restore(
         self, kind: StateKind, store: PartitionStore, records: Iterable[InputRecord]
@@ -433,7 +444,6 @@ class Engine:
                 fail_closed = None if kind is StateKind.PROFILES else _fail_closed_objection(account_id, record, now)
                 key = profile_key(account_id) if kind is StateKind.PROFILES else objection_key(account_id)
                 ov.put(key, fail_closed)
-                ov.put(_MARK + account_id.encode(), orjson.dumps([_state_event_id(record), record.timestamp]))
                 return
             if kind is StateKind.PROFILES:
                 ov.put(profile_key(account_id), None)
@@ -446,7 +456,6 @@ class Engine:
         assert account_id is not None  # the codec accepted the key
         if recovering:
             ov.put(profile_key(account_id) if kind is StateKind.PROFILES else objection_key(account_id), record.value)
-            ov.put(_MARK + account_id.encode(), orjson.dumps([_state_event_id(record), record.timestamp]))
             return
         if kind is StateKind.PROFILES:
             ov.put(profile_key(account_id), record.value)

@@ -11,8 +11,6 @@ Key scheme (bytes, so RocksDB orders them and an author's items share a prefix):
   i:<item>                    a published item: what a re-evaluation needs
   d:<due ms, 8 bytes><item>   a deferred item, ordered by when it is due: raw content value
   D:<item>                    the due time of a deferred item (to find and cancel it)
-  R:<account>                 an account whose state a recovery replay changed, awaiting
-                              judgement of its published items by its final state
   \\0offset:<kind>             next offset of each topic the store is restored from
   \\0count:<kind>              number of entries of each kind (for the state gauge)
 where <item> is the author's UTF-8 length in 2 bytes, the author, then the content
@@ -68,16 +66,18 @@ def split_item_id(item: bytes) -> tuple[str, str]:
 
 
 def published_prefix(author_id: str) -> bytes:
-    return b"i:" + item_id(author_id)
+    return PUBLISHED_PREFIX + item_id(author_id)
 
 
 def published_key(author_id: str, content_id: str) -> bytes:
-    return b"i:" + item_id(author_id, content_id)
+    return PUBLISHED_PREFIX + item_id(author_id, content_id)
 
 
 DEFERRED_PREFIX = b"d:"
-# Accounts whose state a recovery replay changed, awaiting judgement by their final state.
-MARK_PREFIX = b"R:"
+PUBLISHED_PREFIX = b"i:"
+# Set while a recovery replay's published items still await judgement by the final
+# state; a worker that finds it set (it crashed meanwhile) judges them all again.
+REEVALUATE_KEY = b"\x00reevaluate"
 
 
 def deferred_key(due_ms: int, item: bytes) -> bytes:
@@ -109,8 +109,8 @@ class PartitionStore(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) whose key starts with `prefix`, in key order."""
+    def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with `prefix` (and sorts after `after`), in key order."""
 
     def apply(
         self,
@@ -167,8 +167,8 @@ class MemoryPartitionStore(_Base):
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key in sorted(k for k in self._data if k.startswith(prefix)):
+    def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        for key in sorted(k for k in self._data if k.startswith(prefix) and (after is None or k > after)):
             yield key, self._data[key]
 
     def apply(
@@ -205,14 +205,15 @@ class RocksPartitionStore(_Base):
         value: bytes | None = self._db.get(key)
         return value
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         it = self._db.iter()
-        it.seek(prefix)
+        it.seek(prefix if after is None else after)
         while it.valid():
             key: bytes = it.key()
             if not key.startswith(prefix):
                 break
-            yield key, it.value()
+            if key != after:
+                yield key, it.value()
             it.next()
 
     def apply(

@@ -35,7 +35,7 @@ from stream.config import Settings
 from stream.engine import BatchResult, Engine, InputRecord, OutputTopic
 from stream.errors import DeliveryError
 from stream.metrics import Metrics, observe_many
-from stream.state import DEFERRED_PREFIX, MARK_PREFIX, EntryKind, PartitionStore, RocksPartitionStore, StateKind
+from stream.state import DEFERRED_PREFIX, REEVALUATE_KEY, EntryKind, PartitionStore, RocksPartitionStore, StateKind
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ class FilterWorker:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._needs_catch_up = True
+        # Set as soon as a rebalance starts revoking: loops that wait for records of
+        # our partitions give up the batch (uncommitted, so replayed) instead of
+        # holding the lock the rebalance waits for.
+        self._rebalancing = False
         self._gauges_at = 0.0
         self._lag_labels: set[tuple[str, str]] = set()
         self.ready = False
@@ -103,8 +107,9 @@ class FilterWorker:
             fetch_max_wait_ms=100,
             # A batch is decided and produced within seconds; a worker slower than this is stuck.
             max_poll_interval_ms=300000,
-            # A killed worker's partitions move on after this long without heartbeats.
-            session_timeout_ms=10000,
+            # A killed worker's partitions move on after this long without heartbeats;
+            # long enough that a RocksDB write stall while rebuilding state is no death.
+            session_timeout_ms=30000,
             heartbeat_interval_ms=3000,
         )
         await self.producer.start()
@@ -153,46 +158,52 @@ class FilterWorker:
         assert consumer is not None
         fetched = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
         async with self._lock:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self._rebalancing:
                 return
-            state: list[InputRecord] = []
-            content: list[InputRecord] = []
-            content_partitions: set[int] = set()
-            for tp, records in fetched.items():
-                if tp.partition not in self._stores:
-                    continue  # revoked while the fetch was in flight; the new owner reads it
-                self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(records))
-                if tp.topic == self._content:
-                    content.extend(records)
-                    content_partitions.add(tp.partition)
-                else:
-                    state.extend(records)
-            recovering = self._needs_catch_up and bool(self.assigned)
-            if recovering:
-                # Published items and deferrals first: applying state may retract or re-decide them.
-                self.metrics.recovering.set(1)
-                started = time.monotonic()
-                await self._restore_changelogs(self.assigned)
-            if state:  # before any catch-up, which reads the records after these
-                await self._cycle(state, (), recovering=recovering)
-            if recovering:
-                await self._catch_up(self.assigned, recovering=True)
-                await self._reevaluate_marked()
-                self._needs_catch_up = False
-                self.ready = True
-                self.metrics.ready.set(1)
-                self.metrics.recovering.set(0)
-                log.info(
-                    "state of partitions %s restored and caught up in %.1fs; ready",
-                    sorted(self.assigned),
-                    time.monotonic() - started,
-                )
-            if content:
-                await self._catch_up(content_partitions)
-                await self._cycle((), content)
-            if self.ready:
-                await self._decide_due()
-            await self._refresh_gauges()
+            try:
+                await self._process(fetched)
+            except _Rebalancing:
+                log.info("rebalance started: the batch in hand is abandoned uncommitted and will be replayed")
+
+    async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        state: list[InputRecord] = []
+        content: list[InputRecord] = []
+        content_partitions: set[int] = set()
+        for tp, records in fetched.items():
+            if tp.partition not in self._stores:
+                continue  # revoked while the fetch was in flight; the new owner reads it
+            self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(records))
+            if tp.topic == self._content:
+                content.extend(records)
+                content_partitions.add(tp.partition)
+            else:
+                state.extend(records)
+        recovering = self._needs_catch_up and bool(self.assigned)
+        if recovering:
+            # Published items and deferrals first: applying state may retract or re-decide them.
+            self.metrics.recovering.set(1)
+            started = time.monotonic()
+            await self._restore_changelogs(self.assigned)
+        if state:  # before any catch-up, which reads the records after these
+            await self._cycle(state, (), recovering=recovering)
+        if recovering:
+            await self._catch_up(self.assigned, recovering=True)
+            await self._reevaluate_published()
+            self._needs_catch_up = False
+            self.ready = True
+            self.metrics.ready.set(1)
+            self.metrics.recovering.set(0)
+            log.info(
+                "state of partitions %s restored and caught up in %.1fs; ready",
+                sorted(self.assigned),
+                time.monotonic() - started,
+            )
+        if content:
+            await self._catch_up(content_partitions)
+            await self._cycle((), content)
+        if self.ready:
+            await self._decide_due()
+        await self._refresh_gauges()
 
     async def _restore_changelogs(self, partitions: Iterable[int]) -> None:
         """Replay our changelogs (published index, deferrals) from each store's offset to their end."""
@@ -217,7 +228,7 @@ class FilterWorker:
                     kind = self._changelog_kinds[tp.topic]
                     store = self._stores[tps[tp]]
                     updates, counts = self.engine.restore(kind, store, records)
-                    store.apply(updates, {kind: records[-1].offset + 1}, counts)
+                    await asyncio.to_thread(store.apply, updates, {kind: records[-1].offset + 1}, counts)
                 pending = [tp for tp in pending if await reader.position(tp) < ends[tp]]
             for tp, p in tps.items():  # compaction may leave the end past the last record
                 self._stores[p].apply((), {self._changelog_kinds[tp.topic]: ends[tp]})
@@ -233,6 +244,8 @@ class FilterWorker:
             return
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         while True:
+            if self._rebalancing:
+                raise _Rebalancing
             lagging = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
             if not lagging or self._stopping.is_set():
                 return
@@ -245,14 +258,21 @@ class FilterWorker:
             if records:
                 await self._cycle(records, (), recovering=recovering)
 
-    async def _reevaluate_marked(self) -> None:
-        """After a recovery replay: retract what the final state of each touched account refuses."""
+    async def _reevaluate_published(self) -> None:
+        """After a recovery replay: retract every published item the final state refuses."""
         for partition, store in self._stores.items():
-            while next(store.scan(MARK_PREFIX), None) is not None:
-                result = self.engine.reevaluate_marked(
-                    store, partition, dt.datetime.now(dt.UTC), self.settings.max_batch
-                )
+            if store.get(REEVALUATE_KEY) is None:
+                continue
+            after: bytes | None = None
+            while True:
+                if self._rebalancing:
+                    raise _Rebalancing
+                now = dt.datetime.now(dt.UTC)
+                result, after = self.engine.reevaluate_published(store, partition, now, after, self.settings.max_batch)
                 await self._perform(result)
+                if after is None:
+                    break
+            await asyncio.to_thread(store.apply, [(REEVALUATE_KEY, None)])
 
     async def _decide_due(self) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -283,11 +303,14 @@ class FilterWorker:
         self.metrics.last_batch.set(acked)
 
     async def _perform(self, result: BatchResult) -> None:
+        # Store writes run in a thread: a RocksDB write stall must not stop the event
+        # loop, whose heartbeats keep this worker in its group.
         for partition, updates in result.pre_updates.items():
-            self._stores[partition].apply(updates, counts=result.pre_counts.get(partition))
+            await asyncio.to_thread(self._stores[partition].apply, updates, None, result.pre_counts.get(partition))
         await self._produce(result)
         for partition in result.post_updates.keys() | result.state_offsets.keys():
-            self._stores[partition].apply(
+            await asyncio.to_thread(
+                self._stores[partition].apply,
                 result.post_updates.get(partition, ()),
                 result.state_offsets.get(partition, {}),
                 result.post_counts.get(partition),
@@ -397,7 +420,9 @@ class FilterWorker:
     # -- rebalances ----------------------------------------------------------------
 
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        # Waiting for the lock lets the batch in hand finish and commit first.
+        # Waiting for the lock lets the batch in hand finish and commit first (or,
+        # if it is waiting for records, give up: see `_rebalancing`).
+        self._rebalancing = True
         async with self._lock:
             self.ready = False
             self.metrics.ready.set(0)
@@ -416,6 +441,7 @@ class FilterWorker:
             self._needs_catch_up = True
             self.metrics.rebalances.inc()
             self.metrics.recovering.set(1)
+            self._rebalancing = False
             log.info("assigned partitions %s", sorted(partitions))
 
     def _open_store(self, partition: int) -> PartitionStore:
@@ -435,6 +461,10 @@ class FilterWorker:
 
     def store_paths(self) -> list[Path]:
         return [self.settings.data_dir / "state" / f"partition-{p}" for p in sorted(self._stores)]
+
+
+class _Rebalancing(Exception):
+    """Raised inside the loop when a rebalance started: the batch in hand is given up, uncommitted."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types

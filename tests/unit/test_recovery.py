@@ -9,7 +9,7 @@ import pytest
 
 from stream.engine import BatchResult, Engine, OutputTopic
 from stream.policy import load_policy
-from stream.state import MARK_PREFIX, MemoryPartitionStore
+from stream.state import REEVALUATE_KEY, MemoryPartitionStore
 
 from .test_deferred import TOPICS, Rec
 
@@ -96,10 +96,31 @@ def test_recovery_replay_judges_published_items_by_final_state_only(history: lis
     replay = engine.process({0: restored}, history, [], NOW, recovering=True)
     _apply(restored, replay)
     assert _tombstones(replay) == []  # nothing judged by an intermediate state
-    assert list(restored.scan(MARK_PREFIX))
+    assert restored.get(REEVALUATE_KEY) == b"1"  # durable until the pass below is done
 
-    judged = engine.reevaluate_marked(restored, 0, NOW, limit=100)
+    judged, after = engine.reevaluate_published(restored, 0, NOW, None, limit=100)
     _apply(restored, judged)
+    assert after is None
     assert _tombstones(judged) == ([b"c-0"] if retracted else [])
-    assert list(restored.scan(MARK_PREFIX)) == []
     assert bool(list(restored.scan(b"i:"))) is not retracted
+
+
+def test_recovery_pass_over_published_items_resumes_in_chunks() -> None:
+    engine = Engine(load_policy(), b"k", TOPICS)
+    store = MemoryPartitionStore()
+    _apply(store, engine.process({0: store}, [_profile(0)], [], NOW))
+    _apply(store, engine.process({0: store}, [], [_upsert(i) for i in range(7)], NOW))
+    _apply(store, engine.process({0: store}, [_objection(0, "objected")], [], NOW, recovering=True))
+
+    retracted: list[bytes | None] = []
+    after: bytes | None = None
+    chunks = 0
+    while True:
+        result, after = engine.reevaluate_published(store, 0, NOW, after, limit=3)
+        _apply(store, result)
+        retracted += _tombstones(result)
+        chunks += 1
+        if after is None:
+            break
+    assert sorted(retracted) == sorted(f"c-{i}".encode() for i in range(7))
+    assert chunks == 3
