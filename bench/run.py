@@ -51,9 +51,9 @@ FULL = {
     "rates": [2000, 5000, 10000, 20000, 40000],
     "step_seconds": 60,
     "latency_seconds": 60,
-    # 50k, not 1M: each step re-sends all profiles, and the worker's recovery/state path
-    # starves its own heartbeats on large state floods (docs/benchmarks.md, "Findings").
+    # 50k, not 1M: `stream.generator.produce` re-sends every profile at the start of each step.
     "rate_accounts": 50_000,
+    # The soak is about memory over events (the published index grows with events, not accounts).
     "soak_accounts": 200_000,
 }
 QUICK = {
@@ -686,6 +686,36 @@ async def bench_rate(args: argparse.Namespace, run: Run, results: dict[str, Any]
 # -- soak --------------------------------------------------------------------------
 
 
+def _soak_summary(
+    samples: list[Sample], total: int, accounts: int, ready_rss: int, sys_cpu: common.SystemCpu
+) -> dict[str, Any]:
+    rss = [s for s in samples if s.rss]
+    processed = [s for s in rss if s.committed > 0]
+    total_done = samples[-1].committed if samples else 0
+    warm = next((s for s in processed if s.committed >= 0.1 * total_done), processed[0] if processed else None)
+    after = [s for s in processed if warm is not None and s.t >= warm.t]
+    mib = lambda b: round(b / 2**20, 1)  # noqa: E731
+    soak = {
+        "events_target": total,
+        "events_processed": total_done,
+        "accounts": accounts,
+        "rss_at_ready_mib": mib(ready_rss),
+        "rss_min_mib": mib(min(s.rss for s in rss)),
+        "rss_max_mib": mib(max(s.rss for s in rss)),
+        "rss_start_mib": mib(processed[0].rss) if processed else None,
+        "rss_end_mib": mib(processed[-1].rss) if processed else None,
+        "rss_after_warmup_mib": mib(warm.rss) if warm else None,
+        "rss_max_after_warmup_mib": mib(max(s.rss for s in after)) if after else None,
+        "seconds": round(samples[-1].t - samples[0].t, 1) if samples else None,
+        "events_per_second": round(total_done / (processed[-1].t - processed[0].t)) if len(processed) > 1 else None,
+        "series": [[s.committed, mib(s.rss)] for s in rss][:: max(1, len(rss) // 600)],
+        "system": sys_cpu.result(),
+    }
+    if warm is not None and after:
+        soak["growth_after_warmup_percent"] = round(100 * (max(s.rss for s in after) - warm.rss) / warm.rss, 1)
+    return soak
+
+
 async def bench_soak(args: argparse.Namespace, run: Run, results: dict[str, Any]) -> None:
     inputs = run.inputs("soak")
     settings = run.settings(inputs, "worker-soak")
@@ -706,6 +736,11 @@ async def bench_soak(args: argparse.Namespace, run: Run, results: dict[str, Any]
             async def sampler() -> None:
                 while not stop.is_set():
                     samples.append(await common.sample(off, settings.group_id, ps))
+                    if len(samples) % 30 == 0 and any(x.rss for x in samples):
+                        # Saved as it goes: an interrupted soak still leaves its curve.
+                        partial = _soak_summary(samples, total, args.soak_accounts, ready_rss, sys_cpu)
+                        results["soak"] = {**partial, "completed": False, "partial": True}
+                        save(results)
                     try:
                         await asyncio.wait_for(stop.wait(), 1.0)
                     except TimeoutError:
@@ -735,33 +770,11 @@ async def bench_soak(args: argparse.Namespace, run: Run, results: dict[str, Any]
             finally:
                 stop.set()
                 await sampling
-    rss = [s for s in samples if s.rss]
-    processed = [s for s in rss if s.committed > 0]
-    total_done = samples[-1].committed if samples else 0
-    warm = next((s for s in processed if s.committed >= 0.1 * total_done), processed[0] if processed else None)
-    after = [s for s in processed if warm is not None and s.t >= warm.t]
-    mib = lambda b: round(b / 2**20, 1)  # noqa: E731
-    soak = {
-        "events_target": total,
-        "events_processed": total_done,
-        "accounts": args.soak_accounts,
-        "rss_at_ready_mib": mib(ready_rss),
-        "rss_min_mib": mib(min(s.rss for s in rss)),
-        "rss_max_mib": mib(max(s.rss for s in rss)),
-        "rss_start_mib": mib(processed[0].rss) if processed else None,
-        "rss_end_mib": mib(processed[-1].rss) if processed else None,
-        "rss_after_warmup_mib": mib(warm.rss) if warm else None,
-        "rss_max_after_warmup_mib": mib(max(s.rss for s in after)) if after else None,
-        "seconds": round(samples[-1].t - samples[0].t, 1) if samples else None,
-        "events_per_second": round(total_done / (processed[-1].t - processed[0].t)) if len(processed) > 1 else None,
-        "series": [[s.committed, mib(s.rss)] for s in rss][:: max(1, len(rss) // 600)],
-        "system": sys_cpu.result(),
-    }
-    if warm is not None and after:
-        soak["growth_after_warmup_percent"] = round(100 * (max(s.rss for s in after) - warm.rss) / warm.rss, 1)
+    soak = _soak_summary(samples, total, args.soak_accounts, ready_rss, sys_cpu)
+    soak["completed"] = soak["events_processed"] >= total
     results["soak"] = soak
     log(
-        f"soak: {total_done:,} events, RSS min {soak['rss_min_mib']} max {soak['rss_max_mib']} "
+        f"soak: {soak['events_processed']:,} events, RSS min {soak['rss_min_mib']} max {soak['rss_max_mib']} "
         f"start {soak['rss_start_mib']} end {soak['rss_end_mib']} MiB"
     )
     save(results)
