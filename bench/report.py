@@ -335,7 +335,7 @@ def render(r: dict[str, Any]) -> None:
                 f"`decided_at`, a tombstone as None), is the same for all consumers: {f.get('distinct_records')} "
                 f"content ids, {f.get('live_items_after_compaction')} of them live (not retracted); records still on "
                 f"each feed topic: {f.get('records_on_topic', 'n/a')} (superseded versions are compacted away at "
-                "different times)."
+                "different times)." + (f" Note: {f['note']}." if f.get("note") else "")
             )
         else:
             add(
@@ -455,6 +455,9 @@ def render(r: dict[str, Any]) -> None:
     if soak:
         add("## Soak: memory")
         add("")
+        if soak.get("partial"):
+            add("**Partial:** the soak was stopped before its target; these are its samples up to then.")
+            add("")
         add(
             f"{soak['events_processed']:,} content events (target {soak['events_target']:,}) over "
             f"{soak['accounts']:,} accounts through one worker, fed in 100,000-record chunks while its lag stays under "
