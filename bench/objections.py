@@ -133,8 +133,9 @@ def _env(settings: Settings, port: int) -> dict[str, str]:
 
 async def _caught_up(settings: Settings, timeout: float = 300.0) -> None:
     """Wait until the worker's group has committed the content topic to its end (bounded)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(settings.topics.content, p) for p in range(settings.partitions)]

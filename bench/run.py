@@ -614,9 +614,12 @@ def worker_histograms(port: int) -> dict[str, Any]:
         if line.startswith("#") or " " not in line:
             continue
         name, value = line.rsplit(" ", 1)
+        base, _, labels = name.partition("{")
         for suffix in ("_sum", "_count"):
-            if name.endswith(suffix) and ("seconds" in name) and "{" not in name:
-                out.setdefault(name[: -len(suffix)], {})[suffix[1:]] = float(value)
+            if base.endswith(suffix) and "seconds" in base:
+                # A labelled histogram (the batch stages) reads as one entry per label value.
+                key = base[: -len(suffix)] + (f"{{{labels}" if labels else "")
+                out.setdefault(key, {})[suffix[1:]] = float(value)
     for h in out.values():
         if h.get("count"):
             h["mean_ms"] = round(1000 * h["sum"] / h["count"], 2)

@@ -22,12 +22,11 @@ survives a partition moving to another worker, on the compacted deferred topic.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import orjson
 
@@ -61,11 +60,15 @@ from stream.state import (
     deferred_key,
     item_id,
     objection_key,
+    pack_objection,
+    pack_profile,
     profile_key,
     published_key,
     published_prefix,
     split_deferred_key,
     split_item_id,
+    unpack_objection,
+    unpack_profile,
 )
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -96,14 +99,15 @@ class InputRecord(Protocol):
     def timestamp(self) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Produce:
+class Produce(NamedTuple):
     """One record to send. A None value is a real Kafka tombstone.
 
     `partition` is the input partition the record comes from: every output goes to
     the same partition number (modulo the output's partition count), so a content
     item's records always share a partition (compaction and order per key hold)
     and the worker can send whole per-partition batches without hashing each key.
+    A NamedTuple, not a frozen dataclass: two or three are built per event, and a
+    frozen dataclass's __init__ costs several times a tuple's.
     """
 
     topic: OutputTopic
@@ -441,7 +445,7 @@ class Engine:
             # Fail closed: an unreadable update leaves the account as if it had no
             # profile (account_unknown) or as objecting, never as it was before.
             if recovering:
-                fail_closed = None if kind is StateKind.PROFILES else _fail_closed_objection(account_id, record, now)
+                fail_closed = None if kind is StateKind.PROFILES else _FAIL_CLOSED_OBJECTION
                 key = profile_key(account_id) if kind is StateKind.PROFILES else objection_key(account_id)
                 ov.put(key, fail_closed)
                 return
@@ -449,22 +453,28 @@ class Engine:
                 ov.put(profile_key(account_id), None)
                 self._retract_all(ov, account_id, record, RetractCause.ACCOUNT_CHANGED, now, result)
             else:
-                ov.put(objection_key(account_id), _fail_closed_objection(account_id, record, now))
+                ov.put(objection_key(account_id), _FAIL_CLOSED_OBJECTION)
                 result.objections.append(record.timestamp)
                 self._retract_all(ov, account_id, record, RetractCause.OBJECTION, now, result)
             return
         assert account_id is not None  # the codec accepted the key
+        if isinstance(decoded, Profile):
+            stored: bytes | None = pack_profile(decoded)
+        elif isinstance(decoded, Objection):
+            stored = pack_objection(decoded.status)
+        else:
+            stored = None  # a tombstone: no profile (account deleted), no objection on record
         if recovering:
-            ov.put(profile_key(account_id) if kind is StateKind.PROFILES else objection_key(account_id), record.value)
+            ov.put(profile_key(account_id) if kind is StateKind.PROFILES else objection_key(account_id), stored)
             return
         if kind is StateKind.PROFILES:
-            ov.put(profile_key(account_id), record.value)
+            ov.put(profile_key(account_id), stored)
             if decoded is None:
                 self._retract_all(ov, account_id, record, RetractCause.ACCOUNT_DELETED, now, result)
             else:
                 self._reevaluate(ov, account_id, record, RetractCause.ACCOUNT_CHANGED, now, result)
         else:
-            ov.put(objection_key(account_id), record.value)
+            ov.put(objection_key(account_id), stored)
             if isinstance(decoded, Objection) and decoded.status is ObjectionStatus.OBJECTED:
                 result.objections.append(record.timestamp)
             self._reevaluate(ov, account_id, record, RetractCause.OBJECTION, now, result)
@@ -536,21 +546,14 @@ class Engine:
 
     def _profile(self, ov: _Overlay, account_id: str) -> Profile | None:
         raw = ov.get(profile_key(account_id))
-        if raw is None:
-            return None
-        profile = _decode_stored_profile(account_id, raw)
-        return profile if isinstance(profile, Profile) else None
+        return unpack_profile(account_id, raw) if raw is not None else None
 
     def _objection(self, ov: _Overlay, account_id: str) -> Objection | None:
         raw = ov.get(objection_key(account_id))
         if raw is None:
             return None
-        objection = _decode_stored_objection(account_id, raw)
-        if isinstance(objection, Objection):
-            return objection
-        # Stored objections were validated on the way in; should one ever fail to
-        # decode (a codec change), fail closed rather than read it as "no objection".
-        return Objection(account_id, ObjectionStatus.OBJECTED, _EPOCH, "filter:unreadable-state", "")
+        # The rule reads only the status; the store keeps nothing else of an objection.
+        return _STORED_OBJECTION[unpack_objection(raw)]
 
     def _dead_letter(self, record: InputRecord, rejected: Rejected, now: dt.datetime, result: BatchResult) -> None:
         result.dead_letters[rejected.reason] += 1
@@ -573,16 +576,10 @@ class Engine:
         )
 
 
-# Stored values are immutable bytes, so a decoded value can be reused for the same
-# (account, bytes): an author's profile is decoded once, not once per post.
-@functools.lru_cache(maxsize=65536)
-def _decode_stored_profile(account_id: str, raw: bytes) -> Profile | Rejected | None:
-    return decode_profile(account_id.encode(), raw)
-
-
-@functools.lru_cache(maxsize=16384)
-def _decode_stored_objection(account_id: str, raw: bytes) -> Objection | Rejected | None:
-    return decode_objection(account_id.encode(), raw)
+# What `_objection` hands the rule: the stored status, nothing of who or when.
+_STORED_OBJECTION = {status: Objection("", status, _EPOCH, "filter:state", "") for status in ObjectionStatus}
+# An unreadable objection update fails closed: the account is treated as objecting.
+_FAIL_CLOSED_OBJECTION = pack_objection(ObjectionStatus.OBJECTED)
 
 
 def _ms(moment: dt.datetime) -> int:
@@ -631,15 +628,3 @@ def _state_event_id(record: InputRecord) -> str:
 
 def _broker_time(record: InputRecord) -> dt.datetime:
     return dt.datetime.fromtimestamp(record.timestamp / 1000, tz=dt.UTC)
-
-
-def _fail_closed_objection(account_id: str, record: InputRecord, now: dt.datetime) -> bytes:
-    return dumps(
-        {
-            "account_id": account_id,
-            "status": "objected",
-            "at": format_timestamp(now),
-            "source": "filter:unreadable-update",
-            "request_id": _state_event_id(record),
-        }
-    )

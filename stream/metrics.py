@@ -21,6 +21,8 @@ from stream.models import DeadLetterReason, Reason, RetractCause
 
 INPUTS = ("content", "profiles", "objections")
 OUTPUTS = ("feed", "decisions", "dlq", "deferred", "published")
+# Where a batch's time goes, in the order the worker spends it (worker.py).
+STAGES = ("gate", "decide", "store", "produce", "commit")
 
 # Seconds. The end-to-end objective is p99 <= 50 ms, so resolution is finest below
 # 100 ms; the tail buckets show backlog after a restart or a rebalance.
@@ -40,6 +42,7 @@ class Metrics:
     records_in: Counter
     records_out: Counter
     batch_seconds: Histogram
+    stage_seconds: Histogram
     broker_latency: Histogram
     event_time_latency: Histogram
     objection_propagation: Histogram
@@ -80,6 +83,13 @@ class Metrics:
             batch_seconds=Histogram(
                 "eligibility_batch_duration_seconds",
                 "Time to decide, produce and commit one fetched batch",
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            stage_seconds=Histogram(
+                "eligibility_batch_stage_seconds",
+                "Time one batch spends in each stage: freshness gate, decide, store writes, produce, commit",
+                ["stage"],
                 buckets=LATENCY_BUCKETS,
                 registry=r,
             ),
@@ -144,6 +154,8 @@ class Metrics:
             m.records_in.labels(input=name)
         for name in OUTPUTS:
             m.records_out.labels(output=name)
+        for stage in STAGES:
+            m.stage_seconds.labels(stage=stage)
         for kind in ("profiles", "objections", "published", "deferred"):
             m.state_entries.labels(kind=kind)
         Info("eligibility_build", "Version of the filter and of the policy in force", registry=r).info(

@@ -6,27 +6,32 @@ objections of partition p. The worker rebuilds a store from the compacted topics
 when it has none, and resumes from the stored offsets when it has one.
 
 Key scheme (bytes, so RocksDB orders them and an author's items share a prefix):
-  p:<account>                 raw profile value, as validated from the topic
-  o:<account>                 raw objection value
+  p:<account>                 what the rule reads of a profile, packed (`pack_profile`)
+  o:<account>                 the objection's status, packed (`pack_objection`)
   i:<item>                    a published item: what a re-evaluation needs
   d:<due ms, 8 bytes><item>   a deferred item, ordered by when it is due: raw content value
   D:<item>                    the due time of a deferred item (to find and cancel it)
   \\0offset:<kind>             next offset of each topic the store is restored from
   \\0count:<kind>              number of entries of each kind (for the state gauge)
+  \\0format                     the layout version of the values above (`STORE_FORMAT`)
 where <item> is the author's UTF-8 length in 2 bytes, the author, then the content
 id: length-prefixed, so no id (NUL included) can forge another author's prefix.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
+import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+
+from stream.models import ObjectionStatus, Profile
 
 
 class StateKind(StrEnum):
@@ -101,7 +106,59 @@ _COUNT_KEY = {kind: b"\x00count:" + kind.value.encode() for kind in EntryKind}
 # tombstone retention may have missed a deletion and must be rebuilt.
 _TOUCHED_KEY = b"\x00touched_at"
 
+_FORMAT_KEY = b"\x00format"
+# Bumped whenever a stored value's layout changes: a store of another format is
+# rebuilt from the compacted topics rather than misread.
+STORE_FORMAT = b"2"
+
 Update = tuple[bytes, bytes | None]
+
+# -- stored values -------------------------------------------------------------------
+#
+# Profiles and objections are validated once, when they are applied, and stored as
+# the few fields the rule reads, packed: reading one back for every content event
+# is then a struct unpack, not a JSON parse and a schema check (docs/design.md).
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_PROFILE = struct.Struct(">iqq2s")  # birth date ordinal, notified_at µs, updated_at µs, country
+_NO_DATE = 0
+_NO_TIME = -(1 << 63)
+_NO_COUNTRY = b"\x00\x00"
+_OBJECTION_BYTE = {ObjectionStatus.OBJECTED: b"O", ObjectionStatus.WITHDRAWN: b"W"}
+
+
+def _micros(moment: dt.datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def pack_profile(profile: Profile) -> bytes:
+    return _PROFILE.pack(
+        profile.birth_date.toordinal() if profile.birth_date is not None else _NO_DATE,
+        _micros(profile.notified_at) if profile.notified_at is not None else _NO_TIME,
+        _micros(profile.updated_at),
+        profile.country.encode("ascii") if profile.country is not None else _NO_COUNTRY,
+    )
+
+
+def unpack_profile(account_id: str, raw: bytes) -> Profile:
+    birth, notified, updated, country = _PROFILE.unpack(raw)
+    return Profile(
+        account_id=account_id,
+        birth_date=dt.date.fromordinal(birth) if birth != _NO_DATE else None,
+        country=country.decode("ascii") if country != _NO_COUNTRY else None,
+        notified_at=_EPOCH + dt.timedelta(microseconds=notified) if notified != _NO_TIME else None,
+        updated_at=_EPOCH + dt.timedelta(microseconds=updated),
+    )
+
+
+def pack_objection(status: ObjectionStatus) -> bytes:
+    return _OBJECTION_BYTE[status]
+
+
+def unpack_objection(raw: bytes) -> ObjectionStatus:
+    """The stored status; anything but a withdrawal reads as objected (fail closed)."""
+    return ObjectionStatus.WITHDRAWN if raw == b"W" else ObjectionStatus.OBJECTED
 
 
 class PartitionStore(Protocol):
@@ -127,6 +184,9 @@ class PartitionStore(Protocol):
 
     def touched_at(self) -> float | None: ...
 
+    def compatible(self) -> bool:
+        """False for a store written in another layout (`STORE_FORMAT`): rebuild it."""
+
     def close(self) -> None: ...
 
 
@@ -147,6 +207,11 @@ class _Base:
         raw = self.get(_TOUCHED_KEY)
         return float(raw) if raw is not None else None
 
+    def compatible(self) -> bool:
+        found = self.get(_FORMAT_KEY)
+        # A store that never recorded its format is new (nothing written yet) or older than the key.
+        return found == STORE_FORMAT or (found is None and self.get(_TOUCHED_KEY) is None)
+
     def _bookkeeping(
         self, offsets: Mapping[StateKind, int] | None, counts: Mapping[EntryKind, int] | None
     ) -> list[tuple[bytes, bytes]]:
@@ -155,6 +220,7 @@ class _Base:
             current = self.counts()
             writes += [(_COUNT_KEY[k], str(max(0, current[k] + d)).encode()) for k, d in counts.items() if d]
         writes.append((_TOUCHED_KEY, repr(time.time()).encode()))
+        writes.append((_FORMAT_KEY, STORE_FORMAT))
         return writes
 
 
@@ -189,14 +255,39 @@ class MemoryPartitionStore(_Base):
         pass
 
 
+# One block cache for every partition store of the process: memory stays bounded
+# however many partitions the worker holds and however large their state grows.
+BLOCK_CACHE_BYTES = 64 << 20
+_block_cache: Cache | None = None
+
+
+def _options() -> Options:
+    global _block_cache
+    if _block_cache is None:
+        _block_cache = Cache(BLOCK_CACHE_BYTES)
+    table = BlockBasedOptions()
+    table.set_block_cache(_block_cache)
+    # Most lookups miss (few authors object, few items are deferred or were
+    # published): a bloom filter answers those without reading any block.
+    table.set_bloom_filter(10, False)
+    # Index and filter blocks live in the bounded cache, not beside it, so memory
+    # does not grow with the number of SST files.
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_block_based_table_factory(table)
+    # One DB per partition: keep each small so many partitions fit a modest pod.
+    options.set_write_buffer_size(16 << 20)
+    options.set_max_write_buffer_number(2)
+    return options
+
+
 class RocksPartitionStore(_Base):
     """A RocksDB store (rocksdict, raw bytes) in the worker's data directory."""
 
     def __init__(self, path: Path) -> None:
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        # One DB per partition: keep each small so many partitions fit a modest pod.
-        options.set_write_buffer_size(16 << 20)
+        options = _options()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = Rdict(str(path), options)

@@ -199,7 +199,9 @@ class FilterWorker:
                 time.monotonic() - started,
             )
         if content:
+            started = time.perf_counter()
             await self._catch_up(content_partitions)
+            self._stage("gate", started)
             await self._cycle((), content)
         if self.ready:
             await self._decide_due()
@@ -292,10 +294,13 @@ class FilterWorker:
         started = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
         result = self.engine.process(self._stores, state, content, now, recovering=recovering)
+        self._stage("decide", started)
         await self._perform(result)
         acked = time.time()
         if content:
+            committing = time.perf_counter()
             await self._commit(content)
+            self._stage("commit", committing)
             observe_many(self.metrics.broker_latency, (max(0.0, acked - r.timestamp / 1000) for r in content))
         observe_many(self.metrics.event_time_latency, (max(0.0, acked - t) for t in result.event_times))
         observe_many(self.metrics.objection_propagation, (max(0.0, acked - ms / 1000) for ms in result.objections))
@@ -305,9 +310,12 @@ class FilterWorker:
     async def _perform(self, result: BatchResult) -> None:
         # Store writes run in a thread: a RocksDB write stall must not stop the event
         # loop, whose heartbeats keep this worker in its group.
+        started = time.perf_counter()
         for partition, updates in result.pre_updates.items():
             await asyncio.to_thread(self._stores[partition].apply, updates, None, result.pre_counts.get(partition))
+        producing = time.perf_counter()
         await self._produce(result)
+        writing = self._stage("produce", producing)
         for partition in result.post_updates.keys() | result.state_offsets.keys():
             await asyncio.to_thread(
                 self._stores[partition].apply,
@@ -315,7 +323,14 @@ class FilterWorker:
                 result.state_offsets.get(partition, {}),
                 result.post_counts.get(partition),
             )
+        self.metrics.stage_seconds.labels(stage="store").observe(time.perf_counter() - writing + producing - started)
         self.metrics.count_batch(result)
+
+    def _stage(self, stage: str, started: float) -> float:
+        """Observe the time since `started` as `stage` of the batch; return now, the next stage's start."""
+        now = time.perf_counter()
+        self.metrics.stage_seconds.labels(stage=stage).observe(now - started)
+        return now
 
     async def _produce(self, result: BatchResult) -> None:
         """Send every record as per-partition batches; return once the broker acknowledged all."""
@@ -448,11 +463,12 @@ class FilterWorker:
         path = self.settings.data_dir / "state" / f"partition-{partition}"
         store = RocksPartitionStore(path)
         touched = store.touched_at()
-        if touched is not None and time.time() - touched > STORE_MAX_IDLE_SECONDS:
+        stale = touched is not None and time.time() - touched > STORE_MAX_IDLE_SECONDS
+        if stale or not store.compatible():
             log.warning(
-                "state of partition %d idle for %.0f h: rebuilding from the compacted topics",
+                "state of partition %d %s: rebuilding from the compacted topics",
                 partition,
-                (time.time() - touched) / 3600,
+                f"idle for {(time.time() - (touched or 0)) / 3600:.0f} h" if stale else "is of an older layout",
             )
             store.close()
             RocksPartitionStore.destroy(path)

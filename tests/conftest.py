@@ -35,8 +35,13 @@ def bootstrap() -> str:
         port = os.environ.get("KAFKA_PORT", "9092")
         servers = f"127.0.0.1:{port}"
         if not _answers(servers):
-            proc = subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], capture_output=True,
-                                  text=True, check=False, env={**os.environ, "KAFKA_PORT": port})
+            proc = subprocess.run(
+                ["bash", str(ROOT / "scripts" / "kafka.sh"), "start"],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "KAFKA_PORT": port},
+            )
             if proc.returncode != 0:
                 _no_broker(f"scripts/kafka.sh start failed:\n{proc.stdout}\n{proc.stderr}")
     if not _answers(servers):

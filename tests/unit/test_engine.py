@@ -22,16 +22,19 @@ from typing import Any
 import orjson
 import pytest
 
+from stream.codec import decode_profile
 from stream.config import TopicNames
 from stream.engine import BatchResult, Engine, OutputTopic
 from stream.generator import RecordKind, TopicKind, Workload
-from stream.models import ContentType, DeadLetterReason, Reason, RetractCause
+from stream.models import ContentType, DeadLetterReason, ObjectionStatus, Profile, Reason, RetractCause
 from stream.policy import Policy, load_policy
 from stream.state import (
     MemoryPartitionStore,
     StateKind,
     item_id,
     objection_key,
+    pack_objection,
+    pack_profile,
     profile_key,
     published_key,
     published_prefix,
@@ -736,7 +739,7 @@ def test_engine_objection_with_nothing_published_retracts_nothing(worker: FakeWo
 
     assert decoded(result) == []
     assert not result.retractions and not result.pre_updates
-    assert result.post_updates == {0: [(objection_key(AUTHOR), objection_value("objected"))]}
+    assert result.post_updates == {0: [(objection_key(AUTHOR), pack_objection(ObjectionStatus.OBJECTED))]}
     assert set(worker.feed) == {b"c-9"} and worker.published_ids(OTHER) == ["c-9"]
 
 
@@ -793,7 +796,13 @@ def test_engine_batch_updates_index_additions_before_sending_removals_and_state_
     profile, objection = profile_value(), objection_value("withdrawn")
     result = worker.run(state=[worker.profile(profile), worker.objection(objection)])
     assert result.pre_updates == {}
-    assert result.post_updates == {0: [(profile_key(AUTHOR), profile), (objection_key(AUTHOR), objection)]}
+    # The store keeps what the rule reads, packed (state.py), not the topic's bytes.
+    assert result.post_updates == {
+        0: [
+            (profile_key(AUTHOR), pack_profile(_decoded_profile(profile))),
+            (objection_key(AUTHOR), pack_objection(ObjectionStatus.WITHDRAWN)),
+        ]
+    }
 
     result = worker.run(content=[worker.content(upsert_value("c-1", "e-1"))])
     assert result.post_updates == {}
@@ -805,7 +814,10 @@ def test_engine_batch_updates_index_additions_before_sending_removals_and_state_
     objected = objection_value("objected")
     result = worker.run(state=[worker.objection(objected)])
     assert result.pre_updates == {}
-    assert dict(result.post_updates[0]) == {objection_key(AUTHOR): objected, published_key(AUTHOR, "c-1"): None}
+    assert dict(result.post_updates[0]) == {
+        objection_key(AUTHOR): pack_objection(ObjectionStatus.OBJECTED),
+        published_key(AUTHOR, "c-1"): None,
+    }
     assert len(result.post_updates[0]) == 2 and list(result.post_updates) == [0]
 
 
@@ -971,3 +983,9 @@ def test_engine_published_changelog_restores_the_index_it_came_from(worker: Fake
     fresh.apply(updates)
     assert list(fresh.scan(published_prefix(AUTHOR))) == list(worker.stores[0].scan(published_prefix(AUTHOR)))
     assert len(list(fresh.scan(published_prefix(AUTHOR)))) == 2
+
+
+def _decoded_profile(value: bytes) -> Profile:
+    profile = decode_profile(AUTHOR.encode(), value)
+    assert isinstance(profile, Profile)
+    return profile

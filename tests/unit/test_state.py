@@ -1,0 +1,62 @@
+"""The packed state values and the store's layout version."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream.models import ObjectionStatus, Profile
+from stream.state import (
+    STORE_FORMAT,
+    RocksPartitionStore,
+    StateKind,
+    pack_objection,
+    pack_profile,
+    unpack_objection,
+    unpack_profile,
+)
+
+_UTC_TIMES = st.datetimes(
+    min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1), timezones=st.just(dt.UTC)
+)
+
+
+@given(
+    birth=st.none() | st.dates(min_value=dt.date(1, 1, 1)),
+    country=st.none() | st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=2, max_size=2),
+    notified=st.none() | _UTC_TIMES,
+    updated=_UTC_TIMES,
+)
+def test_profile_survives_packing(
+    birth: dt.date | None, country: str | None, notified: dt.datetime | None, updated: dt.datetime
+) -> None:
+    profile = Profile("acct-1", birth, country, notified, updated)
+
+    assert unpack_profile("acct-1", pack_profile(profile)) == profile
+
+
+@pytest.mark.parametrize("status", list(ObjectionStatus))
+def test_objection_status_survives_packing(status: ObjectionStatus) -> None:
+    assert unpack_objection(pack_objection(status)) is status
+
+
+def test_unknown_stored_objection_reads_as_objected() -> None:
+    assert unpack_objection(b"?") is ObjectionStatus.OBJECTED
+
+
+def test_store_records_its_layout_and_an_older_one_is_not_compatible(tmp_path: Path) -> None:
+    new = RocksPartitionStore(tmp_path / "new")
+    assert new.compatible()  # nothing written yet
+    new.apply([(b"p:a", b"x")], {StateKind.PROFILES: 1})
+    assert new.compatible() and new.get(b"\x00format") == STORE_FORMAT
+    new.close()
+
+    old = RocksPartitionStore(tmp_path / "old")
+    old.apply([], {StateKind.PROFILES: 1})
+    old._db.delete(b"\x00format")  # as written before the layout was recorded: offsets, no format
+    assert not old.compatible()
+    old.close()
