@@ -52,6 +52,7 @@ class _BatchProducer:
         if builder is None:
             builder = self._builders[tp] = self._producer.create_batch()
         if builder.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
+            builder.close()  # closed: sent at once, no linger (as the worker does)
             self._futures.append(await self._producer.send_batch(builder, topic, partition=p))
             builder = self._builders[tp] = self._producer.create_batch()
             builder.append(key=key, value=value, timestamp=None)
@@ -59,6 +60,7 @@ class _BatchProducer:
     async def flush(self) -> None:
         for (topic, p), builder in self._builders.items():
             if builder.record_count():
+                builder.close()
                 self._futures.append(await self._producer.send_batch(builder, topic, partition=p))
         self._builders.clear()
         futures, self._futures = self._futures, []

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -89,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worker(settings: Settings, level: str) -> int:
     import faust
 
+    _limit_malloc_arenas()
     from stream.app import build_app
     from stream.topics import check_layout
 
@@ -96,6 +99,24 @@ def _worker(settings: Settings, level: str) -> int:
     app, _ = build_app(settings)
     faust.Worker(app, loglevel=level).execute_from_commandline()
     return 0
+
+
+def _limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas at two, unless MALLOC_ARENA_MAX says otherwise.
+
+    glibc gives threads that allocate concurrently arenas of their own (up to eight
+    per core) and seldom returns their memory: with RocksDB's threads and the store
+    writer beside the event loop, resident memory then creeps up for hours though
+    the live heap does not (docs/benchmarks.md, soak). Must run before threads start.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc (musl, macOS): nothing to cap
+    m_arena_max = -8  # from glibc's malloc.h
+    libc.mallopt(m_arena_max, 2)
 
 
 async def _topics(settings: Settings, action: str) -> int:

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,8 @@ class FilterWorker:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._needs_catch_up = True
+        self._commit_task: asyncio.Task[None] | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")  # renewed by start()
         # Set as soon as a rebalance starts revoking: loops that wait for records of
         # our partitions give up the batch (uncommitted, so replayed) instead of
         # holding the lock the rebalance waits for.
@@ -85,6 +89,7 @@ class FilterWorker:
 
     async def start(self) -> None:
         s = self.settings
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
             client_id=f"{s.group_id}-producer",
@@ -120,10 +125,15 @@ class FilterWorker:
         """Finish the batch in hand, commit it, and close: the graceful drain of SIGTERM."""
         self._stopping.set()
         async with self._lock:
+            try:
+                await self._settle_commit()
+            except KafkaError as exc:
+                log.warning("last commit failed (%s); the next owner replays its batch", type(exc).__name__)
             if self.consumer is not None:
                 await self.consumer.stop()
             if self.producer is not None:
                 await self.producer.stop()
+            self._writer.shutdown(wait=True)
             for store in self._stores.values():
                 store.close()
             self._stores.clear()
@@ -230,7 +240,7 @@ class FilterWorker:
                     kind = self._changelog_kinds[tp.topic]
                     store = self._stores[tps[tp]]
                     updates, counts = self.engine.restore(kind, store, records)
-                    await asyncio.to_thread(store.apply, updates, {kind: records[-1].offset + 1}, counts)
+                    await self._in_writer(store.apply, updates, {kind: records[-1].offset + 1}, counts)
                 pending = [tp for tp in pending if await reader.position(tp) < ends[tp]]
             for tp, p in tps.items():  # compaction may leave the end past the last record
                 self._stores[p].apply((), {self._changelog_kinds[tp.topic]: ends[tp]})
@@ -274,7 +284,7 @@ class FilterWorker:
                 await self._perform(result)
                 if after is None:
                     break
-            await asyncio.to_thread(store.apply, [(REEVALUATE_KEY, None)])
+            await self._in_writer(store.apply, [(REEVALUATE_KEY, None)])
 
     async def _decide_due(self) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -305,26 +315,50 @@ class FilterWorker:
         observe_many(self.metrics.event_time_latency, (max(0.0, acked - t) for t in result.event_times))
         observe_many(self.metrics.objection_propagation, (max(0.0, acked - ms / 1000) for ms in result.objections))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.last_batch.set(acked)
 
     async def _perform(self, result: BatchResult) -> None:
-        # Store writes run in a thread: a RocksDB write stall must not stop the event
-        # loop, whose heartbeats keep this worker in its group.
+        # Store writes run on the writer thread (one hop per step, all partitions
+        # together): a RocksDB write stall must not stop the event loop, whose
+        # heartbeats keep this worker in its group.
         started = time.perf_counter()
-        for partition, updates in result.pre_updates.items():
-            await asyncio.to_thread(self._stores[partition].apply, updates, None, result.pre_counts.get(partition))
-        producing = time.perf_counter()
-        await self._produce(result)
-        writing = self._stage("produce", producing)
-        for partition in result.post_updates.keys() | result.state_offsets.keys():
-            await asyncio.to_thread(
-                self._stores[partition].apply,
-                result.post_updates.get(partition, ()),
-                result.state_offsets.get(partition, {}),
-                result.post_counts.get(partition),
+        if result.pre_updates:
+            await self._in_writer(
+                self._write, [(p, u, None, result.pre_counts.get(p)) for p, u in result.pre_updates.items()]
             )
+        producing = time.perf_counter()
+        changelog_offsets = await self._produce(result)
+        writing = self._stage("produce", producing)
+        post = [
+            (
+                p,
+                result.post_updates.get(p, ()),
+                {**result.state_offsets.get(p, {}), **changelog_offsets.get(p, {})},
+                result.post_counts.get(p),
+            )
+            for p in result.post_updates.keys() | result.state_offsets.keys() | changelog_offsets.keys()
+        ]
+        if post:
+            await self._in_writer(self._write, post)
         self.metrics.stage_seconds.labels(stage="store").observe(time.perf_counter() - writing + producing - started)
         self.metrics.count_batch(result)
+
+    async def _in_writer(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a store write on the one writer thread: in order, and off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(fn, *args))
+
+    def _write(
+        self,
+        writes: Sequence[
+            tuple[
+                int,
+                Iterable[tuple[bytes, bytes | None]],
+                Mapping[StateKind, int] | None,
+                Mapping[EntryKind, int] | None,
+            ]
+        ],
+    ) -> None:
+        for partition, updates, offsets, counts in writes:
+            self._stores[partition].apply(updates, offsets, counts)
 
     def _stage(self, stage: str, started: float) -> float:
         """Observe the time since `started` as `stage` of the batch; return now, the next stage's start."""
@@ -332,14 +366,26 @@ class FilterWorker:
         self.metrics.stage_seconds.labels(stage=stage).observe(now - started)
         return now
 
-    async def _produce(self, result: BatchResult) -> None:
-        """Send every record as per-partition batches; return once the broker acknowledged all."""
+    async def _produce(self, result: BatchResult) -> dict[int, dict[StateKind, int]]:
+        """Send every record as per-partition batches; return once the broker acknowledged all.
+
+        Returns, per partition store, the next offsets of our changelogs that this
+        batch's own records account for (see `_changelog_offsets`).
+        """
         producer = self.producer
         assert producer is not None
         if not result.produce:
-            return
+            return {}
         open_batches: dict[tuple[str, int], Any] = {}
-        futures: list[asyncio.Future[Any]] = []
+        sent: list[tuple[str, int, int, asyncio.Future[Any]]] = []
+
+        async def send(topic: str, partition: int, batch: Any) -> None:
+            # A closed batch goes out at once: it is whole already, lingering would
+            # only add the linger time to every batch's latency.
+            batch.close()
+            count = batch.record_count()
+            sent.append((topic, partition, count, await producer.send_batch(batch, topic, partition=partition)))
+
         for p in result.produce:
             topic = self._out_topic[p.topic]
             partition = p.partition % await self._partitions_of(topic)
@@ -347,16 +393,43 @@ class FilterWorker:
             if batch is None:
                 batch = open_batches[topic, partition] = producer.create_batch()
             if batch.append(key=p.key, value=p.value, timestamp=None) is None:  # full: send it, start another
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                await send(topic, partition, batch)
                 batch = open_batches[topic, partition] = producer.create_batch()
                 if batch.append(key=p.key, value=p.value, timestamp=None) is None:
                     raise DeliveryError(f"a record for {topic} is larger than a whole producer batch")
         for (topic, partition), batch in open_batches.items():
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            await send(topic, partition, batch)
+        outcomes: list[Any] = await asyncio.gather(*(future for *_, future in sent), return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
-            raise DeliveryError(f"{len(errors)} of {len(futures)} batches not acknowledged: {errors[0]!r}")
+            raise DeliveryError(f"{len(errors)} of {len(sent)} batches not acknowledged: {errors[0]!r}")
+        # Each outcome is the batch's RecordMetadata; its offset is the batch's first.
+        return self._changelog_offsets(
+            [(t, p, n, meta.offset) for (t, p, n, _), meta in zip(sent, outcomes, strict=True)]
+        )
+
+    def _changelog_offsets(self, acked: Iterable[tuple[str, int, int, int]]) -> dict[int, dict[StateKind, int]]:
+        """The next offsets of our changelogs, where this batch's records directly follow the store's.
+
+        The store applies its own changelog records as it writes them, so once they
+        are acknowledged it may resume its changelogs after them: a restart then
+        does not read back what this worker wrote itself. Only when they follow on
+        without a gap: a record of another writer in between (a previous owner still
+        finishing a batch) must be read at the next restore, so then nothing moves.
+        """
+        ends: dict[tuple[str, int], int | None] = {}
+        for topic, partition, count, base in sorted(acked, key=lambda a: (a[0], a[1], a[3])):
+            kind = self._changelog_kinds.get(topic)
+            store = self._stores.get(partition)
+            if kind is None or store is None:
+                continue
+            expected = ends[topic, partition] if (topic, partition) in ends else store.next_offset(kind)
+            ends[topic, partition] = base + count if base == expected else None
+        offsets: dict[int, dict[StateKind, int]] = {}
+        for (topic, partition), end in ends.items():
+            if end is not None:
+                offsets.setdefault(partition, {})[self._changelog_kinds[topic]] = end
+        return offsets
 
     async def _partitions_of(self, topic: str) -> int:
         count = self._partition_counts.get(topic)
@@ -373,12 +446,29 @@ class FilterWorker:
         for record in content:
             tp = TopicPartition(record.topic, record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        # The commit goes out while the next batch is fetched and decided: its outputs
+        # are acknowledged already, so only the amount a crash replays depends on it.
+        # Commits stay in order: each waits for the one before.
+        await self._settle_commit()
+        self._commit_task = asyncio.create_task(self._send_commit(offsets))
+
+    async def _send_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
         try:
             await consumer.commit(offsets)
         except CommitFailedError:
             # The group rebalanced: the partition's new owner replays from the last
             # commit. Duplicates on the feed are idempotent (same key, same item).
             log.warning("commit failed after a rebalance; the new owner replays %d partitions", len(offsets))
+            return
+        self.metrics.last_batch.set(time.time())
+
+    async def _settle_commit(self) -> None:
+        """Wait for the commit in flight; a failure fails the batch at hand, which is then replayed."""
+        task, self._commit_task = self._commit_task, None
+        if task is not None:
+            await task
 
     async def _refresh_gauges(self) -> None:
         if time.monotonic() - self._gauges_at < GAUGE_PERIOD_SECONDS:
@@ -412,6 +502,10 @@ class FilterWorker:
             return
         async with self._lock:
             try:
+                await self._settle_commit()
+            except KafkaError as exc:
+                log.warning("commit in flight failed (%s); its batch is replayed", type(exc).__name__)
+            try:
                 assignment = consumer.assignment()
                 content = [tp for tp in assignment if tp.topic == self._content]
                 committed = {tp: await consumer.committed(tp) for tp in content}
@@ -439,6 +533,10 @@ class FilterWorker:
         # if it is waiting for records, give up: see `_rebalancing`).
         self._rebalancing = True
         async with self._lock:
+            try:
+                await self._settle_commit()  # what was done is committed before the partitions move
+            except KafkaError as exc:
+                log.warning("commit before the rebalance failed (%s); the new owner replays", type(exc).__name__)
             self.ready = False
             self.metrics.ready.set(0)
 
