@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from bench.common import process_env
 from stream.config import DEV_PSEUDONYM_KEY, Settings, TopicNames
 from stream.generator import produce
 from stream.topics import create_topics
@@ -112,23 +113,8 @@ async def _delete_topics(settings: Settings) -> None:
 
 
 def _env(settings: Settings, port: int) -> dict[str, str]:
-    t = settings.topics
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_")}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        STREAM_DATA_DIR=str(settings.data_dir),
-        STREAM_GROUP_ID=settings.group_id,
-        STREAM_DEV_MODE="1",
-        STREAM_WEB_PORT=str(port),
-        STREAM_TOPIC_CONTENT_EVENTS=t.content,
-        STREAM_TOPIC_ACCOUNTS_PROFILES=t.profiles,
-        STREAM_TOPIC_ACCOUNTS_OBJECTIONS=t.objections,
-        STREAM_TOPIC_TRAINING_FEED=t.feed,
-        STREAM_TOPIC_ELIGIBILITY_DECISIONS=t.decisions,
-        STREAM_TOPIC_CONTENT_EVENTS_DLQ=t.dlq,
-        STREAM_TOPIC_ELIGIBILITY_DEFERRED=t.deferred,
-    )
-    return env
+    # The harness's one definition of a worker's environment: every topic, ours included.
+    return process_env(settings, STREAM_WEB_PORT=str(port))
 
 
 async def _caught_up(settings: Settings, timeout: float = 300.0) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -497,7 +498,9 @@ async def latency_step(
             await reader.position(tp)
         task = asyncio.create_task(
             produce(
-                settings,
+                # The upstream's own batching is not the filter's latency: the generator
+                # lingers 1 ms here (the worker's default is 5 ms, for throughput).
+                dataclasses.replace(settings, linger_ms=1),
                 count=int(rate * seconds),
                 rate=rate,
                 accounts=accounts,

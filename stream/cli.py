@@ -89,9 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _worker(settings: Settings, level: str) -> int:
+    _limit_malloc_arenas()
     import faust
 
-    _limit_malloc_arenas()
     from stream.app import build_app
     from stream.topics import check_layout
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -200,6 +201,9 @@ class FilterWorker:
             await self._catch_up(self.assigned, recovering=True)
             await self._reevaluate_published()
             self._needs_catch_up = False
+            # What start-up and recovery built stays for the process's life: out of the
+            # collector's sight, a full collection no longer walks it mid-batch.
+            gc.freeze()
             self.ready = True
             self.metrics.ready.set(1)
             self.metrics.recovering.set(0)
