@@ -97,7 +97,12 @@ def _worker(settings: Settings, level: str) -> int:
 
     asyncio.run(check_layout(settings))
     app, _ = build_app(settings)
-    faust.Worker(app, loglevel=level).execute_from_commandline()
+    worker = faust.Worker(app, loglevel=level)
+    # No terminal spinner: at a level of warning or above Faust would hang it on the
+    # root logger and set that to DEBUG, so every library debug call in the hot path
+    # would build a log record (9 % of the worker's CPU once; docs/benchmarks.md).
+    worker.spinner = None
+    worker.execute_from_commandline()
     return 0
 
 
