@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -498,9 +497,7 @@ async def latency_step(
             await reader.position(tp)
         task = asyncio.create_task(
             produce(
-                # The upstream's own batching is not the filter's latency: the generator
-                # lingers 1 ms here (the worker's default is 5 ms, for throughput).
-                dataclasses.replace(settings, linger_ms=1),
+                settings,
                 count=int(rate * seconds),
                 rate=rate,
                 accounts=accounts,

@@ -110,6 +110,8 @@ class FilterWorker:
             isolation_level="read_committed",
             max_partition_fetch_bytes=4 << 20,
             fetch_max_bytes=32 << 20,
+            # No fetch_min_bytes: waiting on the broker for bigger batches (64 KiB or
+            # 10 ms) was tried and made the latency worse (docs/benchmarks.md, notes).
             fetch_max_wait_ms=100,
             # A batch is decided and produced within seconds; a worker slower than this is stuck.
             max_poll_interval_ms=300000,
