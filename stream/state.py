@@ -257,7 +257,11 @@ class MemoryPartitionStore(_Base):
 
 # One block cache for every partition store of the process: memory stays bounded
 # however many partitions the worker holds and however large their state grows.
-BLOCK_CACHE_BYTES = 64 << 20
+BLOCK_CACHE_BYTES = 32 << 20
+# Per partition store, at most two memtables of this size. Small, so that what the
+# stores may hold in memory (4 MiB x 2 x partitions, plus the cache) is reached in
+# the first minutes and resident memory stays flat after (docs/benchmarks.md, soak).
+WRITE_BUFFER_BYTES = 4 << 20
 _block_cache: Cache | None = None
 
 
@@ -277,8 +281,7 @@ def _options() -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_block_based_table_factory(table)
-    # One DB per partition: keep each small so many partitions fit a modest pod.
-    options.set_write_buffer_size(16 << 20)
+    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     options.set_max_write_buffer_number(2)
     return options
 

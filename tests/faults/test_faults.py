@@ -29,6 +29,7 @@ from stream.generator import MalformedKind, Record, RecordKind, TopicKind, Workl
 from stream.verify import render, verify
 from tests.conftest import ROOT
 from tests.integration.harness import (
+    content_consumed,
     free_port,
     http_get,
     js,
@@ -37,9 +38,10 @@ from tests.integration.harness import (
     read_all,
     read_until,
     send,
+    send_markers,
+    send_workload,
     unique_settings,
 )
-from tests.integration.test_verify import content_consumed, send_markers, send_workload
 
 from .conftest import FIGURES
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.config import Settings, TopicNames
 from stream.engine import Engine
+from stream.generator import Record, TopicKind
 from stream.metrics import Metrics
 from stream.policy import load_policy
 from stream.topics import create_topics
@@ -206,3 +208,74 @@ async def http_get(url: str) -> tuple[int, bytes]:
             return 0, b""
 
     return await asyncio.to_thread(get)
+
+
+# Stamped an hour back: state of an existing population, older than any content.
+HOUR_AGO_MS = int((time.time() - 3600) * 1000)
+
+
+async def send_workload(settings: Settings, setup: list[Record], stream: list[Record]) -> None:
+    """One producer, in the workload's order, so state changes interleave with content as generated.
+
+    The setup (profiles, initial objections) is stamped an hour back, as an existing
+    population would be; the stream carries the time it is sent.
+    """
+    topics = {
+        TopicKind.CONTENT: settings.topics.content,
+        TopicKind.PROFILES: settings.topics.profiles,
+        TopicKind.OBJECTIONS: settings.topics.objections,
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topics[r.topic], key=r.key, value=r.value, timestamp_ms=HOUR_AGO_MS) for r in setup
+        ]
+        futures += [await producer.send(topics[r.topic], key=r.key, value=r.value) for r in stream]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    await send_markers(settings, "workload")
+
+
+async def send_markers(settings: Settings, tag: str) -> None:
+    """A content event on every partition after everything sent so far.
+
+    Once the worker has committed them, its freshness gate has applied every state
+    change sent before them, so all their retractions are on the feed.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        futures = []
+        for p in range(settings.partitions):
+            author = f"marker-{tag}-{p}"
+            marker = js(
+                {
+                    "event_id": author,
+                    "op": "delete",
+                    "content_id": author,
+                    "author_id": author,
+                    "event_time": "2026-11-28T09:15:00Z",
+                }
+            )
+            futures.append(await producer.send(settings.topics.content, key=author.encode(), value=marker, partition=p))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def content_consumed(settings: Settings, timeout: float = 120.0) -> None:
+    """Wait until the worker's group committed the content topic up to its end offsets."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.topics.content, p) for p in range(settings.partitions)]
+        ends = await consumer.end_offsets(tps)
+        async with asyncio.timeout(timeout):
+            while [tp for tp in tps if (await consumer.committed(tp) or 0) < ends[tp]]:
+                await asyncio.sleep(0.2)  # polling the committed offsets, not a guess at timing
+    finally:
+        await consumer.stop()

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import socket
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterable
@@ -21,19 +20,32 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from stream.config import Settings
-from stream.generator import Record, TopicKind, Workload
+from stream.generator import TopicKind, Workload
 from stream.verify import Reason, Report, VerifyError, main_verify, render, verify
 
-from .harness import KEY, js, latest_by_key, make_topics, read_all, read_until, running_worker, send, unique_settings
+from .harness import (
+    HOUR_AGO_MS,
+    KEY,
+    content_consumed,
+    js,
+    latest_by_key,
+    make_topics,
+    read_all,
+    read_until,
+    running_worker,
+    send,
+    send_markers,
+    send_workload,
+    unique_settings,
+)
 from .test_filter_scenario import objection, profile, upsert
 
 pytestmark = pytest.mark.integration
 
 UTC = dt.UTC
-HOUR_AGO_MS = int((time.time() - 3600) * 1000)
 
 
 async def send_at(
@@ -47,73 +59,6 @@ async def send_at(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-async def send_workload(settings: Settings, setup: list[Record], stream: list[Record]) -> None:
-    """One producer, in the workload's order, so state changes interleave with content as generated.
-
-    The setup (profiles, initial objections) is stamped an hour back, as an existing
-    population would be; the stream carries the time it is sent.
-    """
-    topics = {
-        TopicKind.CONTENT: settings.topics.content,
-        TopicKind.PROFILES: settings.topics.profiles,
-        TopicKind.OBJECTIONS: settings.topics.objections,
-    }
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(topics[r.topic], key=r.key, value=r.value, timestamp_ms=HOUR_AGO_MS) for r in setup
-        ]
-        futures += [await producer.send(topics[r.topic], key=r.key, value=r.value) for r in stream]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    await send_markers(settings, "workload")
-
-
-async def send_markers(settings: Settings, tag: str) -> None:
-    """A content event on every partition after everything sent so far.
-
-    Once the worker has committed them, its freshness gate has applied every state
-    change sent before them, so all their retractions are on the feed.
-    """
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        futures = []
-        for p in range(settings.partitions):
-            author = f"marker-{tag}-{p}"
-            marker = js(
-                {
-                    "event_id": author,
-                    "op": "delete",
-                    "content_id": author,
-                    "author_id": author,
-                    "event_time": "2026-11-28T09:15:00Z",
-                }
-            )
-            futures.append(await producer.send(settings.topics.content, key=author.encode(), value=marker, partition=p))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def content_consumed(settings: Settings, timeout: float = 120.0) -> None:
-    """Wait until the worker's group committed the content topic up to its end offsets."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.topics.content, p) for p in range(settings.partitions)]
-        ends = await consumer.end_offsets(tps)
-        async with asyncio.timeout(timeout):
-            while [tp for tp in tps if (await consumer.committed(tp) or 0) < ends[tp]]:
-                await asyncio.sleep(0.2)  # polling the committed offsets, not a guess at timing
-    finally:
-        await consumer.stop()
 
 
 def pseudonym(account: str) -> str:

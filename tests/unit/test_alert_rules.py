@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_dashboards import SYNTHETIC, defined_metric_names, metric_names_in
+from tests.unit.promql import SYNTHETIC, defined_metric_names, metric_names_in
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
