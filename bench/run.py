@@ -778,6 +778,8 @@ async def bench_soak(args: argparse.Namespace, run: Run, results: dict[str, Any]
                 target = await off.end()
                 while time.monotonic() < deadline and (await off.committed(settings.group_id)) < target:
                     await asyncio.sleep(1.0)
+                # The last word: the sampler's latest sample may predate the final commit.
+                samples.append(await common.sample(off, settings.group_id, ps))
             finally:
                 stop.set()
                 await sampling
