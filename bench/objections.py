@@ -319,7 +319,8 @@ events/s (open loop); {result["objections"]} canary users each posted
 | items emitted from content acknowledged after the objection | {result["leaks"]} | 0: {verdict_leak} |
 
 Whole-machine load during the run: {result["load"]} (1-minute load average, 2 cores;
-above ~1.0 something else competed for the CPU and the figures are not representative).
+the run's own generator, worker and broker account for most of it: check that nothing
+else ran, see the list of other processes at the top).
 Propagation is measured from the objection's append to `accounts.objections` to
 the append of the last of that user's tombstones on `training.feed` (both topics
 set to LogAppendTime, so one clock). The worker exports the same quantity as
