@@ -247,16 +247,20 @@ def render(r: dict[str, Any]) -> None:
         for o in (inv.get("other_processes_at_start") or []) + (inv.get("other_processes_at_end") or [])
     ]
     add("")
-    add(
-        "**Shared machine.** These numbers were taken on a 2-core machine shared with other agents' work; the "
-        "broker runs on the same 2 cores. Processes other than the benchmark's own that used >= 5 % CPU at the "
-        "start or end of the run:"
-    )
-    add("")
     seen: dict[str, float] = {}
     for cmd, pct in others:
         seen[cmd] = max(pct, seen.get(cmd, 0.0))
     others = sorted(seen.items(), key=lambda x: -x[1])
+    add(
+        (
+            "**Shared machine.** Other work ran beside the benchmark"
+            if others
+            else "**Quiet machine.** Nothing ran beside the benchmark"
+        )
+        + "; the broker, the harness's generator and readers and the consumer under test share the 2 cores. "
+        "Processes other than the benchmark's own that used >= 5 % CPU at the start or end of the run:"
+    )
+    add("")
     if others:
         for cmd, pct in others[:12]:
             add(f"- {pct:.0f} %: `{cmd}`")
