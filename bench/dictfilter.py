@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Protocol
 
 from stream.codec import Rejected, decode_content, decode_objection, decode_profile
+from stream.engine import InputRecord as Record  # the fields of a consumed record the filter reads
 from stream.models import ContentEvent, ContentType, Objection, ObjectionStatus, Op, Profile, RetractCause, Visibility
 from stream.policy import Policy, decide
 from stream.records import RETRACT_CAUSE_OF_REASON, dead_letter_value, decide_value, feed_value, retract_value
@@ -27,23 +27,6 @@ FEED, DECISIONS, DLQ = "feed", "decisions", "dlq"
 Output = tuple[str, bytes | None, bytes | None]  # (FEED | DECISIONS | DLQ, key, value)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-class Record(Protocol):
-    """The fields of a consumed record the filter reads; `timestamp` in ms like aiokafka's."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def timestamp(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
