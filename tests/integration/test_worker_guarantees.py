@@ -10,13 +10,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from stream.state import RocksPartitionStore, StateKind
 from stream.worker import FilterWorker
 
 from .harness import (
     committed,
+    content_consumed,
     js,
     latest_by_key,
     make_topics,
@@ -134,6 +137,33 @@ async def test_worker_restart_with_state_on_disk_resumes_and_wiped_state_is_rebu
         assert _sample(worker, "eligibility_input_records_total", input="profiles") == 2
     reasons = {d.json()["content_id"]: d.json()["reason"] for d in decisions}
     assert reasons == {"c-1": "eligible", "c-2": "eligible", "c-3": "minor", "c-4": "eligible", "c-5": "minor"}
+
+
+async def test_worker_records_its_own_changelog_offsets_so_a_restart_reads_none_back(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    await send(settings, settings.topics.profiles, [profile("a-gb")])
+    await send(settings, settings.topics.content, [upsert(f"c-{i}", "a-gb") for i in range(5)])
+    async with running_worker(settings):
+        await read_until(settings, settings.topics.published, 5)
+        await content_consumed(settings)  # committed only after the batch's store writes
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.topics.published, p) for p in range(settings.partitions)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    assert sum(ends.values()) == 5
+    for tp in tps:
+        store = RocksPartitionStore(settings.data_dir / "state" / f"partition-{tp.partition}")
+        try:
+            # The store already holds what it wrote: a restart resumes the changelog at its end.
+            assert store.next_offset(StateKind.PUBLISHED) == ends[tp]
+        finally:
+            store.close()
 
 
 async def test_worker_item_held_for_notice_period_is_decided_again_when_due_even_after_wiped_state(
