@@ -392,9 +392,11 @@ class FilterWorker:
             count = batch.record_count()
             sent.append((topic, partition, count, await producer.send_batch(batch, topic, partition=partition)))
 
+        # Partition counts once per batch, not an await per record.
+        counts = {out: await self._partitions_of(topic) for out, topic in self._out_topic.items()}
         for p in result.produce:
             topic = self._out_topic[p.topic]
-            partition = p.partition % await self._partitions_of(topic)
+            partition = p.partition % counts[p.topic]
             batch = open_batches.get((topic, partition))
             if batch is None:
                 batch = open_batches[topic, partition] = producer.create_batch()

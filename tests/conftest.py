@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -50,6 +51,11 @@ def bootstrap() -> str:
 
 
 def _no_broker(reason: str) -> None:
+    missing("KAFKA BROKER", "integration tests", f"the real Kafka broker is required. {reason}")
+
+
+def missing(what: str, tests: str, reason: str) -> NoReturn:
+    """A real part the tests need is absent: a failure under CI (CI=true), a loud skip elsewhere."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI: the real Kafka broker is required. {reason}", pytrace=False)
-    pytest.skip(f"NO KAFKA BROKER, integration tests skipped: {reason}")
+        pytest.fail(f"CI: {reason}", pytrace=False)
+    pytest.skip(f"NO {what}, {tests} skipped: {reason}")
