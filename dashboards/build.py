@@ -494,6 +494,15 @@ def overview() -> Dashboard:
             [query("sum by (kind) (eligibility_state_entries)", "{{kind}}")],
             span=8,
         ),
+        series_panel(
+            ids,
+            "Store memory",
+            "Memory RocksDB holds per worker: memtables and cached blocks, both within one budget "
+            "(stream/state.py). Flat once warm; a worker's RSS above it is the Python heap.",
+            "bytes",
+            [query("sum by (instance, part) (eligibility_store_memory_bytes)", "{{instance}} {{part}}")],
+            span=8,
+        ),
     )
     return d.with_panel(
         stat_panel(

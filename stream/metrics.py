@@ -48,6 +48,7 @@ class Metrics:
     objection_propagation: Histogram
     consumer_lag: Gauge
     state_entries: Gauge
+    store_memory: Gauge
     deferred_items: Gauge
     ready: Gauge
     recovering: Gauge
@@ -123,6 +124,12 @@ class Metrics:
                 ["kind"],
                 registry=r,
             ),
+            store_memory=Gauge(
+                "eligibility_store_memory_bytes",
+                "Memory RocksDB holds for this worker's partition stores (one shared budget), by part",
+                ["part"],
+                registry=r,
+            ),
             deferred_items=Gauge(
                 "eligibility_deferred_items",
                 "Items held because the author's notice period is still running",
@@ -158,6 +165,8 @@ class Metrics:
             m.stage_seconds.labels(stage=stage)
         for kind in ("profiles", "objections", "published", "deferred"):
             m.state_entries.labels(kind=kind)
+        for part in ("memtables", "block_cache"):
+            m.store_memory.labels(part=part)
         Info("eligibility_build", "Version of the filter and of the policy in force", registry=r).info(
             {"version": __version__, "policy_version": policy_version}
         )

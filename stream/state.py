@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
 from stream.models import ObjectionStatus, Profile
 
@@ -255,23 +255,50 @@ class MemoryPartitionStore(_Base):
         pass
 
 
-# One block cache for every partition store of the process: memory stays bounded
-# however many partitions the worker holds and however large their state grows.
-BLOCK_CACHE_BYTES = 64 << 20
-# Per partition store, at most two memtables of this size. 4 MiB (with a 32 MiB
-# cache) reached the memory plateau sooner but let L0 files pile up as the published
-# index grew: the soak's worker slowed from ~6,500 to ~2,800 events/s by 6M events
-# (docs/benchmarks.md, notes).
+# One memory budget for every partition store of the process: the block cache, with
+# the memtables charged to it (RocksDB's WriteBufferManager), so RocksDB's memory is
+# bounded by MEMORY_BUDGET_BYTES however many partitions the worker holds and however
+# large their state grows, and reaches that bound early in a worker's life instead of
+# creeping up as each partition's memtables first fill (the 10M-event soak:
+# docs/benchmarks.md, "Memory").
+MEMORY_BUDGET_BYTES = 64 << 20
+# Of that budget, the memtables of all stores together: past it the store being
+# written to flushes its memtable.
+MEMTABLE_BUDGET_BYTES = 24 << 20
+# Per partition store, at most two memtables of this size. 4 MiB memtables let L0
+# files pile up as the published index grew (the soak's worker slowed from ~6,500 to
+# ~2,800 events/s by 6M events); the shared budget above flushes before this size
+# when several partitions write at once.
 WRITE_BUFFER_BYTES = 16 << 20
 _block_cache: Cache | None = None
+_write_buffers: WriteBufferManager | None = None
+
+
+def _shared() -> tuple[Cache, WriteBufferManager]:
+    global _block_cache, _write_buffers
+    if _block_cache is None or _write_buffers is None:
+        _block_cache = Cache(MEMORY_BUDGET_BYTES)
+        # allow_stall=False: over budget the writer flushes, it does not block (a
+        # stalled write would hold the store-writer thread and with it every batch).
+        _write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
+            MEMTABLE_BUDGET_BYTES, False, _block_cache
+        )
+    return _block_cache, _write_buffers
+
+
+def memory_usage() -> dict[str, int]:
+    """Bytes RocksDB holds for this process's stores: memtables and cached blocks."""
+    if _block_cache is None or _write_buffers is None:
+        return {"memtables": 0, "block_cache": 0}
+    memtables = _write_buffers.get_usage()
+    # The cache's usage includes the memtables' reservations (they are charged to it).
+    return {"memtables": memtables, "block_cache": max(0, _block_cache.get_usage() - memtables)}
 
 
 def _options() -> Options:
-    global _block_cache
-    if _block_cache is None:
-        _block_cache = Cache(BLOCK_CACHE_BYTES)
+    cache, write_buffers = _shared()
     table = BlockBasedOptions()
-    table.set_block_cache(_block_cache)
+    table.set_block_cache(cache)
     # Most lookups miss (few authors object, few items are deferred or were
     # published): a bloom filter answers those without reading any block.
     table.set_bloom_filter(10, False)
@@ -282,6 +309,7 @@ def _options() -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_block_based_table_factory(table)
+    options.set_write_buffer_manager(write_buffers)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     options.set_max_write_buffer_number(2)
     return options

@@ -38,7 +38,15 @@ from stream.config import Settings
 from stream.engine import BatchResult, Engine, InputRecord, OutputTopic
 from stream.errors import DeliveryError
 from stream.metrics import Metrics, observe_many
-from stream.state import DEFERRED_PREFIX, REEVALUATE_KEY, EntryKind, PartitionStore, RocksPartitionStore, StateKind
+from stream.state import (
+    DEFERRED_PREFIX,
+    REEVALUATE_KEY,
+    EntryKind,
+    PartitionStore,
+    RocksPartitionStore,
+    StateKind,
+    memory_usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -502,6 +510,8 @@ class FilterWorker:
         for kind, n in totals.items():
             self.metrics.state_entries.labels(kind=kind.value).set(n)
         self.metrics.deferred_items.set(totals[EntryKind.DEFERRED])
+        for part, size in memory_usage().items():
+            self.metrics.store_memory.labels(part=part).set(size)
 
     async def _rewind(self) -> None:
         """After a failed batch, reposition every input to what is durably done."""

@@ -11,9 +11,12 @@ from hypothesis import strategies as st
 
 from stream.models import ObjectionStatus, Profile
 from stream.state import (
+    MEMORY_BUDGET_BYTES,
+    MEMTABLE_BUDGET_BYTES,
     STORE_FORMAT,
     RocksPartitionStore,
     StateKind,
+    memory_usage,
     pack_objection,
     pack_profile,
     unpack_objection,
@@ -60,3 +63,22 @@ def test_store_records_its_layout_and_an_older_one_is_not_compatible(tmp_path: P
     old._db.delete(b"\x00format")  # as written before the layout was recorded: offsets, no format
     assert not old.compatible()
     old.close()
+
+
+def test_stores_share_one_memtable_budget_that_flushes_instead_of_growing(tmp_path: Path) -> None:
+    stores = [RocksPartitionStore(tmp_path / str(p)) for p in range(4)]
+    try:
+        # 4 stores x 16 MiB memtables could hold 64 MiB unflushed; the shared budget
+        # flushes them at MEMTABLE_BUDGET_BYTES between them.
+        value = bytes(100)
+        for round_ in range(40):
+            for p, store in enumerate(stores):
+                store.apply((b"i:%d:%d:%d" % (p, round_, n), value) for n in range(2_000))
+            used = memory_usage()
+            assert used["memtables"] <= MEMTABLE_BUDGET_BYTES * 1.1
+        assert used["memtables"] > 0
+        assert used["memtables"] + used["block_cache"] <= MEMORY_BUDGET_BYTES
+        assert stores[0].get(b"i:0:0:0") == value  # flushed, not dropped
+    finally:
+        for store in stores:
+            store.close()
