@@ -37,10 +37,10 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from hdrh.histogram import HdrHistogram
 
-from bench import common, profile, report
+from bench import common, load, profile, report
 from bench.common import Offsets, Run, Sample
 from stream.config import Settings
-from stream.generator import Record, TopicKind, Workload, produce
+from stream.generator import Record, TopicKind, Workload
 
 RESULTS = common.RESULTS_DIR / "results.json"
 
@@ -419,11 +419,11 @@ def _slope(points: list[tuple[float, float]]) -> float:
 async def rate_step(
     settings: Settings, off: Offsets, ps: psutil.Process, rate: int, seconds: int, accounts: int, seed: int
 ) -> dict[str, Any]:
+    workload = load.workload_for(seed, accounts, rate)
+    await load.setup(settings, workload)
     before = await off.end()
     count = int(rate * seconds)
-    task = asyncio.create_task(
-        produce(settings, count=count, rate=rate, accounts=accounts, seed=seed, malformed_share=0.005, progress=False)
-    )
+    task = asyncio.create_task(load.paced(settings, workload, rate=rate, count=count))
     samples: list[Sample] = []
     deadline = time.monotonic() + seconds * 3 + accounts / 2000 + 60
     while not task.done() and time.monotonic() < deadline:
@@ -478,79 +478,66 @@ async def rate_step(
 async def latency_step(
     settings: Settings, rate: int, seconds: int, accounts: int, seed: int, warmup: float = 5.0
 ) -> dict[str, Any]:
-    """Open loop at `rate`: gen_sent_at (in the content value) -> decision record seen by a reader."""
+    """Open loop at `rate`: scheduled send time (`gen_sent_at`) -> decision record seen by a reader."""
     t = settings.topics
+    workload = load.workload_for(seed, accounts, rate)
+    await load.setup(settings, workload)
     reader = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
     )
     await reader.start()
     steady = HdrHistogram(1, 60_000_000, 3)  # microseconds, 1 µs .. 60 s, 3 significant digits
     every = HdrHistogram(1, 60_000_000, 3)
-    in_worker = HdrHistogram(1, 60_000_000, 3)  # ms resolution (broker timestamps), recorded in µs
+    to_decision = HdrHistogram(1, 60_000_000, 3)  # ms resolution (broker timestamps), recorded in µs
     to_reader = HdrHistogram(1, 60_000_000, 3)
-    matched = unmatched_decisions = 0
+    matched = 0
+    sent: dict[bytes, float] = {}  # event id -> scheduled send time, until its decision is seen
+    arrived: set[bytes] = set()
+    first_sent: float | None = None
     try:
-        tps = [TopicPartition(topic, p) for topic in (t.content, t.decisions) for p in range(common.PARTITIONS)]
+        tps = [TopicPartition(t.decisions, p) for p in range(common.PARTITIONS)]
         reader.assign(tps)
         await reader.seek_to_end(*tps)
         for tp in tps:
             await reader.position(tp)
+
+        def on_sent(event_id: bytes, at: float) -> None:
+            nonlocal first_sent
+            if first_sent is None:
+                first_sent = at
+            sent[event_id] = at
+
         task = asyncio.create_task(
-            produce(
-                settings,
-                count=int(rate * seconds),
-                rate=rate,
-                accounts=accounts,
-                seed=seed,
-                malformed_share=0.005,
-                progress=False,
-            )
+            load.paced(settings, workload, rate=rate, count=int(rate * seconds), on_sent=on_sent)
         )
-        sent: dict[str, float] = {}
-        arrived: dict[str, float] = {}
-        content_ts: dict[str, int] = {}  # broker (create) timestamp of the content record, ms
-        decision_ts: dict[str, tuple[int, float]] = {}  # create timestamp of the decision, arrival at the reader
-        first_sent: float | None = None
         done_at: float | None = None
-        deadline = time.monotonic() + seconds * 3 + accounts / 2000 + 120
-
-        def record(event_id: str, sent_at: float, arrival: float) -> None:
-            nonlocal matched
-            micros = max(1, int((arrival - sent_at) * 1e6))
-            every.record_value(min(micros, 60_000_000))
-            if first_sent is not None and sent_at >= first_sent + warmup:
-                steady.record_value(min(micros, 60_000_000))
-            matched += 1
-
+        deadline = time.monotonic() + seconds * 3 + 120
         while time.monotonic() < deadline:
             fetched = await reader.getmany(timeout_ms=20, max_records=20_000)
             arrival = time.time()
-            for tp, records in fetched.items():
-                if tp.topic == t.content:
-                    for r in records:
-                        if r.value is None or b'"gen_sent_at"' not in r.value:
-                            continue
-                        d = orjson.loads(r.value)
-                        at = dt.datetime.fromisoformat(d["gen_sent_at"]).timestamp()
-                        if first_sent is None:
-                            first_sent = at
-                        eid = d["event_id"]
-                        content_ts[eid] = r.timestamp
-                        if eid in arrived:
-                            record(eid, at, arrived.pop(eid))
-                        else:
-                            sent[eid] = at
-                else:
-                    for r in records:
-                        d = orjson.loads(r.value)
-                        if d.get("action") != "decide":
-                            continue
-                        eid = d["event_id"]
-                        decision_ts[eid] = (r.timestamp, arrival)
-                        if eid in sent:
-                            record(eid, sent.pop(eid), arrival)
-                        elif eid not in arrived:
-                            arrived[eid] = arrival
+            for records in fetched.values():
+                for r in records:
+                    if r.value is None or b'"decide"' not in r.value:
+                        continue
+                    d = orjson.loads(r.value)
+                    if d.get("action") != "decide":
+                        continue
+                    eid = d["event_id"].encode()
+                    at = sent.pop(eid, None)
+                    if at is None:
+                        arrived.add(eid)  # a decision for a record this run did not stamp
+                        continue
+                    micros = min(60_000_000, max(1, int((arrival - at) * 1e6)))
+                    every.record_value(micros)
+                    matched += 1
+                    if first_sent is not None and at >= first_sent + warmup:
+                        steady.record_value(micros)
+                        # Where the time goes: scheduled send -> decision created (generator
+                        # tick, broker, worker; the decision's CreateTime, this machine's clock)
+                        # and decision created -> seen by the reader.
+                        created = r.timestamp / 1000
+                        to_decision.record_value(min(60_000_000, max(1, int((created - at) * 1e6))))
+                        to_reader.record_value(min(60_000_000, max(1, int((arrival - created) * 1e6))))
             if task.done():
                 if done_at is None:
                     done_at = time.monotonic()
@@ -559,14 +546,6 @@ async def latency_step(
         if not task.done():
             task.cancel()
         stats = await task
-        unmatched_decisions = len(arrived)
-        # Where the time goes: content created -> decision created (the worker's share, both
-        # CreateTime stamps from this machine's clock) and decision created -> seen by the reader.
-        for eid, (dts, arrival) in decision_ts.items():
-            cts = content_ts.get(eid)
-            if cts is not None and first_sent is not None and cts / 1000 >= first_sent + warmup:
-                in_worker.record_value(min(60_000_000, max(1, (dts - cts) * 1000)))
-                to_reader.record_value(min(60_000_000, max(1, int((arrival - dts / 1000) * 1e6))))
     finally:
         await reader.stop()
 
@@ -587,12 +566,13 @@ async def latency_step(
         "seconds": seconds,
         "warmup_seconds": warmup,
         "sent_content": stats.content,
+        "generator_behind_max_ms": round(stats.behind_max_seconds * 1000, 1),
         "matched": matched,
         "unmatched_sent": len(sent),
-        "unmatched_decisions": unmatched_decisions,
+        "unmatched_decisions": len(arrived),
         "steady": summary(steady),
         "all": summary(every),
-        "content_created_to_decision_created": summary(in_worker),
+        "sent_to_decision_created": summary(to_decision),
         "decision_created_to_reader": summary(to_reader),
         "hdr_steady": _text(steady.encode()),
         "cdf": [

@@ -497,8 +497,8 @@ def overview() -> Dashboard:
         series_panel(
             ids,
             "Store memory",
-            "Memory RocksDB holds per worker: memtables and cached blocks, both within one budget "
-            "(stream/state.py). Flat once warm; a worker's RSS above it is the Python heap.",
+            "Memory RocksDB holds per worker: memtables (up to 2 x 16 MiB per partition) and the block "
+            "cache the partitions share (64 MiB), both set in stream/state.py.",
             "bytes",
             [query("sum by (instance, part) (eligibility_store_memory_bytes)", "{{instance}} {{part}}")],
             span=8,

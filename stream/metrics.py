@@ -126,7 +126,7 @@ class Metrics:
             ),
             store_memory=Gauge(
                 "eligibility_store_memory_bytes",
-                "Memory RocksDB holds for this worker's partition stores (one shared budget), by part",
+                "Memory RocksDB holds for this worker's partition stores: memtables and the shared block cache",
                 ["part"],
                 registry=r,
             ),

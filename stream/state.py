@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 from stream.models import ObjectionStatus, Profile
 
@@ -255,50 +255,28 @@ class MemoryPartitionStore(_Base):
         pass
 
 
-# One memory budget for every partition store of the process: the block cache, with
-# the memtables charged to it (RocksDB's WriteBufferManager), so RocksDB's memory is
-# bounded by MEMORY_BUDGET_BYTES however many partitions the worker holds and however
-# large their state grows, and reaches that bound early in a worker's life instead of
-# creeping up as each partition's memtables first fill (the 10M-event soak:
-# docs/benchmarks.md, "Memory").
-MEMORY_BUDGET_BYTES = 64 << 20
-# Of that budget, the memtables of all stores together: past it the store being
-# written to flushes its memtable.
-MEMTABLE_BUDGET_BYTES = 24 << 20
-# Per partition store, at most two memtables of this size. 4 MiB memtables let L0
-# files pile up as the published index grew (the soak's worker slowed from ~6,500 to
-# ~2,800 events/s by 6M events); the shared budget above flushes before this size
-# when several partitions write at once.
+# One block cache for every partition store of the process: memory stays bounded
+# however many partitions the worker holds and however large their state grows.
+BLOCK_CACHE_BYTES = 64 << 20
+# Per partition store, at most two memtables of this size. Smaller memtables (4 MiB,
+# or a 24 MiB WriteBufferManager budget shared by all stores, charged to the cache)
+# reached the memory plateau sooner, but as the published index grew the worker
+# slowed from ~6,500 to ~3,500 events/s and less (docs/benchmarks.md, "Memory").
 WRITE_BUFFER_BYTES = 16 << 20
 _block_cache: Cache | None = None
-_write_buffers: WriteBufferManager | None = None
 
 
-def _shared() -> tuple[Cache, WriteBufferManager]:
-    global _block_cache, _write_buffers
-    if _block_cache is None or _write_buffers is None:
-        _block_cache = Cache(MEMORY_BUDGET_BYTES)
-        # allow_stall=False: over budget the writer flushes, it does not block (a
-        # stalled write would hold the store-writer thread and with it every batch).
-        _write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
-            MEMTABLE_BUDGET_BYTES, False, _block_cache
-        )
-    return _block_cache, _write_buffers
-
-
-def memory_usage() -> dict[str, int]:
-    """Bytes RocksDB holds for this process's stores: memtables and cached blocks."""
-    if _block_cache is None or _write_buffers is None:
-        return {"memtables": 0, "block_cache": 0}
-    memtables = _write_buffers.get_usage()
-    # The cache's usage includes the memtables' reservations (they are charged to it).
-    return {"memtables": memtables, "block_cache": max(0, _block_cache.get_usage() - memtables)}
+def block_cache_bytes() -> int:
+    """Bytes in the block cache all partition stores of this process share."""
+    return 0 if _block_cache is None else int(_block_cache.get_usage())
 
 
 def _options() -> Options:
-    cache, write_buffers = _shared()
+    global _block_cache
+    if _block_cache is None:
+        _block_cache = Cache(BLOCK_CACHE_BYTES)
     table = BlockBasedOptions()
-    table.set_block_cache(cache)
+    table.set_block_cache(_block_cache)
     # Most lookups miss (few authors object, few items are deferred or were
     # published): a bloom filter answers those without reading any block.
     table.set_bloom_filter(10, False)
@@ -309,7 +287,6 @@ def _options() -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_block_based_table_factory(table)
-    options.set_write_buffer_manager(write_buffers)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     options.set_max_write_buffer_number(2)
     return options
@@ -354,6 +331,10 @@ class RocksPartitionStore(_Base):
         for key, value in self._bookkeeping(offsets, counts):
             batch.put(key, value)
         self._db.write(batch)
+
+    def memtable_bytes(self) -> int:
+        """Bytes in this store's memtables (active and being flushed)."""
+        return int(self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
 
     def close(self) -> None:
         self._db.close()

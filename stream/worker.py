@@ -45,7 +45,7 @@ from stream.state import (
     PartitionStore,
     RocksPartitionStore,
     StateKind,
-    memory_usage,
+    block_cache_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -510,8 +510,9 @@ class FilterWorker:
         for kind, n in totals.items():
             self.metrics.state_entries.labels(kind=kind.value).set(n)
         self.metrics.deferred_items.set(totals[EntryKind.DEFERRED])
-        for part, size in memory_usage().items():
-            self.metrics.store_memory.labels(part=part).set(size)
+        memtables = sum(s.memtable_bytes() for s in self._stores.values() if isinstance(s, RocksPartitionStore))
+        self.metrics.store_memory.labels(part="memtables").set(memtables)
+        self.metrics.store_memory.labels(part="block_cache").set(block_cache_bytes())
 
     async def _rewind(self) -> None:
         """After a failed batch, reposition every input to what is durably done."""

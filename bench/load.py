@@ -1,0 +1,146 @@
+"""The open-loop load of the rate and latency runs, at as little CPU as the harness can spend.
+
+On this machine the generator, the reader, the broker and the worker under test share
+two cores, so every CPU-second the harness spends is queueing delay it adds to what
+it measures. `stream.generator.produce` (the CLI's generator) hands each record to
+`AIOKafkaProducer.send`: a future, a partitioner call and an accumulator lookup per
+record, ~0.35 core at 3,000 events/s. Here a tick's due records are appended to
+per-partition batches that go out closed (one produce request per tick), uncompressed
+(the broker then need not decompress them to validate), and the reader reads only
+the decisions topic, matching event ids against the send times kept here.
+
+Open loop without coordinated omission: record i is stamped with its *scheduled*
+time `start + i / rate` (in `gen_sent_at`), so a generator that falls behind makes
+the latency worse instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from bench import common
+from stream.config import Settings
+from stream.generator import Labelled, RecordKind, TopicKind, Workload
+
+# A tick's due records leave together; a record waits at most this long for its tick
+# (and that wait counts in its latency).
+TICK_SECONDS = 0.002
+_IN_FLIGHT = 256  # produce futures kept before the oldest must have settled
+
+
+@dataclass(slots=True)
+class Paced:
+    content: int = 0  # stamped content records sent (upserts)
+    other: int = 0  # state changes, deletes and malformed records sent in between
+    behind_max_seconds: float = 0.0  # how far the sender fell behind its schedule at worst
+    elapsed_seconds: float = 0.0
+
+
+def _stamp(value: bytes, at: float) -> bytes:
+    iso = dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="microseconds")[:-6]
+    return b'%s,"gen_sent_at":"%sZ"}' % (value[:-1], iso.encode())
+
+
+def workload_for(seed: int, accounts: int, rate: float) -> Workload:
+    """The workload `stream.generator.produce` builds for a paced run (0.5 % malformed)."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    step = dt.timedelta(seconds=1 / rate)
+    run = f"{seed & 0xFFFF:x}{int(now.timestamp()):x}"  # re-runs on the same topics repeat no event id
+    return Workload(seed=seed, accounts=accounts, now=now, malformed_share=0.005, step=step, run=run)
+
+
+async def paced(
+    settings: Settings,
+    workload: Workload,
+    *,
+    rate: float,
+    count: int,
+    on_sent: Callable[[bytes, float], None] | None = None,
+) -> Paced:
+    """Send `workload.stream(count)` at `rate` content records per second (setup excluded).
+
+    `on_sent(event_id, scheduled_unix_time)` is called for every stamped upsert.
+    Raises if the broker does not acknowledge a record.
+    """
+    t = settings.topics
+    topic_of = {TopicKind.CONTENT: t.content, TopicKind.PROFILES: t.profiles, TopicKind.OBJECTIONS: t.objections}
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", compression_type=None, max_batch_size=1 << 20
+    )
+    await producer.start()
+    stats = Paced()
+    loop = asyncio.get_running_loop()
+    futures: deque[asyncio.Future[Any]] = deque()
+    partition_of: dict[bytes, int] = {}
+    started = time.monotonic()
+    try:
+        counts = {topic: len(await producer.partitions_for(topic)) for topic in topic_of.values()}
+        stream: Iterator[Labelled] = workload.stream(count)  # builds its pools before the clock starts
+        interval = 1.0 / rate
+        t0 = loop.time()
+        wall0 = time.time()
+        sent = 0
+        exhausted = False
+        while not exhausted and sent < count:
+            now = loop.time()
+            due = min(count, int((now - t0) / interval) + 1)
+            if due > sent:
+                stats.behind_max_seconds = max(stats.behind_max_seconds, now - (t0 + sent * interval))
+            batches: dict[tuple[str, int], Any] = {}
+            while sent < due:
+                item = next(stream, None)
+                if item is None:
+                    exhausted = True
+                    break
+                kind, key, value = item.record
+                topic = topic_of[kind]
+                if kind is TopicKind.CONTENT:
+                    sent += 1
+                if item.kind is RecordKind.UPSERT and value is not None:
+                    at = wall0 + (sent - 1) * interval
+                    value = _stamp(value, at)
+                    stats.content += 1
+                    if on_sent is not None:
+                        on_sent(orjson.loads(value)["event_id"].encode(), at)
+                else:
+                    stats.other += 1
+                p = 0
+                if key is not None:
+                    p = partition_of.get(key, -1)
+                    if p < 0:
+                        p = partition_of[key] = (murmur2(key) & 0x7FFFFFFF) % counts[topic]
+                batch = batches.get((topic, p))
+                if batch is None:
+                    batch = batches[topic, p] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    batch.close()
+                    futures.append(await producer.send_batch(batch, topic, partition=p))
+                    batch = batches[topic, p] = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            for (topic, p), batch in batches.items():
+                batch.close()  # closed: it leaves now instead of lingering
+                futures.append(await producer.send_batch(batch, topic, partition=p))
+            while futures and (futures[0].done() or len(futures) > _IN_FLIGHT):
+                await futures.popleft()  # raises if the broker refused it
+            await asyncio.sleep(max(0.0, min(TICK_SECONDS, t0 + sent * interval - loop.time())))
+        while futures:
+            await futures.popleft()
+    finally:
+        await producer.stop()
+        stats.elapsed_seconds = time.monotonic() - started
+    return stats
+
+
+async def setup(settings: Settings, workload: Workload) -> None:
+    """Every account's profile and the objections on record, in bulk, before the clock starts."""
+    await common.preload(settings.bootstrap_servers, settings.topics, (i.record for i in workload.setup()))
