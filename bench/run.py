@@ -51,7 +51,7 @@ FULL = {
     "rates": [2000, 4000, 6000, 8000, 10000, 13000, 16000, 20000],
     "step_seconds": 60,
     "latency_seconds": 60,
-    # 50k, not 1M: `stream.generator.produce` re-sends every profile at the start of each step.
+    # 50k, not 1M: every step re-sends all profiles first (`bench/load.py`, `setup`).
     "rate_accounts": 50_000,
     # The soak is about memory over events (the published index grows with events, not accounts).
     "soak_accounts": 200_000,
@@ -881,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rates",
         type=lambda s: [int(x) for x in s.split(",")],
-        help="rate ladder, events/s, comma-separated [2000,5000,10000,20000,40000]",
+        help="rate ladder, events/s, comma-separated [2000,4000,6000,8000,10000,13000,16000,20000]",
     )
     parser.add_argument("--step-seconds", type=int, help="seconds per rate step [60; quick 15]")
     parser.add_argument("--latency-seconds", type=int, help="seconds of the latency run [60; quick 15]")

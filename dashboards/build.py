@@ -497,8 +497,8 @@ def overview() -> Dashboard:
         series_panel(
             ids,
             "Store memory",
-            "Memory RocksDB holds per worker: memtables (up to 2 x 16 MiB per partition) and the block "
-            "cache the partitions share (64 MiB), both set in stream/state.py.",
+            "Memory RocksDB holds per worker: memtables and cached blocks, together within one budget "
+            "(48 MiB, of which at most 24 MiB memtables; stream/state.py). Flat once the budget is reached.",
             "bytes",
             [query("sum by (instance, part) (eligibility_store_memory_bytes)", "{{instance}} {{part}}")],
             span=8,

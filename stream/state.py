@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
 from stream.models import ObjectionStatus, Profile
 
@@ -255,38 +255,69 @@ class MemoryPartitionStore(_Base):
         pass
 
 
-# One block cache for every partition store of the process: memory stays bounded
-# however many partitions the worker holds and however large their state grows.
-BLOCK_CACHE_BYTES = 64 << 20
-# Per partition store, at most two memtables of this size. Smaller memtables (4 MiB,
-# or a 24 MiB WriteBufferManager budget shared by all stores, charged to the cache)
-# reached the memory plateau sooner, but as the published index grew the worker
-# slowed from ~6,500 to ~3,500 events/s and less (docs/benchmarks.md, "Memory").
+# One memory budget for every partition store of the process: the block cache, with
+# the memtables charged to it (RocksDB's WriteBufferManager). RocksDB's memory is then
+# bounded by MEMORY_BUDGET_BYTES however many partitions the worker holds and however
+# large their state grows, and it reaches that bound early in a worker's life instead
+# of creeping up as each partition's memtables first fill (docs/benchmarks.md, "Memory").
+MEMORY_BUDGET_BYTES = 48 << 20
+# Of that budget, the memtables of all stores together: past it the store being
+# written to flushes its memtable.
+MEMTABLE_BUDGET_BYTES = 24 << 20
+# Per partition store, at most two memtables of this size (the shared budget usually
+# flushes them sooner).
 WRITE_BUFFER_BYTES = 16 << 20
+# Index and filter blocks are partitioned into blocks of this size: a lookup loads
+# one partition of each, not the whole index and bloom filter of a 64 MiB file
+# (~1 MiB). Unpartitioned, a budget this size could not keep them cached once the
+# published index had grown, and every lookup that reached a large file re-read them
+# (the worker slowed from ~8,000 to ~3,500 events/s over 3M events).
+METADATA_BLOCK_BYTES = 4096
 _block_cache: Cache | None = None
+_write_buffers: WriteBufferManager | None = None
 
 
-def block_cache_bytes() -> int:
-    """Bytes in the block cache all partition stores of this process share."""
-    return 0 if _block_cache is None else int(_block_cache.get_usage())
+def _shared() -> tuple[Cache, WriteBufferManager]:
+    global _block_cache, _write_buffers
+    if _block_cache is None or _write_buffers is None:
+        _block_cache = Cache(MEMORY_BUDGET_BYTES)
+        # allow_stall=False: over budget the writer flushes, it does not block (a
+        # stalled write would hold the store-writer thread and with it every batch).
+        _write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
+            MEMTABLE_BUDGET_BYTES, False, _block_cache
+        )
+    return _block_cache, _write_buffers
+
+
+def memory_usage() -> dict[str, int]:
+    """Bytes RocksDB holds for this process's stores: memtables and cached blocks."""
+    if _block_cache is None or _write_buffers is None:
+        return {"memtables": 0, "block_cache": 0}
+    memtables = int(_write_buffers.get_usage())
+    # The cache's usage includes the memtables' reservations (they are charged to it).
+    return {"memtables": memtables, "block_cache": max(0, int(_block_cache.get_usage()) - memtables)}
 
 
 def _options() -> Options:
-    global _block_cache
-    if _block_cache is None:
-        _block_cache = Cache(BLOCK_CACHE_BYTES)
+    cache, write_buffers = _shared()
     table = BlockBasedOptions()
-    table.set_block_cache(_block_cache)
+    table.set_block_cache(cache)
     # Most lookups miss (few authors object, few items are deferred or were
     # published): a bloom filter answers those without reading any block.
     table.set_bloom_filter(10, False)
     # Index and filter blocks live in the bounded cache, not beside it, so memory
-    # does not grow with the number of SST files.
+    # does not grow with the number of SST files; partitioned, with their top level
+    # pinned, so a lookup needs only small pieces of them (METADATA_BLOCK_BYTES).
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_metadata_block_size(METADATA_BLOCK_BYTES)
     table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_top_level_index_and_filter(True)
     table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_block_based_table_factory(table)
+    options.set_write_buffer_manager(write_buffers)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     options.set_max_write_buffer_number(2)
     return options
@@ -331,10 +362,6 @@ class RocksPartitionStore(_Base):
         for key, value in self._bookkeeping(offsets, counts):
             batch.put(key, value)
         self._db.write(batch)
-
-    def memtable_bytes(self) -> int:
-        """Bytes in this store's memtables (active and being flushed)."""
-        return int(self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
 
     def close(self) -> None:
         self._db.close()

@@ -45,7 +45,7 @@ from stream.state import (
     PartitionStore,
     RocksPartitionStore,
     StateKind,
-    block_cache_bytes,
+    memory_usage,
 )
 
 log = logging.getLogger(__name__)
@@ -510,9 +510,8 @@ class FilterWorker:
         for kind, n in totals.items():
             self.metrics.state_entries.labels(kind=kind.value).set(n)
         self.metrics.deferred_items.set(totals[EntryKind.DEFERRED])
-        memtables = sum(s.memtable_bytes() for s in self._stores.values() if isinstance(s, RocksPartitionStore))
-        self.metrics.store_memory.labels(part="memtables").set(memtables)
-        self.metrics.store_memory.labels(part="block_cache").set(block_cache_bytes())
+        for part, size in memory_usage().items():
+            self.metrics.store_memory.labels(part=part).set(size)
 
     async def _rewind(self) -> None:
         """After a failed batch, reposition every input to what is durably done."""

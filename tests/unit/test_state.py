@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from stream.models import ObjectionStatus, Profile
 from stream.state import (
+    MEMORY_BUDGET_BYTES,
+    MEMTABLE_BUDGET_BYTES,
     STORE_FORMAT,
     RocksPartitionStore,
     StateKind,
-    block_cache_bytes,
+    memory_usage,
     pack_objection,
     pack_profile,
     unpack_objection,
@@ -63,16 +65,21 @@ def test_store_records_its_layout_and_an_older_one_is_not_compatible(tmp_path: P
     old.close()
 
 
-def test_store_memory_is_reported_for_the_gauge(tmp_path: Path) -> None:
-    store = RocksPartitionStore(tmp_path / "p0")
+def test_stores_share_one_memtable_budget_that_flushes_instead_of_growing(tmp_path: Path) -> None:
+    stores = [RocksPartitionStore(tmp_path / str(p)) for p in range(4)]
     try:
-        empty = store.memtable_bytes()
-        store.apply((b"i:%d" % n, bytes(100)) for n in range(5_000))
-        assert store.memtable_bytes() > empty + 5_000 * 100
-
-        store._db.flush()
-        before = block_cache_bytes()
-        assert store.get(b"i:1") == bytes(100)  # read from an SST file: its blocks enter the cache
-        assert block_cache_bytes() > before
+        # 4 stores x 16 MiB memtables could hold 64 MiB unflushed; the shared budget
+        # flushes them at MEMTABLE_BUDGET_BYTES between them.
+        value = bytes(100)
+        for round_ in range(40):
+            for p, store in enumerate(stores):
+                store.apply((b"i:%d:%d:%d" % (p, round_, n), value) for n in range(2_000))
+            used = memory_usage()
+            assert used["memtables"] <= MEMTABLE_BUDGET_BYTES * 1.1
+        assert used["memtables"] > 0
+        assert used["memtables"] + used["block_cache"] <= MEMORY_BUDGET_BYTES
+        assert stores[0].get(b"i:0:0:0") == value  # flushed, not dropped
+        assert memory_usage()["block_cache"] > 0  # read back through the shared cache
     finally:
-        store.close()
+        for store in stores:
+            store.close()
