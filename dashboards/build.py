@@ -498,7 +498,7 @@ def overview() -> Dashboard:
             ids,
             "Store memory",
             "Memory RocksDB holds per worker: memtables and cached blocks, together within one budget "
-            "(48 MiB, of which at most 24 MiB memtables; stream/state.py). Flat once the budget is reached.",
+            "(64 MiB, of which at most 24 MiB memtables; stream/state.py). Flat once the budget is reached.",
             "bytes",
             [query("sum by (instance, part) (eligibility_store_memory_bytes)", "{{instance}} {{part}}")],
             span=8,

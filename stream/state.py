@@ -260,7 +260,7 @@ class MemoryPartitionStore(_Base):
 # bounded by MEMORY_BUDGET_BYTES however many partitions the worker holds and however
 # large their state grows, and it reaches that bound early in a worker's life instead
 # of creeping up as each partition's memtables first fill (docs/benchmarks.md, "Memory").
-MEMORY_BUDGET_BYTES = 48 << 20
+MEMORY_BUDGET_BYTES = 64 << 20
 # Of that budget, the memtables of all stores together: past it the store being
 # written to flushes its memtable.
 MEMTABLE_BUDGET_BYTES = 24 << 20
