@@ -68,14 +68,16 @@ def test_store_records_its_layout_and_an_older_one_is_not_compatible(tmp_path: P
 def test_stores_share_one_memtable_budget_that_flushes_instead_of_growing(tmp_path: Path) -> None:
     stores = [RocksPartitionStore(tmp_path / str(p)) for p in range(4)]
     try:
-        # 4 stores x 16 MiB memtables could hold 64 MiB unflushed; the shared budget
-        # flushes them at MEMTABLE_BUDGET_BYTES between them.
+        # ~58 MiB over 4 stores, under 16 MiB each: without the shared budget no
+        # memtable would fill and all of it would stay in memory. With it, the store
+        # written past MEMTABLE_BUDGET_BYTES flushes; the flush runs in the background,
+        # so usage may overshoot the budget while it does, never by a whole store's share.
         value = bytes(100)
-        for round_ in range(40):
+        for round_ in range(60):
             for p, store in enumerate(stores):
                 store.apply((b"i:%d:%d:%d" % (p, round_, n), value) for n in range(2_000))
             used = memory_usage()
-            assert used["memtables"] <= MEMTABLE_BUDGET_BYTES * 1.1
+            assert used["memtables"] <= MEMTABLE_BUDGET_BYTES * 1.5
         assert used["memtables"] > 0
         assert used["memtables"] + used["block_cache"] <= MEMORY_BUDGET_BYTES
         assert stores[0].get(b"i:0:0:0") == value  # flushed, not dropped
