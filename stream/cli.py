@@ -119,9 +119,9 @@ def _tune_malloc() -> None:
       MALLOC_MMAP_THRESHOLD_ set one): by default glibc raises the threshold to the
       size of every large block freed, so after RocksDB's first memtable flush its
       2 MiB arena blocks and the fetched record buffers come from the heap, where
-      they interleave with long-lived objects and the heap can no longer shrink.
-      Resident memory then crept up by half over a 10M-event soak while RocksDB and
-      the live Python heap stayed bounded (docs/benchmarks.md, "Memory").
+      they interleave with long-lived objects and the heap can no longer shrink
+      (~10 MiB of resident memory at 1-2M events of the soak; docs/benchmarks.md,
+      "Memory").
 
     Must run before threads start.
     """
