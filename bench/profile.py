@@ -28,7 +28,7 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("state: RocksDB writes (state.apply)", ("apply (stream/state.py",)),
     ("metrics (prometheus_client)", ("stream/metrics.py", "prometheus_client/")),
     ("produce: aiokafka send per record", ("_produce (stream/worker.py",)),
-    ("freshness gate (_catch_up: end_offsets, position)", ("_catch_up (stream/worker.py",)),
+    ("freshness gate and top-up (_gate: end_offsets, position, getmany)", ("_gate (stream/worker.py",)),
     ("commit", ("_commit (stream/worker.py",)),
     (
         "fetch: aiokafka getmany / record parsing",

@@ -423,18 +423,19 @@ async def rate_step(
     await load.setup(settings, workload)
     before = await off.end()
     count = int(rate * seconds)
-    task = asyncio.create_task(load.paced(settings, workload, rate=rate, count=count))
-    samples: list[Sample] = []
-    deadline = time.monotonic() + seconds * 3 + accounts / 2000 + 60
-    while not task.done() and time.monotonic() < deadline:
-        samples.append(await common.sample(off, settings.group_id, ps))
-        await asyncio.sleep(1.0)
-    if not task.done():
-        task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    with load.no_collector_pauses():
+        task = asyncio.create_task(load.paced(settings, workload, rate=rate, count=count))
+        samples: list[Sample] = []
+        deadline = time.monotonic() + seconds * 3 + accounts / 2000 + 60
+        while not task.done() and time.monotonic() < deadline:
+            samples.append(await common.sample(off, settings.group_id, ps))
+            await asyncio.sleep(1.0)
+        if not task.done():
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
     phase = [s for s in samples if s.end > before]
     # Drain what is left before the next step (bounded), so steps do not bleed into each other.
     drain_deadline = time.monotonic() + 120
@@ -486,6 +487,8 @@ async def latency_step(
         bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
     )
     await reader.start()
+    quiet = load.no_collector_pauses()
+    quiet.__enter__()
     steady = HdrHistogram(1, 60_000_000, 3)  # microseconds, 1 µs .. 60 s, 3 significant digits
     every = HdrHistogram(1, 60_000_000, 3)
     to_decision = HdrHistogram(1, 60_000_000, 3)  # ms resolution (broker timestamps), recorded in µs
@@ -547,6 +550,7 @@ async def latency_step(
             task.cancel()
         stats = await task
     finally:
+        quiet.__exit__(None, None, None)
         await reader.stop()
 
     def summary(h: HdrHistogram) -> dict[str, Any]:

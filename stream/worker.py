@@ -183,8 +183,8 @@ class FilterWorker:
                 return
             try:
                 await self._process(fetched)
-            except _Rebalancing:
-                log.info("rebalance started: the batch in hand is abandoned uncommitted and will be replayed")
+            except _GiveUp as why:
+                log.info("%s: the batch in hand is abandoned uncommitted and will be replayed", why)
 
     async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         state: list[InputRecord] = []
@@ -205,10 +205,10 @@ class FilterWorker:
             self.metrics.recovering.set(1)
             started = time.monotonic()
             await self._restore_changelogs(self.assigned)
-        if state:  # before any catch-up, which reads the records after these
-            await self._cycle(state, (), recovering=recovering)
-        if recovering:
-            await self._catch_up(self.assigned, recovering=True)
+            if state:  # before the catch-up, which reads the records after these
+                await self._cycle(state, (), recovering=True)
+                state = []
+            await self._catch_up(self.assigned)
             await self._reevaluate_published()
             self._needs_catch_up = False
             # What start-up and recovery built stays for the process's life: out of the
@@ -224,9 +224,12 @@ class FilterWorker:
             )
         if content:
             started = time.perf_counter()
-            await self._catch_up(content_partitions)
+            more_state, more_content = await self._gate(content_partitions, len(content))
+            state.extend(more_state)  # after the fetch's own: each partition's records stay in offset order
+            content.extend(more_content)
             self._stage("gate", started)
-            await self._cycle((), content)
+        if state or content:  # one cycle: state first, then content, one produce and one commit
+            await self._cycle(state, content)
         if self.ready:
             await self._decide_due()
         await self._refresh_gauges()
@@ -261,8 +264,62 @@ class FilterWorker:
         finally:
             await reader.stop()
 
-    async def _catch_up(self, partitions: Iterable[int], *, recovering: bool = False) -> None:
-        """The freshness gate: apply state of `partitions` up to the end offsets as of now."""
+    async def _gate(self, partitions: set[int], taken: int) -> tuple[list[InputRecord], list[InputRecord]]:
+        """The freshness gate of a content batch, and its top-up to the content's end.
+
+        Returns the state and content records read after the fetch. State of every
+        partition with content in the batch is read up to the end offsets listed now,
+        after the fetch (the gate). While the batch has room (`taken` of `max_batch`),
+        content is read up to those ends as well: aiokafka keeps one fetch in flight
+        per broker and holds back the next while fetched records wait unconsumed, so
+        a fetch during a batch returns only the records of its first moments and the
+        rest would wait at the broker for a batch more. Each content partition read
+        here joins the gated ones.
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        limit = self.settings.max_batch
+        state_tps = [TopicPartition(topic, p) for p in self._stores for topic in self._kind_of_topic]
+        content_tps = [TopicPartition(self._content, p) for p in self._stores]
+        # One ListOffsets request for all of them (one broker round trip).
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(
+            state_tps + content_tps if taken < limit else state_tps
+        )
+        gated = set(partitions)
+        state: list[InputRecord] = []
+        content: list[InputRecord] = []
+        while True:
+            self._check_going_on()
+            lagging = [tp for tp in state_tps if tp.partition in gated and await consumer.position(tp) < ends[tp]]
+            room = limit - taken - len(content)
+            topping_up = room > 0 and any([await consumer.position(tp) < ends[tp] for tp in content_tps])
+            if not lagging and not topping_up:
+                return state, content
+            if topping_up:
+                # Everything buffered, not just the lagging partitions: records left
+                # unconsumed would hold back aiokafka's next fetch for 100 ms.
+                fetched = await consumer.getmany(timeout_ms=500, max_records=room)
+            else:
+                fetched = await consumer.getmany(*lagging, timeout_ms=500, max_records=limit)
+            for tp, records in fetched.items():
+                if tp.partition not in self._stores:
+                    continue  # revoked meanwhile; the rebalance check above ends the batch
+                self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(records))
+                if tp.topic == self._content:
+                    content.extend(records)
+                    gated.add(tp.partition)
+                else:
+                    state.extend(records)
+
+    def _check_going_on(self) -> None:
+        """Give up the batch in hand when a rebalance or a stop began: it is replayed, never half-gated."""
+        if self._rebalancing:
+            raise _GiveUp("rebalance started")
+        if self._stopping.is_set():
+            raise _GiveUp("stopping")
+
+    async def _catch_up(self, partitions: Iterable[int]) -> None:
+        """Recovery: apply the state of `partitions` up to the end offsets as of now."""
         consumer = self.consumer
         assert consumer is not None
         tps = [TopicPartition(topic, p) for p in partitions for topic in self._kind_of_topic]
@@ -270,10 +327,9 @@ class FilterWorker:
             return
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         while True:
-            if self._rebalancing:
-                raise _Rebalancing
+            self._check_going_on()
             lagging = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
-            if not lagging or self._stopping.is_set():
+            if not lagging:
                 return
             fetched = await consumer.getmany(*lagging, timeout_ms=500, max_records=self.settings.max_batch)
             records: list[InputRecord] = []
@@ -282,7 +338,7 @@ class FilterWorker:
                 records.extend(got)
                 self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(got))
             if records:
-                await self._cycle(records, (), recovering=recovering)
+                await self._cycle(records, (), recovering=True)
 
     async def _reevaluate_published(self) -> None:
         """After a recovery replay: retract every published item the final state refuses."""
@@ -291,8 +347,7 @@ class FilterWorker:
                 continue
             after: bytes | None = None
             while True:
-                if self._rebalancing:
-                    raise _Rebalancing
+                self._check_going_on()
                 now = dt.datetime.now(dt.UTC)
                 result, after = self.engine.reevaluate_published(store, partition, now, after, self.settings.max_batch)
                 await self._perform(result)
@@ -595,8 +650,8 @@ class FilterWorker:
         return [self.settings.data_dir / "state" / f"partition-{p}" for p in sorted(self._stores)]
 
 
-class _Rebalancing(Exception):
-    """Raised inside the loop when a rebalance started: the batch in hand is given up, uncommitted."""
+class _GiveUp(Exception):
+    """Raised inside the loop when a rebalance or a stop began: the batch in hand is given up, uncommitted."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
