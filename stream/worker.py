@@ -55,8 +55,13 @@ log = logging.getLogger(__name__)
 # so it is rebuilt from the beginning of the compacted topics instead of resumed.
 STORE_MAX_IDLE_SECONDS = 12 * 3600
 RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
-# Gauges read from the broker or the stores are refreshed at most this often.
+# Gauges read from the broker or the stores are refreshed at most this often, and
+# deferred items (held for days) are looked for at most this often.
 GAUGE_PERIOD_SECONDS = 1.0
+DUE_PERIOD_SECONDS = 1.0
+
+# A batch of records handed to the producer: topic, partition, record count, delivery future.
+_Sent = tuple[str, int, int, "asyncio.Future[Any]"]
 
 
 class FilterWorker:
@@ -81,6 +86,9 @@ class FilterWorker:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._needs_catch_up = True
+        # The tail of the last content batch (acknowledgements, the writes after them,
+        # the commit), running on while the next batch is fetched and gated.
+        self._tail: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")  # renewed by start()
         # Set as soon as a rebalance starts revoking: loops that wait for records of
@@ -88,6 +96,7 @@ class FilterWorker:
         # holding the lock the rebalance waits for.
         self._rebalancing = False
         self._gauges_at = 0.0
+        self._due_at = 0.0
         self._lag_labels: set[tuple[str, str]] = set()
         self.ready = False
         self.assigned: frozenset[int] = frozenset()
@@ -137,9 +146,9 @@ class FilterWorker:
         self._stopping.set()
         async with self._lock:
             try:
-                await self._settle_commit()
-            except KafkaError as exc:
-                log.warning("last commit failed (%s); the next owner replays its batch", type(exc).__name__)
+                await self._settle(commit=True)
+            except Exception as exc:  # its batch is uncommitted: replayed, never lost
+                log.warning("last batch failed (%s); the next owner replays it", type(exc).__name__)
             if self.consumer is not None:
                 await self.consumer.stop()
             if self.producer is not None:
@@ -229,8 +238,9 @@ class FilterWorker:
             content.extend(more_content)
             self._stage("gate", started)
         if state or content:  # one cycle: state first, then content, one produce and one commit
-            await self._cycle(state, content)
-        if self.ready:
+            await self._cycle(state, content, overlap=True)
+        if self.ready and time.monotonic() - self._due_at >= DUE_PERIOD_SECONDS:
+            self._due_at = time.monotonic()
             await self._decide_due()
         await self._refresh_gauges()
 
@@ -356,6 +366,7 @@ class FilterWorker:
             await self._in_writer(store.apply, [(REEVALUATE_KEY, None)])
 
     async def _decide_due(self) -> None:
+        await self._settle()  # the store as every batch before left it
         now = dt.datetime.now(dt.UTC)
         now_ms = int(now.timestamp() * 1000)
         for partition, store in self._stores.items():
@@ -367,25 +378,56 @@ class FilterWorker:
             log.info("decided %d deferred items of partition %d again", sum(result.decisions.values()), partition)
 
     async def _cycle(
-        self, state: Sequence[InputRecord], content: Sequence[InputRecord], *, recovering: bool = False
+        self,
+        state: Sequence[InputRecord],
+        content: Sequence[InputRecord],
+        *,
+        recovering: bool = False,
+        overlap: bool = False,
     ) -> None:
-        """Decide, then perform the result in the crash-safe order described in engine.py."""
+        """Decide, then perform the result in the crash-safe order described in engine.py.
+
+        With `overlap` the batch's tail (waiting for the broker's acknowledgements,
+        the store writes after them, the commit) runs on as a task while the loop
+        fetches and gates the next batch; every cycle first waits for the tail before
+        it reads the store, so decisions always see the state of every batch before.
+        """
+        await self._settle()
         started = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
         result = self.engine.process(self._stores, state, content, now, recovering=recovering)
         self._stage("decide", started)
-        await self._perform(result)
-        acked = time.time()
-        if content:
-            committing = time.perf_counter()
-            await self._commit(content)
-            self._stage("commit", committing)
-            observe_many(self.metrics.broker_latency, (max(0.0, acked - r.timestamp / 1000) for r in content))
-        observe_many(self.metrics.event_time_latency, (max(0.0, acked - t) for t in result.event_times))
-        observe_many(self.metrics.objection_propagation, (max(0.0, acked - ms / 1000) for ms in result.objections))
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        sent, pre_seconds = await self._start(result)
+        tail = self._finish(result, sent, pre_seconds, content, started)
+        if overlap:
+            self._tail = asyncio.create_task(tail)
+        else:
+            await tail
 
     async def _perform(self, result: BatchResult) -> None:
+        """Perform a result outside the content loop (deferrals, re-evaluation), to the end."""
+        await self._settle()
+        sent, pre_seconds = await self._start(result)
+        await self._finish(result, sent, pre_seconds, (), None)
+
+    async def _settle(self, *, commit: bool = False) -> None:
+        """Wait for the tail of the last batch (and with `commit` for its commit too).
+
+        A failure there fails the batch at hand, which is then replayed.
+        """
+        task, self._tail = self._tail, None
+        if task is not None:
+            await task
+        if commit:
+            await self._settle_commit()
+
+    async def _settle_commit(self) -> None:
+        task, self._commit_task = self._commit_task, None
+        if task is not None:
+            await task
+
+    async def _start(self, result: BatchResult) -> tuple[list[_Sent], float]:
+        """The writes due before the send (engine.py's crash-safe order), then the send; their seconds."""
         # Store writes run on the writer thread (one hop per step, all partitions
         # together): a RocksDB write stall must not stop the event loop, whose
         # heartbeats keep this worker in its group.
@@ -394,8 +436,20 @@ class FilterWorker:
             await self._in_writer(
                 self._write, [(p, u, None, result.pre_counts.get(p)) for p, u in result.pre_updates.items()]
             )
+        pre_seconds = time.perf_counter() - started
+        return await self._send(result), pre_seconds
+
+    async def _finish(
+        self,
+        result: BatchResult,
+        sent: list[_Sent],
+        pre_seconds: float,
+        content: Sequence[InputRecord],
+        started: float | None,
+    ) -> None:
+        """Await the broker's acknowledgements, then write what they allow and commit the content."""
         producing = time.perf_counter()
-        changelog_offsets = await self._produce(result)
+        changelog_offsets = await self._acknowledged(sent)
         writing = self._stage("produce", producing)
         post = [
             (
@@ -408,8 +462,18 @@ class FilterWorker:
         ]
         if post:
             await self._in_writer(self._write, post)
-        self.metrics.stage_seconds.labels(stage="store").observe(time.perf_counter() - writing + producing - started)
+        committing = time.perf_counter()
+        self.metrics.stage_seconds.labels(stage="store").observe(committing - writing + pre_seconds)
+        acked = time.time()
+        if content:
+            await self._commit(content)
+            self._stage("commit", committing)
+            observe_many(self.metrics.broker_latency, (max(0.0, acked - r.timestamp / 1000) for r in content))
+        observe_many(self.metrics.event_time_latency, (max(0.0, acked - t) for t in result.event_times))
+        observe_many(self.metrics.objection_propagation, (max(0.0, acked - ms / 1000) for ms in result.objections))
         self.metrics.count_batch(result)
+        if started is not None:
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def _in_writer(self, fn: Callable[..., None], *args: Any) -> None:
         """Run a store write on the one writer thread: in order, and off the event loop."""
@@ -435,18 +499,14 @@ class FilterWorker:
         self.metrics.stage_seconds.labels(stage=stage).observe(now - started)
         return now
 
-    async def _produce(self, result: BatchResult) -> dict[int, dict[StateKind, int]]:
-        """Send every record as per-partition batches; return once the broker acknowledged all.
-
-        Returns, per partition store, the next offsets of our changelogs that this
-        batch's own records account for (see `_changelog_offsets`).
-        """
+    async def _send(self, result: BatchResult) -> list[_Sent]:
+        """Hand every record to the producer as closed per-partition batches; do not wait for the broker."""
         producer = self.producer
         assert producer is not None
         if not result.produce:
-            return {}
+            return []
         open_batches: dict[tuple[str, int], Any] = {}
-        sent: list[tuple[str, int, int, asyncio.Future[Any]]] = []
+        sent: list[_Sent] = []
 
         async def send(topic: str, partition: int, batch: Any) -> None:
             # A closed batch goes out at once: it is whole already, lingering would
@@ -470,6 +530,16 @@ class FilterWorker:
                     raise DeliveryError(f"a record for {topic} is larger than a whole producer batch")
         for (topic, partition), batch in open_batches.items():
             await send(topic, partition, batch)
+        return sent
+
+    async def _acknowledged(self, sent: list[_Sent]) -> dict[int, dict[StateKind, int]]:
+        """Wait until the broker acknowledged every batch sent; raise if one was refused.
+
+        Returns, per partition store, the next offsets of our changelogs that this
+        batch's own records account for (see `_changelog_offsets`).
+        """
+        if not sent:
+            return {}
         outcomes: list[Any] = await asyncio.gather(*(future for *_, future in sent), return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
@@ -517,8 +587,8 @@ class FilterWorker:
         for record in content:
             tp = TopicPartition(record.topic, record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-        # The commit goes out while the next batch is fetched and decided: its outputs
-        # are acknowledged already, so only the amount a crash replays depends on it.
+        # The commit goes out while the next batch is decided: its outputs are
+        # acknowledged already, so only the amount a crash replays depends on it.
         # Commits stay in order: each waits for the one before.
         await self._settle_commit()
         self._commit_task = asyncio.create_task(self._send_commit(offsets))
@@ -535,16 +605,11 @@ class FilterWorker:
             return
         self.metrics.last_batch.set(time.time())
 
-    async def _settle_commit(self) -> None:
-        """Wait for the commit in flight; a failure fails the batch at hand, which is then replayed."""
-        task, self._commit_task = self._commit_task, None
-        if task is not None:
-            await task
-
     async def _refresh_gauges(self) -> None:
         if time.monotonic() - self._gauges_at < GAUGE_PERIOD_SECONDS:
             return
         self._gauges_at = time.monotonic()
+        await self._settle()  # the stores' counts are not read while the writer thread changes them
         consumer = self.consumer
         assert consumer is not None
         seen: set[tuple[str, str]] = set()
@@ -575,9 +640,9 @@ class FilterWorker:
             return
         async with self._lock:
             try:
-                await self._settle_commit()
-            except KafkaError as exc:
-                log.warning("commit in flight failed (%s); its batch is replayed", type(exc).__name__)
+                await self._settle(commit=True)
+            except Exception as exc:  # its batch is uncommitted: replayed, never lost
+                log.warning("the last batch's tail failed (%s); it is replayed", type(exc).__name__)
             try:
                 assignment = consumer.assignment()
                 content = [tp for tp in assignment if tp.topic == self._content]
@@ -607,14 +672,20 @@ class FilterWorker:
         self._rebalancing = True
         async with self._lock:
             try:
-                await self._settle_commit()  # what was done is committed before the partitions move
-            except KafkaError as exc:
-                log.warning("commit before the rebalance failed (%s); the new owner replays", type(exc).__name__)
+                await self._settle(commit=True)  # what was done is written and committed before the partitions move
+            except Exception as exc:  # its batch is uncommitted: replayed, never lost
+                log.warning(
+                    "the last batch before the rebalance failed (%s); the new owner replays", type(exc).__name__
+                )
             self.ready = False
             self.metrics.ready.set(0)
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self._lock:
+            try:
+                await self._settle(commit=True)  # no write of an earlier batch may land in a store closed here
+            except Exception as exc:  # its batch is uncommitted: replayed, never lost
+                log.warning("the last batch before the assignment failed (%s); it is replayed", type(exc).__name__)
             partitions = frozenset(tp.partition for tp in assigned)
             for p in list(self._stores):
                 if p not in partitions:

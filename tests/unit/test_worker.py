@@ -1,15 +1,19 @@
-"""The worker's bookkeeping that needs no broker: which changelog offsets a batch may record."""
+"""The worker's bookkeeping that needs no broker: which changelog offsets a batch may record, what the gate reads."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from aiokafka import TopicPartition
 
 from stream.config import Settings
 from stream.engine import Engine
 from stream.metrics import Metrics
 from stream.policy import load_policy
 from stream.state import MemoryPartitionStore, RocksPartitionStore, StateKind
-from stream.worker import FilterWorker
+from stream.worker import FilterWorker, _GiveUp
 
 PUBLISHED = Settings().topics.published
 DEFERRED = Settings().topics.deferred
@@ -63,3 +67,108 @@ def test_a_store_of_an_older_layout_is_rebuilt_not_misread(tmp_path: Path) -> No
         assert store.get(b"p:a-1") is None and store.next_offset(StateKind.PROFILES) == 0  # rebuilt from scratch
     finally:
         store.close()
+
+
+# -- the freshness gate and the content top-up ------------------------------------------
+
+
+class _Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+class _FakeConsumer:
+    """The consumer calls the gate makes, over in-memory logs; a fetch returns at most 2 records per partition."""
+
+    def __init__(self, logs: dict[TopicPartition, int], positions: dict[TopicPartition, int]) -> None:
+        self.logs = {
+            tp: [_Record(tp.topic, tp.partition, o, b"k", b"{}", 0) for o in range(n)] for tp, n in logs.items()
+        }
+        self.positions = dict(positions)
+        self.listed: list[list[TopicPartition]] = []
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.listed.append(list(tps))
+        return {tp: len(self.logs.get(tp, [])) for tp in tps}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions.get(tp, 0)
+
+    async def getmany(
+        self, *tps: TopicPartition, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[_Record]]:
+        out: dict[TopicPartition, list[_Record]] = {}
+        for tp in tps or self.logs:
+            at = self.positions.get(tp, 0)
+            got = self.logs.get(tp, [])[at : at + min(2, max_records - sum(map(len, out.values())))]
+            if got:
+                out[tp] = got
+                self.positions[tp] = at + len(got)
+        return out
+
+
+def _gating_worker(consumer: _FakeConsumer, max_batch: int = 100) -> FilterWorker:
+    settings = Settings(max_batch=max_batch)
+    worker = FilterWorker(settings, Engine(load_policy(None), b"k", settings.topics), Metrics.create())
+    worker._stores = {0: MemoryPartitionStore(), 1: MemoryPartitionStore()}
+    worker.consumer = consumer  # type: ignore[assignment]
+    return worker
+
+
+T = Settings().topics
+
+
+def _offsets(records: list[Any], topic: str, partition: int) -> list[int]:
+    return [r.offset for r in records if r.topic == topic and r.partition == partition]
+
+
+async def test_gate_reads_content_to_the_end_listed_after_the_fetch_and_gates_every_partition_it_adds() -> None:
+    # The fetch brought content 0 of partition 0; 4 more of it and 3 of partition 1 wait at the broker.
+    consumer = _FakeConsumer(
+        {
+            TopicPartition(T.content, 0): 5,
+            TopicPartition(T.content, 1): 3,
+            TopicPartition(T.profiles, 0): 1,
+            TopicPartition(T.objections, 1): 3,
+        },
+        {TopicPartition(T.content, 0): 1},
+    )
+    worker = _gating_worker(consumer)
+
+    state, content = await worker._gate({0}, taken=1)
+
+    assert _offsets(content, T.content, 0) == [1, 2, 3, 4]
+    assert _offsets(content, T.content, 1) == [0, 1, 2]
+    # State up to its end for partition 0 (in the batch from the start) and partition 1 (added).
+    assert _offsets(state, T.profiles, 0) == [0]
+    assert _offsets(state, T.objections, 1) == [0, 1, 2]
+    # One ListOffsets request, for content and state of every partition.
+    assert len(consumer.listed) == 1 and len(consumer.listed[0]) == 6
+
+
+async def test_gate_of_a_full_batch_reads_only_the_state_of_its_partitions() -> None:
+    consumer = _FakeConsumer(
+        {TopicPartition(T.content, 0): 9, TopicPartition(T.profiles, 0): 3, TopicPartition(T.profiles, 1): 3},
+        {TopicPartition(T.content, 0): 4},
+    )
+    worker = _gating_worker(consumer, max_batch=4)
+
+    state, content = await worker._gate({0}, taken=4)
+
+    assert content == []
+    assert _offsets(state, T.profiles, 0) == [0, 1, 2]
+    assert _offsets(state, T.profiles, 1) == []  # no content of partition 1 in the batch: not gated
+    assert TopicPartition(T.content, 0) not in consumer.listed[0]
+
+
+async def test_gate_gives_up_the_batch_when_a_stop_begins() -> None:
+    consumer = _FakeConsumer({TopicPartition(T.profiles, 0): 3}, {})
+    worker = _gating_worker(consumer)
+    worker._stopping.set()
+
+    with pytest.raises(_GiveUp):
+        await worker._gate({0}, taken=1)
