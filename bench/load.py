@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
@@ -46,6 +45,19 @@ class Paced:
     other: int = 0  # state changes, deletes and malformed records sent in between
     behind_max_seconds: float = 0.0  # how far the sender fell behind its schedule at worst
     elapsed_seconds: float = 0.0
+
+
+_EVENT_ID = b'"event_id":"'
+
+
+def event_id_of(value: bytes) -> bytes:
+    """The event id of a serialised content event or decision, found without decoding the rest.
+
+    Safe on JSON: a quote inside any string value is escaped, so the pattern can only
+    be the member's own name.
+    """
+    start = value.index(_EVENT_ID) + len(_EVENT_ID)
+    return value[start : value.index(b'"', start)]
 
 
 def _stamp(value: bytes, at: float) -> bytes:
@@ -113,7 +125,7 @@ async def paced(
                     value = _stamp(value, at)
                     stats.content += 1
                     if on_sent is not None:
-                        on_sent(orjson.loads(value)["event_id"].encode(), at)
+                        on_sent(event_id_of(value), at)
                 else:
                     stats.other += 1
                 p = 0

@@ -1,0 +1,34 @@
+"""The latency harness's byte-level reading of records (bench/load.py) against what the real code writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import orjson
+
+from bench import load
+from stream.codec import decode_content
+from stream.generator import RecordKind, TopicKind
+from stream.models import ContentEvent
+from stream.policy import decide, load_policy
+from stream.records import decide_value
+
+
+def test_event_id_of_reads_stamped_content_and_its_decision_like_a_decoder() -> None:
+    workload = load.workload_for(7, 200, 1000.0)
+    now = dt.datetime.now(dt.UTC)
+    checked = 0
+    for item in workload.stream(300):
+        kind, key, value = item.record
+        if kind is not TopicKind.CONTENT or item.kind is not RecordKind.UPSERT or value is None or key is None:
+            continue
+        stamped = load._stamp(value, 1_700_000_000.25)
+        expected = orjson.loads(stamped)["event_id"].encode()
+        assert load.event_id_of(stamped) == expected
+        event = decode_content(key, stamped)
+        assert isinstance(event, ContentEvent)
+        decision = decide_value(event, decide(event, None, None, load_policy(None), now), decided_at=now)
+        assert b'"action":"decide"' in decision
+        assert load.event_id_of(decision) == expected
+        checked += 1
+    assert checked > 100
