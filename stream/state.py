@@ -24,12 +24,21 @@ import datetime as dt
 import shutil
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
+from rocksdict import (
+    BlockBasedIndexType,
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 from stream.models import ObjectionStatus, Profile
 
@@ -177,6 +186,14 @@ class PartitionStore(Protocol):
     ) -> None:
         """Write `updates` (None deletes), new next-offsets and count deltas atomically."""
 
+    def apply_now(
+        self,
+        updates: Sequence[Update],
+        offsets: Mapping[StateKind, int] | None = None,
+        counts: Mapping[EntryKind, int] | None = None,
+    ) -> bool:
+        """`apply`, unless the write would have to wait (a RocksDB write stall): then nothing is written, False."""
+
     def next_offset(self, kind: StateKind) -> int:
         """The offset to resume `kind` from: 0 for a new store."""
 
@@ -251,6 +268,15 @@ class MemoryPartitionStore(_Base):
                 self._data[key] = value
         self._data.update(bookkeeping)
 
+    def apply_now(
+        self,
+        updates: Sequence[Update],
+        offsets: Mapping[StateKind, int] | None = None,
+        counts: Mapping[EntryKind, int] | None = None,
+    ) -> bool:
+        self.apply(updates, offsets, counts)
+        return True
+
     def close(self) -> None:
         pass
 
@@ -323,6 +349,11 @@ def _options() -> Options:
     return options
 
 
+# A write that would have to wait for RocksDB (a stall) fails at once instead.
+_NO_STALL = WriteOptions()
+_NO_STALL.no_slowdown = True
+
+
 class RocksPartitionStore(_Base):
     """A RocksDB store (rocksdict, raw bytes) in the worker's data directory."""
 
@@ -353,6 +384,25 @@ class RocksPartitionStore(_Base):
         offsets: Mapping[StateKind, int] | None = None,
         counts: Mapping[EntryKind, int] | None = None,
     ) -> None:
+        self._db.write(self._batch(updates, offsets, counts))
+
+    def apply_now(
+        self,
+        updates: Sequence[Update],
+        offsets: Mapping[StateKind, int] | None = None,
+        counts: Mapping[EntryKind, int] | None = None,
+    ) -> bool:
+        try:
+            self._db.write(self._batch(updates, offsets, counts), _NO_STALL)
+        except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's status
+            if "incomplete" not in str(exc).lower():  # "Result incomplete: Write stall"
+                raise
+            return False  # RocksDB refused to stall: the batch was not written
+        return True
+
+    def _batch(
+        self, updates: Iterable[Update], offsets: Mapping[StateKind, int] | None, counts: Mapping[EntryKind, int] | None
+    ) -> WriteBatch:
         batch = WriteBatch(raw_mode=True)
         for key, value in updates:
             if value is None:
@@ -361,7 +411,7 @@ class RocksPartitionStore(_Base):
                 batch.put(key, value)
         for key, value in self._bookkeeping(offsets, counts):
             batch.put(key, value)
-        self._db.write(batch)
+        return batch
 
     def close(self) -> None:
         self._db.close()

@@ -60,8 +60,15 @@ RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
 GAUGE_PERIOD_SECONDS = 1.0
 DUE_PERIOD_SECONDS = 1.0
 
+# Store writes of at most this many updates are made on the event loop (see `_store`).
+INLINE_WRITE_MAX = 512
+
 # A batch of records handed to the producer: topic, partition, record count, delivery future.
 _Sent = tuple[str, int, int, "asyncio.Future[Any]"]
+# One partition's store write: partition, updates, next offsets, count deltas.
+_Write = tuple[
+    int, Sequence[tuple[bytes, bytes | None]], Mapping[StateKind, int] | None, Mapping[EntryKind, int] | None
+]
 
 
 class FilterWorker:
@@ -428,14 +435,9 @@ class FilterWorker:
 
     async def _start(self, result: BatchResult) -> tuple[list[_Sent], float]:
         """The writes due before the send (engine.py's crash-safe order), then the send; their seconds."""
-        # Store writes run on the writer thread (one hop per step, all partitions
-        # together): a RocksDB write stall must not stop the event loop, whose
-        # heartbeats keep this worker in its group.
         started = time.perf_counter()
         if result.pre_updates:
-            await self._in_writer(
-                self._write, [(p, u, None, result.pre_counts.get(p)) for p, u in result.pre_updates.items()]
-            )
+            await self._store([(p, u, None, result.pre_counts.get(p)) for p, u in result.pre_updates.items()])
         pre_seconds = time.perf_counter() - started
         return await self._send(result), pre_seconds
 
@@ -461,7 +463,7 @@ class FilterWorker:
             for p in result.post_updates.keys() | result.state_offsets.keys() | changelog_offsets.keys()
         ]
         if post:
-            await self._in_writer(self._write, post)
+            await self._store(post)
         committing = time.perf_counter()
         self.metrics.stage_seconds.labels(stage="store").observe(committing - writing + pre_seconds)
         acked = time.time()
@@ -475,21 +477,29 @@ class FilterWorker:
         if started is not None:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
+    async def _store(self, writes: Sequence[_Write]) -> None:
+        """A batch's store writes, in order: on the loop when small and RocksDB need not stall.
+
+        A write stall must not stop the event loop, whose heartbeats keep this worker
+        in its group, so a write RocksDB would make wait, and a large one, goes to the
+        writer thread instead. A hop there costs ~1.5 ms on a busy machine, on the
+        path of every batch. Only one write is in flight at any time (each is awaited),
+        so writes on the loop cannot overtake one on the thread.
+        """
+        if sum(len(updates) for _, updates, _, _ in writes) <= INLINE_WRITE_MAX:
+            for i, (partition, updates, offsets, counts) in enumerate(writes):
+                if not self._stores[partition].apply_now(updates, offsets, counts):
+                    writes = writes[i:]
+                    break
+            else:
+                return
+        await self._in_writer(self._write, writes)
+
     async def _in_writer(self, fn: Callable[..., None], *args: Any) -> None:
         """Run a store write on the one writer thread: in order, and off the event loop."""
         await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(fn, *args))
 
-    def _write(
-        self,
-        writes: Sequence[
-            tuple[
-                int,
-                Iterable[tuple[bytes, bytes | None]],
-                Mapping[StateKind, int] | None,
-                Mapping[EntryKind, int] | None,
-            ]
-        ],
-    ) -> None:
+    def _write(self, writes: Sequence[_Write]) -> None:
         for partition, updates, offsets, counts in writes:
             self._stores[partition].apply(updates, offsets, counts)
 

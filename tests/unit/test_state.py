@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rocksdict import Options
 
+from stream import state
 from stream.models import ObjectionStatus, Profile
 from stream.state import (
     MEMORY_BUDGET_BYTES,
@@ -85,3 +87,35 @@ def test_stores_share_one_memtable_budget_that_flushes_instead_of_growing(tmp_pa
     finally:
         for store in stores:
             store.close()
+
+
+def test_apply_now_refuses_to_wait_for_a_write_stall_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stalling() -> Options:
+        # Two tiny memtables, no compaction, writes stop at two L0 files: RocksDB soon has to stall.
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_write_buffer_size(64 << 10)
+        options.set_max_write_buffer_number(2)
+        options.set_level_zero_slowdown_writes_trigger(1)
+        options.set_level_zero_stop_writes_trigger(2)
+        options.set_disable_auto_compactions(True)
+        return options
+
+    monkeypatch.setattr(state, "_options", stalling)
+    store = RocksPartitionStore(tmp_path / "p")
+    try:
+        written = 0
+        for i in range(20_000):
+            key = b"k%06d" % i
+            if not store.apply_now([(key, bytes(1000))], {StateKind.PROFILES: i + 1}):
+                assert store.get(key) is None  # refused whole: neither the update nor its offset
+                assert store.next_offset(StateKind.PROFILES) == written
+                break
+            written = i + 1
+        else:
+            pytest.fail("RocksDB never had to stall")
+        assert written > 0 and store.get(b"k%06d" % (written - 1)) == bytes(1000)
+    finally:
+        store.close()
