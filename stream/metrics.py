@@ -83,7 +83,7 @@ class Metrics:
             ),
             batch_seconds=Histogram(
                 "eligibility_batch_duration_seconds",
-                "Time to decide, produce and commit one fetched batch",
+                "From deciding one batch to its outputs acknowledged, its store written and its commit sent",
                 buckets=LATENCY_BUCKETS,
                 registry=r,
             ),
