@@ -206,15 +206,7 @@ class FilterWorker:
         state: list[InputRecord] = []
         content: list[InputRecord] = []
         content_partitions: set[int] = set()
-        for tp, records in fetched.items():
-            if tp.partition not in self._stores:
-                continue  # revoked while the fetch was in flight; the new owner reads it
-            self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(records))
-            if tp.topic == self._content:
-                content.extend(records)
-                content_partitions.add(tp.partition)
-            else:
-                state.extend(records)
+        self._sort(fetched, state, content, content_partitions)
         recovering = self._needs_catch_up and bool(self.assigned)
         if recovering:
             # Published items and deferrals first: applying state may retract or re-decide them.
@@ -318,15 +310,25 @@ class FilterWorker:
                 fetched = await consumer.getmany(timeout_ms=500, max_records=room)
             else:
                 fetched = await consumer.getmany(*lagging, timeout_ms=500, max_records=limit)
-            for tp, records in fetched.items():
-                if tp.partition not in self._stores:
-                    continue  # revoked meanwhile; the rebalance check above ends the batch
-                self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(records))
-                if tp.topic == self._content:
-                    content.extend(records)
-                    gated.add(tp.partition)
-                else:
-                    state.extend(records)
+            self._sort(fetched, state, content, gated)
+
+    def _sort(
+        self,
+        fetched: Mapping[TopicPartition, list[Any]],
+        state: list[InputRecord],
+        content: list[InputRecord],
+        content_partitions: set[int],
+    ) -> None:
+        """Add fetched records to the batch's state and content, and count them."""
+        for tp, records in fetched.items():
+            if tp.partition not in self._stores:
+                continue  # revoked while the fetch was in flight; the new owner reads it
+            self.metrics.records_in.labels(input=self._input_of_topic[tp.topic]).inc(len(records))
+            if tp.topic == self._content:
+                content.extend(records)
+                content_partitions.add(tp.partition)
+            else:
+                state.extend(records)
 
     def _check_going_on(self) -> None:
         """Give up the batch in hand when a rebalance or a stop began: it is replayed, never half-gated."""
