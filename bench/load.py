@@ -65,12 +65,12 @@ def _stamp(value: bytes, at: float) -> bytes:
     return b'%s,"gen_sent_at":"%sZ"}' % (value[:-1], iso.encode())
 
 
-def workload_for(seed: int, accounts: int, rate: float) -> Workload:
-    """The workload `stream.generator.produce` builds for a paced run (0.5 % malformed)."""
+def workload_for(seed: int, accounts: int, rate: float, malformed_share: float = 0.005) -> Workload:
+    """The workload `stream.generator.produce` builds for a paced run (by default 0.5 % malformed)."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     step = dt.timedelta(seconds=1 / rate)
     run = f"{seed & 0xFFFF:x}{int(now.timestamp()):x}"  # re-runs on the same topics repeat no event id
-    return Workload(seed=seed, accounts=accounts, now=now, malformed_share=0.005, step=step, run=run)
+    return Workload(seed=seed, accounts=accounts, now=now, malformed_share=malformed_share, step=step, run=run)
 
 
 async def paced(

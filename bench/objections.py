@@ -39,9 +39,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from bench import load
 from bench.common import process_env
 from stream.config import DEV_PSEUDONYM_KEY, Settings, TopicNames
-from stream.generator import produce
 from stream.topics import create_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,21 +180,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     worker = subprocess.Popen(
         [sys.executable, "-m", "stream", "worker"], env=_env(settings, port), stdout=log, stderr=subprocess.STDOUT
     )
-    stop = asyncio.Event()
+    background: asyncio.Task[object] | None = None
     try:
         await _wait_ready(port, worker)
-        load = asyncio.create_task(
-            produce(
-                settings,
-                count=None,
-                rate=args.rate,
-                accounts=args.accounts,
-                seed=1,
-                malformed_share=0.0,
-                progress=False,
-                stop=stop,
-            )
-        )
+        # The background content: the lean open-loop load of the latency run (bench/load.py),
+        # every profile first; it runs until cancelled below.
+        workload = load.workload_for(1, args.accounts, args.rate, malformed_share=0.0)
+        await load.setup(settings, workload)
+        background = asyncio.create_task(load.paced(settings, workload, rate=args.rate, count=1 << 40))
 
         async def post(c: Canary, n: int) -> None:
             cid = f"{c.account}-p{n}"
@@ -230,11 +223,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             n += 1
             await asyncio.sleep(args.interval)
         elapsed = time.monotonic() - started
-        stop.set()
-        await load
+        if background.done():
+            await background  # it ended early only by failing: raise that
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
         await _caught_up(settings)  # every content event committed: all retractions have landed
     finally:
-        stop.set()
+        if background is not None:
+            background.cancel()
         worker.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             worker.wait(30)
@@ -290,6 +287,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "mean_ms": statistics.fmean(latencies) * 1000 if latencies else 0,
         "leaks": leaks,
         "rate": args.rate,
+        "accounts": args.accounts,
         "interval_s": args.interval,
         "elapsed_s": elapsed,
         "posts_before": args.posts_before,
@@ -305,9 +303,9 @@ def write(result: dict[str, object]) -> None:
 
 Run `python -m bench.objections` (this block is rewritten by it). Machine:
 {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()};
-broker on the same machine. Background load: the generator at {result["rate"]} content
-events/s (open loop); {result["objections"]} canary users each posted
-{result["posts_before"]} items, then objected one after another every
+broker on the same machine. Background load: `bench/load.py` (the latency run's open-loop
+load, {result.get("accounts", "?")} accounts) at {result["rate"]} content events/s;
+{result["objections"]} canary users each posted {result["posts_before"]} items, then objected one after another every
 {result["interval_s"]} s while canaries kept posting.
 
 | measure | value | target |
