@@ -24,7 +24,7 @@ import datetime as dt
 import shutil
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -183,16 +183,14 @@ class PartitionStore(Protocol):
         updates: Iterable[Update],
         offsets: Mapping[StateKind, int] | None = None,
         counts: Mapping[EntryKind, int] | None = None,
-    ) -> None:
-        """Write `updates` (None deletes), new next-offsets and count deltas atomically."""
-
-    def apply_now(
-        self,
-        updates: Sequence[Update],
-        offsets: Mapping[StateKind, int] | None = None,
-        counts: Mapping[EntryKind, int] | None = None,
+        *,
+        wait: bool = True,
     ) -> bool:
-        """`apply`, unless the write would have to wait (a RocksDB write stall): then nothing is written, False."""
+        """Write `updates` (None deletes), new next-offsets and count deltas atomically.
+
+        With `wait=False` a write that would have to wait (a RocksDB write stall) is
+        refused whole: nothing is written and the result is False.
+        """
 
     def next_offset(self, kind: StateKind) -> int:
         """The offset to resume `kind` from: 0 for a new store."""
@@ -259,7 +257,9 @@ class MemoryPartitionStore(_Base):
         updates: Iterable[Update],
         offsets: Mapping[StateKind, int] | None = None,
         counts: Mapping[EntryKind, int] | None = None,
-    ) -> None:
+        *,
+        wait: bool = True,
+    ) -> bool:
         bookkeeping = self._bookkeeping(offsets, counts)
         for key, value in updates:
             if value is None:
@@ -267,14 +267,6 @@ class MemoryPartitionStore(_Base):
             else:
                 self._data[key] = value
         self._data.update(bookkeeping)
-
-    def apply_now(
-        self,
-        updates: Sequence[Update],
-        offsets: Mapping[StateKind, int] | None = None,
-        counts: Mapping[EntryKind, int] | None = None,
-    ) -> bool:
-        self.apply(updates, offsets, counts)
         return True
 
     def close(self) -> None:
@@ -383,26 +375,9 @@ class RocksPartitionStore(_Base):
         updates: Iterable[Update],
         offsets: Mapping[StateKind, int] | None = None,
         counts: Mapping[EntryKind, int] | None = None,
-    ) -> None:
-        self._db.write(self._batch(updates, offsets, counts))
-
-    def apply_now(
-        self,
-        updates: Sequence[Update],
-        offsets: Mapping[StateKind, int] | None = None,
-        counts: Mapping[EntryKind, int] | None = None,
+        *,
+        wait: bool = True,
     ) -> bool:
-        try:
-            self._db.write(self._batch(updates, offsets, counts), _NO_STALL)
-        except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's status
-            if "incomplete" not in str(exc).lower():  # "Result incomplete: Write stall"
-                raise
-            return False  # RocksDB refused to stall: the batch was not written
-        return True
-
-    def _batch(
-        self, updates: Iterable[Update], offsets: Mapping[StateKind, int] | None, counts: Mapping[EntryKind, int] | None
-    ) -> WriteBatch:
         batch = WriteBatch(raw_mode=True)
         for key, value in updates:
             if value is None:
@@ -411,7 +386,16 @@ class RocksPartitionStore(_Base):
                 batch.put(key, value)
         for key, value in self._bookkeeping(offsets, counts):
             batch.put(key, value)
-        return batch
+        if wait:
+            self._db.write(batch)
+            return True
+        try:
+            self._db.write(batch, _NO_STALL)
+        except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's status
+            if "incomplete" not in str(exc).lower():  # "Result incomplete: Write stall"
+                raise
+            return False  # RocksDB refused to stall: the batch was not written
+        return True
 
     def close(self) -> None:
         self._db.close()

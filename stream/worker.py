@@ -490,14 +490,14 @@ class FilterWorker:
         """
         if sum(len(updates) for _, updates, _, _ in writes) <= INLINE_WRITE_MAX:
             for i, (partition, updates, offsets, counts) in enumerate(writes):
-                if not self._stores[partition].apply_now(updates, offsets, counts):
+                if not self._stores[partition].apply(updates, offsets, counts, wait=False):
                     writes = writes[i:]
                     break
             else:
                 return
         await self._in_writer(self._write, writes)
 
-    async def _in_writer(self, fn: Callable[..., None], *args: Any) -> None:
+    async def _in_writer(self, fn: Callable[..., object], *args: Any) -> None:
         """Run a store write on the one writer thread: in order, and off the event loop."""
         await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(fn, *args))
 

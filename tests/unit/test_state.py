@@ -89,7 +89,7 @@ def test_stores_share_one_memtable_budget_that_flushes_instead_of_growing(tmp_pa
             store.close()
 
 
-def test_apply_now_refuses_to_wait_for_a_write_stall_and_writes_nothing(
+def test_apply_without_waiting_refuses_a_write_stall_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def stalling() -> Options:
@@ -109,7 +109,7 @@ def test_apply_now_refuses_to_wait_for_a_write_stall_and_writes_nothing(
         written = 0
         for i in range(20_000):
             key = b"k%06d" % i
-            if not store.apply_now([(key, bytes(1000))], {StateKind.PROFILES: i + 1}):
+            if not store.apply([(key, bytes(1000))], {StateKind.PROFILES: i + 1}, wait=False):
                 assert store.get(key) is None  # refused whole: neither the update nor its offset
                 assert store.next_offset(StateKind.PROFILES) == written
                 break
