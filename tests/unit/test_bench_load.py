@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import orjson
 
 from bench import load
-from stream.codec import decode_content
+from stream.codec import decode_content, parse_timestamp
 from stream.generator import RecordKind, TopicKind
 from stream.models import ContentEvent
 from stream.policy import decide, load_policy
@@ -32,3 +33,12 @@ def test_event_id_of_reads_stamped_content_and_its_decision_like_a_decoder() -> 
         assert load.event_id_of(decision) == expected
         checked += 1
     assert checked > 100
+
+
+def test_stamp_writes_the_scheduled_time_as_rfc3339_microseconds() -> None:
+    for at in (1_700_000_000.25, 1_700_000_059.999999, 1_700_000_060.0, 1_790_000_000.123456):
+        stamped = orjson.loads(load._stamp(b'{"event_id":"e"}', at))
+        assert stamped["event_id"] == "e"
+        sent = parse_timestamp(stamped["gen_sent_at"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamped["gen_sent_at"])
+        assert abs(sent.timestamp() - at) < 2e-6
