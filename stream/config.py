@@ -68,7 +68,8 @@ class Settings:
     topics: TopicNames = field(default_factory=TopicNames)
     max_batch: int = 5000
     linger_ms: int = 5
-    compression: str | None = "lz4"
+    compression: str | None = "zstd"
+    commit_interval_ms: int = 1000
     shutdown_timeout: float = 30.0
 
     @classmethod
@@ -89,6 +90,7 @@ class Settings:
             max_batch=_int(env, "STREAM_MAX_BATCH", 5000, minimum=1),
             linger_ms=_int(env, "STREAM_PRODUCER_LINGER_MS", 5, minimum=0),
             compression=_compression(env),
+            commit_interval_ms=_int(env, "STREAM_COMMIT_INTERVAL_MS", 1000, minimum=0),
             shutdown_timeout=float(_int(env, "STREAM_SHUTDOWN_TIMEOUT", 30, minimum=1)),
         )
 
@@ -116,7 +118,7 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
 
 
 def _compression(env: Mapping[str, str]) -> str | None:
-    value = env.get("STREAM_PRODUCER_COMPRESSION", "lz4").strip().lower()
+    value = env.get("STREAM_PRODUCER_COMPRESSION", "zstd").strip().lower()
     if value in ("", "none"):
         return None
     if value not in ("gzip", "snappy", "lz4", "zstd"):

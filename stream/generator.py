@@ -779,7 +779,7 @@ async def produce(
     Raises `DeliveryError` when the broker does not acknowledge a record.
     """
     from aiokafka import AIOKafkaProducer  # the shell's dependency; the pure part needs no Kafka
-    from aiokafka.codec import has_lz4
+    from aiokafka.codec import has_zstd
     from tqdm import tqdm
 
     if count is not None and count < 0:
@@ -793,8 +793,8 @@ async def produce(
     run = f"{seed & 0xFFFF:x}{int(now.timestamp()):x}"
     workload = Workload(seed=seed, accounts=accounts, now=now, malformed_share=malformed_share, step=step, run=run)
     compression = settings.compression
-    if compression == "lz4" and not has_lz4():
-        log.warning("generator: lz4 is not available, sending uncompressed")
+    if compression == "zstd" and not has_zstd():
+        log.warning("generator: zstd is not available, sending uncompressed")
         compression = None
     topics = {
         TopicKind.CONTENT: settings.topics.content,

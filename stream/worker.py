@@ -97,6 +97,10 @@ class FilterWorker:
         # the commit), running on while the next batch is fetched and gated.
         self._tail: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
+        # Acknowledged batches' next content offsets, not yet sent in a commit.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = 0.0
+        self._commit_lock = asyncio.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")  # renewed by start()
         # Set as soon as a rebalance starts revoking: loops that wait for records of
         # our partitions give up the batch (uncommitted, so replayed) instead of
@@ -242,6 +246,7 @@ class FilterWorker:
             self._due_at = time.monotonic()
             await self._decide_due()
         await self._refresh_gauges()
+        await self._flush_commit()  # what an idle stream's last batches left uncommitted
 
     async def _restore_changelogs(self, partitions: Iterable[int]) -> None:
         """Replay our changelogs (published index, deferrals) from each store's offset to their end."""
@@ -428,6 +433,7 @@ class FilterWorker:
         if task is not None:
             await task
         if commit:
+            await self._flush_commit(force=True)
             await self._settle_commit()
 
     async def _settle_commit(self) -> None:
@@ -593,17 +599,35 @@ class FilterWorker:
         return count
 
     async def _commit(self, content: Sequence[InputRecord]) -> None:
-        consumer = self.consumer
-        assert consumer is not None
-        offsets: dict[TopicPartition, int] = {}
+        """Mark an acknowledged batch's content done; commit if the last commit is old enough."""
+        offsets = self._uncommitted
         for record in content:
             tp = TopicPartition(record.topic, record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        await self._flush_commit()
+
+    async def _flush_commit(self, *, force: bool = False) -> None:
+        """Commit what is acknowledged, at most once per `STREAM_COMMIT_INTERVAL_MS` unless `force`.
+
+        A commit per batch was one more request per batch for the worker and for the
+        broker's group coordinator, ~10 ms of p99 latency at 3,000 events/s on the
+        benchmark machine (docs/benchmarks.md). What the interval bounds is only how
+        much a crash replays: every output of what a commit covers was acknowledged.
+        """
+        interval = self.settings.commit_interval_ms / 1000
+        if not self._uncommitted or (not force and time.monotonic() - self._committed_at < interval):
+            return
         # The commit goes out while the next batch is decided: its outputs are
         # acknowledged already, so only the amount a crash replays depends on it.
-        # Commits stay in order: each waits for the one before.
-        await self._settle_commit()
-        self._commit_task = asyncio.create_task(self._send_commit(offsets))
+        # Commits stay in order: each waits for the one before, under a lock of
+        # their own, since the loop and a batch's tail both commit.
+        async with self._commit_lock:
+            await self._settle_commit()
+            if not self._uncommitted:
+                return
+            offsets, self._uncommitted = self._uncommitted, {}
+            self._committed_at = time.monotonic()
+            self._commit_task = asyncio.create_task(self._send_commit(offsets))
 
     async def _send_commit(self, offsets: dict[TopicPartition, int]) -> None:
         consumer = self.consumer

@@ -439,7 +439,7 @@ async def test_produce_sends_setup_first_then_count_content(fake_producer: type[
     stats = await produce(SETTINGS, count=3000, rate=None, accounts=300, seed=5, malformed_share=0.01, progress=False)
     (producer,) = fake_producer.instances
     assert producer.started and producer.stopped
-    assert producer.config["acks"] == "all" and producer.config["compression_type"] == "lz4"
+    assert producer.config["acks"] == "all" and producer.config["compression_type"] == "zstd"
     topics = [topic for topic, *_ in producer.sent]
     assert topics.count("t.content") == stats.content == 3000
     assert topics.index("t.content") >= 300  # every profile before the first content record

@@ -172,3 +172,63 @@ async def test_gate_gives_up_the_batch_when_a_stop_begins() -> None:
 
     with pytest.raises(_GiveUp):
         await worker._gate({0}, taken=1)
+
+
+# -- commit pacing ---------------------------------------------------------------------
+
+
+class _CommitRecorder:
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+def _committing_worker(interval_ms: int) -> tuple[FilterWorker, _CommitRecorder]:
+    settings = Settings(commit_interval_ms=interval_ms)
+    worker = FilterWorker(settings, Engine(load_policy(None), b"k", settings.topics), Metrics.create())
+    recorder = _CommitRecorder()
+    worker.consumer = recorder  # type: ignore[assignment]
+    return worker, recorder
+
+
+def _content(partition: int, *offsets: int) -> list[_Record]:
+    return [_Record(T.content, partition, o, b"k", b"{}", 0) for o in offsets]
+
+
+async def test_acknowledged_batches_within_the_interval_share_one_commit_sent_when_work_stops() -> None:
+    worker, recorder = _committing_worker(interval_ms=60_000)
+
+    await worker._commit(_content(0, 0, 1))  # the first commits at once
+    await worker._commit(_content(0, 2) + _content(1, 0))
+    await worker._commit(_content(0, 3))
+    await worker._settle_commit()
+    assert recorder.commits == [{TopicPartition(T.content, 0): 2}]
+
+    await worker._settle(commit=True)  # a stop, a rewind or a rebalance: everything acknowledged is committed
+    assert recorder.commits[1:] == [{TopicPartition(T.content, 0): 4, TopicPartition(T.content, 1): 1}]
+
+
+async def test_an_interval_of_zero_commits_every_batch_in_order() -> None:
+    worker, recorder = _committing_worker(interval_ms=0)
+
+    await worker._commit(_content(0, 0, 1))
+    await worker._commit(_content(0, 2))
+    await worker._settle(commit=True)
+
+    assert recorder.commits == [{TopicPartition(T.content, 0): 2}, {TopicPartition(T.content, 0): 3}]
+
+
+async def test_the_loop_commits_what_an_idle_stream_left_once_the_interval_passed() -> None:
+    worker, recorder = _committing_worker(interval_ms=60_000)
+    await worker._commit(_content(0, 0))
+    await worker._commit(_content(0, 1))
+    await worker._flush_commit()
+    await worker._settle_commit()
+    assert len(recorder.commits) == 1  # within the interval: held
+
+    worker._committed_at -= 61  # the interval has passed
+    await worker._flush_commit()
+    await worker._settle_commit()
+    assert recorder.commits[-1] == {TopicPartition(T.content, 0): 2}
