@@ -197,6 +197,8 @@ async def preload(
 ) -> Loaded:
     """Send `records` as fast as the broker takes them: per-partition BatchBuilders, lz4, few awaits.
 
+    lz4 is the upstream's compression here, not the worker's (zstd by default).
+
     Keys are partitioned with murmur2 like every Kafka client's default partitioner, so
     the worker finds an account's content, profile and objection in the same partition.
     """

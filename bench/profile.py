@@ -34,7 +34,7 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
         "fetch: aiokafka getmany / record parsing",
         ("getmany (aiokafka/", "aiokafka/consumer/fetcher.py", "aiokafka/record/"),
     ),
-    ("aiokafka producer internals (sender, batching, lz4)", ("aiokafka/producer/",)),
+    ("aiokafka producer internals (sender, batching, compression)", ("aiokafka/producer/", "aiokafka/codec.py")),
     ("aiokafka network / protocol", ("aiokafka/conn.py", "aiokafka/client.py", "aiokafka/protocol/")),
     ("asyncio event loop", ("asyncio/",)),
     ("faust / mode (host app)", ("faust/", "mode/")),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT
+from stream.config import Settings
 
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "benchmarks.png"
@@ -263,8 +264,10 @@ def render(r: dict[str, Any]) -> None:
     if code:
         changed = ", ".join(code.get("stream_changed_files") or []) or "none"
         add(f"- code: commit {code.get('commit')}; uncommitted changes under stream/ at the start: {changed}")
+    d = Settings()  # the defaults of the code rendering this page: re-render from the commit that ran
     add(
-        "- worker: `python -m stream worker` with its defaults (STREAM_MAX_BATCH=5000, linger 5 ms, lz4, acks=all, "
+        f"- worker: `python -m stream worker` with its defaults (STREAM_MAX_BATCH={d.max_batch}, "
+        f"{d.compression or 'no'} compression, commits at most every {d.commit_interval_ms} ms, acks=all, "
         "idempotent producer), STREAM_DEV_MODE=1, its own data dir and group"
     )
     others = [
