@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, TypeVar
@@ -134,42 +134,51 @@ def decode_content(key: bytes | None, value: bytes | None) -> ContentEvent | Rej
 
 def decode_profile(key: bytes | None, value: bytes | None) -> Profile | Rejected | None:
     """Decode an `accounts.profiles` record; None is a tombstone (the account was deleted)."""
-    if value is None:
-        return _tombstone_key_problem(key)
-    obj = _load(value)
-    if isinstance(obj, Rejected):
-        return obj
-    try:
-        profile = Profile(
-            account_id=_identifier(obj, "account_id"),
-            birth_date=_optional_date(obj, "birth_date"),
-            country=_optional_country(obj, "country"),
-            notified_at=_optional_timestamp(obj, "notified_at"),
-            updated_at=_timestamp(obj, "updated_at"),
-        )
-    except _FieldError as exc:
-        return Rejected(DeadLetterReason.SCHEMA_VIOLATION, str(exc))
-    return _key_mismatch(key, profile.account_id, "account_id") or profile
+    return _decode_account_record(key, value, _profile)
 
 
 def decode_objection(key: bytes | None, value: bytes | None) -> Objection | Rejected | None:
     """Decode an `accounts.objections` record; None is a tombstone (no objection on record)."""
+    return _decode_account_record(key, value, _objection)
+
+
+_A = TypeVar("_A", Profile, Objection)
+
+
+def _decode_account_record(
+    key: bytes | None, value: bytes | None, build: Callable[[dict[str, object]], _A]
+) -> _A | Rejected | None:
+    """The shape both compacted account topics share: keyed by account id, a null value a tombstone."""
     if value is None:
         return _tombstone_key_problem(key)
     obj = _load(value)
     if isinstance(obj, Rejected):
         return obj
     try:
-        objection = Objection(
-            account_id=_identifier(obj, "account_id"),
-            status=_enum(obj, "status", _OBJECTION_STATUSES),
-            at=_timestamp(obj, "at"),
-            source=_identifier(obj, "source"),
-            request_id=_identifier(obj, "request_id"),
-        )
+        record = build(obj)
     except _FieldError as exc:
         return Rejected(DeadLetterReason.SCHEMA_VIOLATION, str(exc))
-    return _key_mismatch(key, objection.account_id, "account_id") or objection
+    return _key_mismatch(key, record.account_id, "account_id") or record
+
+
+def _profile(obj: dict[str, object]) -> Profile:
+    return Profile(
+        account_id=_identifier(obj, "account_id"),
+        birth_date=_optional_date(obj, "birth_date"),
+        country=_optional_country(obj, "country"),
+        notified_at=_optional_timestamp(obj, "notified_at"),
+        updated_at=_timestamp(obj, "updated_at"),
+    )
+
+
+def _objection(obj: dict[str, object]) -> Objection:
+    return Objection(
+        account_id=_identifier(obj, "account_id"),
+        status=_enum(obj, "status", _OBJECTION_STATUSES),
+        at=_timestamp(obj, "at"),
+        source=_identifier(obj, "source"),
+        request_id=_identifier(obj, "request_id"),
+    )
 
 
 def _load(value: bytes) -> dict[str, object] | Rejected:
