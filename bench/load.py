@@ -39,8 +39,9 @@ from stream.generator import Labelled, RecordKind, TopicKind, Workload
 TICK_SECONDS = 0.002
 _IN_FLIGHT = 256  # produce futures kept before the oldest must have settled
 # A finite run's records are all built before its clock starts, up to this many
-# content records (~2 KiB of memory each with their state records in between).
-PREBUILT_MAX = 1_000_000
+# content records: ~4.3 KB of memory each with the state records between them
+# (tracemalloc, 100k), so at most ~2 GB. Longer runs build them as they go.
+PREBUILT_MAX = 500_000
 
 
 @dataclass(slots=True)

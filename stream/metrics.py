@@ -83,7 +83,7 @@ class Metrics:
             ),
             batch_seconds=Histogram(
                 "eligibility_batch_duration_seconds",
-                "From deciding one batch to its outputs acknowledged, its store written and its commit sent",
+                "From deciding one batch to its outputs acknowledged, its store written and its content marked done",
                 buckets=LATENCY_BUCKETS,
                 registry=r,
             ),
@@ -142,7 +142,7 @@ class Metrics:
             rebalances=Counter("eligibility_rebalances_total", "Partition assignments received", registry=r),
             last_batch=Gauge(
                 "eligibility_last_batch_timestamp_seconds",
-                "Unix time at which the last batch was committed",
+                "Unix time of the last commit of content offsets (at most STREAM_COMMIT_INTERVAL_MS after a batch)",
                 registry=r,
             ),
             delivery_failures=Counter(

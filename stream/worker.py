@@ -600,10 +600,13 @@ class FilterWorker:
 
     async def _commit(self, content: Sequence[InputRecord]) -> None:
         """Mark an acknowledged batch's content done; commit if the last commit is old enough."""
-        offsets = self._uncommitted
+        ends: dict[int, int] = {}  # per partition first: no TopicPartition built per record
         for record in content:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+        offsets = self._uncommitted
+        for partition, end in ends.items():
+            tp = TopicPartition(self._content, partition)
+            offsets[tp] = max(offsets.get(tp, 0), end)
         await self._flush_commit()
 
     async def _flush_commit(self, *, force: bool = False) -> None:
