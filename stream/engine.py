@@ -45,10 +45,9 @@ from stream.models import (
     RetractCause,
     Visibility,
 )
-from stream.policy import Policy, decide
+from stream.policy import Policy, decide, decide_account, refuse_content
 from stream.records import RETRACT_CAUSE_OF_REASON, dead_letter_value, decide_value, feed_value, retract_value
 from stream.state import (
-    DEFERRED_DUE_PREFIX,
     DEFERRED_PREFIX,
     PUBLISHED_PREFIX,
     REEVALUATE_KEY,
@@ -149,8 +148,6 @@ class _Overlay:
         self.partition = partition
         self.writes: dict[bytes, bytes | None] = {}
         self.published: dict[str, dict[str, bytes | None]] = {}
-        # Most partitions hold no deferred item: then no event needs a lookup for one.
-        self.may_hold_deferrals = next(store.scan(DEFERRED_DUE_PREFIX), None) is not None
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.writes:
@@ -337,9 +334,9 @@ class Engine:
             self._dead_letter(record, event, now, result)
             return
         assert record.value is not None  # decode_content rejects a null value
-        if ov.may_hold_deferrals and ov.get(deferred_due_key(item_id(event.author_id, event.content_id))):
-            # A newer event supersedes a held one: it is decided (or held) on its own.
-            self._cancel_deferral(ov, item_id(event.author_id, event.content_id), result)
+        # A newer event supersedes a held one: it is decided (or held) on its own. Few
+        # items are held, and the store answers most of these lookups from memory.
+        self._cancel_deferral(ov, item_id(event.author_id, event.content_id), result)
         self._decide_event(ov, event, record.value, now, result)
 
     def _decide_event(
@@ -378,9 +375,11 @@ class Engine:
                     )
                 )
             return
-        profile = self._profile(ov, event.author_id)
-        objection = self._objection(ov, event.author_id)
-        decision = decide(event, profile, objection, self.policy, now)
+        decision = refuse_content(event, self.policy)
+        if decision is None:  # only now is the author's account worth two lookups
+            profile = self._profile(ov, event.author_id)
+            objection = self._objection(ov, event.author_id) if profile is not None else None
+            decision = decide_account(event, profile, objection, self.policy, now)
         result.decisions[decision.reason] += 1
         result.produce.append(
             Produce(OutputTopic.DECISIONS, key, decide_value(event, decision, decided_at=now), ov.partition)
@@ -406,7 +405,6 @@ class Engine:
             self._defer(ov, item_id(event.author_id, event.content_id), _ms(decision.retry_at), raw, result)
 
     def _defer(self, ov: _Overlay, item: bytes, due_ms: int, raw: bytes, result: BatchResult) -> None:
-        ov.may_hold_deferrals = True
         ov.put(deferred_key(due_ms, item), raw)
         ov.put(deferred_due_key(item), due_ms.to_bytes(8, "big"))
         value = orjson.dumps({"due_ms": due_ms, "content": orjson.Fragment(raw)})

@@ -989,3 +989,38 @@ def _decoded_profile(value: bytes) -> Profile:
     profile = decode_profile(AUTHOR.encode(), value)
     assert isinstance(profile, Profile)
     return profile
+
+
+class _ReadLog(MemoryPartitionStore):
+    """A store that remembers which keys were read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: list[bytes] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        self.read.append(key)
+        return super().get(key)
+
+
+def test_the_account_is_looked_up_only_for_events_the_content_steps_let_through() -> None:
+    # A third of a typical stream is refused by the event alone (messages, non-public):
+    # those need no profile or objection lookup; the decisions are the same either way.
+    worker = FakeWorker(Engine(POLICY, PSEUDONYM_KEY, TOPICS), partitions=(0,))
+    store = worker.stores[0] = _ReadLog()
+    worker.run(state=[worker.profile(profile_value()), worker.objection(objection_value("withdrawn"))])
+    store.read.clear()
+    account_keys = {profile_key(AUTHOR), objection_key(AUTHOR)}
+
+    refused = worker.run(
+        content=[
+            worker.content(upsert_value("c-m", "e-m", content_type="message", visibility="private")),
+            worker.content(upsert_value("c-f", "e-f", visibility="friends")),
+        ]
+    )
+    assert refused.decisions == Counter({Reason.PRIVATE_MESSAGE: 1, Reason.NOT_PUBLIC: 1})
+    assert account_keys.isdisjoint(store.read)
+
+    eligible = worker.run(content=[worker.content(upsert_value("c-p", "e-p"))])
+    assert eligible.decisions == Counter({Reason.ELIGIBLE: 1})
+    assert account_keys <= set(store.read)
