@@ -24,10 +24,10 @@ import datetime as dt
 import shutil
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from rocksdict import (
     BlockBasedIndexType,
@@ -175,6 +175,9 @@ class PartitionStore(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The values of `keys`, in their order (None where absent)."""
+
     def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) whose key starts with `prefix` (and sorts after `after`), in key order."""
 
@@ -247,6 +250,9 @@ class MemoryPartitionStore(_Base):
 
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return [self._data.get(key) for key in keys]
 
     def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         for key in sorted(k for k in self._data if k.startswith(prefix) and (after is None or k > after)):
@@ -372,6 +378,13 @@ class RocksPartitionStore(_Base):
             return None
         value: bytes | None = self._db.get(key)
         return value
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        # One RocksDB MultiGet: its lookups share the walk through memtables, filters
+        # and blocks, and the crossings into rocksdict (~2x cheaper per key than `get`).
+        if not keys:
+            return []
+        return cast("list[bytes | None]", self._db.get(list(keys)))  # a list of keys: a list of values
 
     def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         it = self._db.iter()

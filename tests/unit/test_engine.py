@@ -997,10 +997,18 @@ class _ReadLog(MemoryPartitionStore):
     def __init__(self) -> None:
         super().__init__()
         self.read: list[bytes] = []
+        self.single: list[bytes] = []  # the keys read one at a time
+        self.batched: list[list[bytes]] = []  # the keys of each `get_many`
 
     def get(self, key: bytes) -> bytes | None:
         self.read.append(key)
+        self.single.append(key)
         return super().get(key)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        self.batched.append(list(keys))
+        self.read.extend(keys)
+        return super().get_many(keys)
 
 
 def test_the_account_is_looked_up_only_for_events_the_content_steps_let_through() -> None:
@@ -1024,3 +1032,29 @@ def test_the_account_is_looked_up_only_for_events_the_content_steps_let_through(
     eligible = worker.run(content=[worker.content(upsert_value("c-p", "e-p"))])
     assert eligible.decisions == Counter({Reason.ELIGIBLE: 1})
     assert account_keys <= set(store.read)
+
+
+def test_a_batch_reads_its_profiles_and_published_entries_in_one_batched_lookup() -> None:
+    # One lookup at a time costs several times a batched one (docs/design.md, "State").
+    worker = FakeWorker(Engine(POLICY, PSEUDONYM_KEY, TOPICS), partitions=(0,))
+    store = worker.stores[0] = _ReadLog()
+    worker.run(state=[worker.profile(profile_value()), worker.profile(profile_value(OTHER), key=OTHER.encode())])
+    worker.publish("c-0")
+    store.single.clear()
+    store.batched.clear()
+
+    result = worker.run(
+        content=[
+            worker.content(upsert_value("c-1", "e-1")),
+            worker.content(upsert_value("c-2", "e-2", author=OTHER), key=OTHER.encode()),
+            worker.content(upsert_value("c-0", "e-3", visibility="friends")),  # published: retracted
+        ]
+    )
+
+    assert result.decisions == Counter({Reason.ELIGIBLE: 2, Reason.NOT_PUBLIC: 1})
+    assert result.retractions == Counter({RetractCause.VISIBILITY_CHANGED: 1})
+    ahead = {profile_key(AUTHOR), profile_key(OTHER)} | {
+        published_key(a, c) for a, c in ((AUTHOR, "c-1"), (OTHER, "c-2"), (AUTHOR, "c-0"))
+    }
+    assert len(store.batched) == 1 and set(store.batched[0]) == ahead
+    assert [key for key in store.single if key[:2] in (b"p:", b"i:")] == []
