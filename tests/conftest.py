@@ -8,13 +8,17 @@ a failure, never a skip.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from tests.integration.harness import delete_created_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,8 +33,11 @@ def _answers(bootstrap: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def bootstrap() -> str:
-    """The bootstrap address of a running broker, started here if need be."""
+def bootstrap() -> Iterator[str]:
+    """The bootstrap address of a running broker, started here if need be.
+
+    When the session ends, the topics the tests created on it are deleted.
+    """
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if servers is None:
         port = os.environ.get("KAFKA_PORT", "9092")
@@ -47,7 +54,8 @@ def bootstrap() -> str:
                 _no_broker(f"scripts/kafka.sh start failed:\n{proc.stdout}\n{proc.stderr}")
     if not _answers(servers):
         _no_broker(f"no Kafka broker answers at {servers}")
-    return servers
+    yield servers
+    asyncio.run(asyncio.wait_for(delete_created_topics(servers), timeout=60))
 
 
 def _no_broker(reason: str) -> None:
