@@ -48,6 +48,7 @@ from stream.models import (
 from stream.policy import Policy, decide, decide_account, refuse_content
 from stream.records import RETRACT_CAUSE_OF_REASON, dead_letter_value, decide_value, feed_value, retract_value
 from stream.state import (
+    DEFERRED_DUE_PREFIX,
     DEFERRED_PREFIX,
     PUBLISHED_PREFIX,
     REEVALUATE_KEY,
@@ -262,15 +263,17 @@ class Engine:
             result.state_offsets.setdefault(record.partition, {})[kind] = record.offset + 1
         events = [decode_content(record.key, record.value) for record in content_records]
         # What deciding them will read, in one batched lookup per partition: every
-        # event's published-index entry (a retraction or the index count needs it) and
-        # the profile of each author whose event the content steps let through.
+        # event's deferral (a newer event cancels it) and published-index entry (a
+        # retraction or the index count needs it), and the profile and objection of
+        # each author whose event the content steps let through.
         wanted: dict[int, list[bytes]] = {}
         for record, event in zip(content_records, events, strict=True):
             if isinstance(event, ContentEvent):
                 keys = wanted.setdefault(record.partition, [])
-                keys.append(published_key(event.author_id, event.content_id))
+                item = item_id(event.author_id, event.content_id)
+                keys += (DEFERRED_DUE_PREFIX + item, PUBLISHED_PREFIX + item)
                 if event.op is Op.UPSERT and refuse_content(event, self.policy) is None:
-                    keys.append(profile_key(event.author_id))
+                    keys += (profile_key(event.author_id), objection_key(event.author_id))
         for partition, keys in wanted.items():
             overlay(partition).prefetch(keys)
         for record, event in zip(content_records, events, strict=True):
@@ -362,8 +365,7 @@ class Engine:
             self._dead_letter(record, event, now, result)
             return
         assert record.value is not None  # decode_content rejects a null value
-        # A newer event supersedes a held one: it is decided (or held) on its own. Few
-        # items are held, and the store answers most of these lookups from memory.
+        # A newer event supersedes a held one: it is decided (or held) on its own.
         self._cancel_deferral(ov, item_id(event.author_id, event.content_id), result)
         self._decide_event(ov, event, record.value, now, result)
 

@@ -352,13 +352,6 @@ _NO_STALL = WriteOptions()
 _NO_STALL.no_slowdown = True
 
 
-# Key prefixes that few keys carry but every content event looks up: objections (a
-# few per cent of accounts) and deferrals (items in a notice period). Even a lookup
-# the bloom filter answers costs ~4 µs through rocksdict, so the store keeps these
-# keys in memory (~100 bytes each) and answers a miss without asking RocksDB.
-SPARSE_PREFIXES = (b"o:", DEFERRED_DUE_PREFIX)
-
-
 class RocksPartitionStore(_Base):
     """A RocksDB store (rocksdict, raw bytes) in the worker's data directory."""
 
@@ -367,15 +360,8 @@ class RocksPartitionStore(_Base):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = Rdict(str(path), options)
-        # Every write goes through `apply`, which keeps these sets equal to the keys stored.
-        self._sparse: dict[bytes, set[bytes]] = {
-            prefix: {key for key, _ in self.scan(prefix)} for prefix in SPARSE_PREFIXES
-        }
 
     def get(self, key: bytes) -> bytes | None:
-        present = self._sparse.get(key[:2])
-        if present is not None and key not in present:
-            return None
         value: bytes | None = self._db.get(key)
         return value
 
@@ -406,10 +392,7 @@ class RocksPartitionStore(_Base):
         wait: bool = True,
     ) -> bool:
         batch = WriteBatch(raw_mode=True)
-        sparse: list[Update] = []
         for key, value in updates:
-            if key[:2] in self._sparse:
-                sparse.append((key, value))
             if value is None:
                 batch.delete(key)
             else:
@@ -418,19 +401,13 @@ class RocksPartitionStore(_Base):
             batch.put(key, value)
         if wait:
             self._db.write(batch)
-        else:
-            try:
-                self._db.write(batch, _NO_STALL)
-            except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's status
-                if "incomplete" not in str(exc).lower():  # "Result incomplete: Write stall"
-                    raise
-                return False  # RocksDB refused to stall: the batch was not written
-        for key, value in sparse:
-            present = self._sparse[key[:2]]
-            if value is None:
-                present.discard(key)
-            else:
-                present.add(key)
+            return True
+        try:
+            self._db.write(batch, _NO_STALL)
+        except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's status
+            if "incomplete" not in str(exc).lower():  # "Result incomplete: Write stall"
+                raise
+            return False  # RocksDB refused to stall: the batch was not written
         return True
 
     def close(self) -> None:

@@ -1034,7 +1034,7 @@ def test_the_account_is_looked_up_only_for_events_the_content_steps_let_through(
     assert account_keys <= set(store.read)
 
 
-def test_a_batch_reads_its_profiles_and_published_entries_in_one_batched_lookup() -> None:
+def test_a_batch_reads_its_accounts_deferrals_and_published_entries_in_one_batched_lookup() -> None:
     # One lookup at a time costs several times a batched one (docs/design.md, "State").
     worker = FakeWorker(Engine(POLICY, PSEUDONYM_KEY, TOPICS), partitions=(0,))
     store = worker.stores[0] = _ReadLog()
@@ -1053,8 +1053,8 @@ def test_a_batch_reads_its_profiles_and_published_entries_in_one_batched_lookup(
 
     assert result.decisions == Counter({Reason.ELIGIBLE: 2, Reason.NOT_PUBLIC: 1})
     assert result.retractions == Counter({RetractCause.VISIBILITY_CHANGED: 1})
-    ahead = {profile_key(AUTHOR), profile_key(OTHER)} | {
-        published_key(a, c) for a, c in ((AUTHOR, "c-1"), (OTHER, "c-2"), (AUTHOR, "c-0"))
-    }
+    items = [item_id(a, c) for a, c in ((AUTHOR, "c-1"), (OTHER, "c-2"), (AUTHOR, "c-0"))]
+    ahead = {profile_key(AUTHOR), profile_key(OTHER), objection_key(AUTHOR), objection_key(OTHER)}
+    ahead |= {prefix + item for item in items for prefix in (b"i:", b"D:")}
     assert len(store.batched) == 1 and set(store.batched[0]) == ahead
-    assert [key for key in store.single if key[:2] in (b"p:", b"i:")] == []
+    assert [key for key in store.single if key[:2] in (b"p:", b"o:", b"i:", b"D:")] == []

@@ -119,24 +119,3 @@ def test_apply_without_waiting_refuses_a_write_stall_and_writes_nothing(
         assert written > 0 and store.get(b"k%06d" % (written - 1)) == bytes(1000)
     finally:
         store.close()
-
-
-def test_sparse_keys_answered_from_memory_still_read_back_after_writes_deletes_and_a_reopen(tmp_path: Path) -> None:
-    # Objection and deferral keys are looked up in memory first (`SPARSE_PREFIXES`): a
-    # set that missed a write, a delete or the keys already on disk would hide them.
-    objection, deferral = b"o:acct-1", b"D:\x00\x06acct-1item-1"
-    store = RocksPartitionStore(tmp_path / "p")
-    try:
-        assert store.apply([(objection, b"O"), (deferral, bytes(8)), (b"o:acct-2", b"W")])
-        assert store.get(objection) == b"O" and store.get(deferral) == bytes(8)
-        assert store.apply([(b"o:acct-2", None)])
-        assert store.get(b"o:acct-2") is None
-    finally:
-        store.close()
-    reopened = RocksPartitionStore(tmp_path / "p")
-    try:
-        assert reopened.get(objection) == b"O" and reopened.get(deferral) == bytes(8)
-        assert reopened.get(b"o:acct-2") is None
-        assert [key for key, _ in reopened.scan(b"o:")] == [objection]
-    finally:
-        reopened.close()
