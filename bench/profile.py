@@ -16,9 +16,10 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("engine: rule (policy.decide)", ("decide (stream/policy.py",)),
     ("engine: build records (records.py, orjson, HMAC)", ("stream/records.py",)),
     (
-        "engine: RocksDB reads (state.get/scan)",
+        "engine: RocksDB reads (state.get/get_many/scan)",
         (
             "get (stream/state.py",
+            "get_many (stream/state.py",
             "scan (stream/state.py",
             "is_published (stream/engine.py",
             "published_items (stream/engine.py",
