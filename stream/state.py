@@ -367,7 +367,8 @@ class RocksPartitionStore(_Base):
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         # One RocksDB MultiGet: its lookups share the walk through memtables, filters
-        # and blocks, and the crossings into rocksdict (~2x cheaper per key than `get`).
+        # and blocks and one crossing into rocksdict (~30 % cheaper per key than `get`
+        # in a loop, several times cheaper than gets between the engine's other work).
         if not keys:
             return []
         return cast("list[bytes | None]", self._db.get(list(keys)))  # a list of keys: a list of values
