@@ -35,8 +35,12 @@ from stream.config import Settings
 from stream.generator import Labelled, RecordKind, TopicKind, Workload
 
 # A tick's due records leave together; a record waits at most this long for its tick
-# (and that wait counts in its latency).
-TICK_SECONDS = 0.002
+# (and that wait counts in its latency). 5 ms is what the platform's own producers
+# would wait: the Java client's `linger.ms` default since Kafka 4.0 (KIP-1030), and
+# librdkafka's. At 2 ms the generator sent 500 produce requests a second, each a
+# loopback write of ~0.2-0.3 ms on this machine, and took ~45 % of a core instead of
+# ~36 %, CPU the worker and the broker then lacked (docs/benchmarks.md, notes).
+TICK_SECONDS = 0.005
 _IN_FLIGHT = 256  # produce futures kept before the oldest must have settled
 # A finite run's records are all built before its clock starts, up to this many
 # content records: ~4.3 KB of memory each with the state records between them

@@ -423,7 +423,8 @@ def render(r: dict[str, Any]) -> None:
         add(
             f"At {lat['rate']:,} events/s (half the sustainable rate) for {lat['seconds']} s, open loop "
             "(`bench/load.py`): each upsert carries `gen_sent_at`, its *scheduled* send time (start + i / rate); "
-            "every 2 ms the records due are sent as closed per-partition batches. A reader consuming the decisions "
+            f"every {lat.get('generator_tick_ms', 2):g} ms the records due are sent as closed per-partition batches. "
+            "A reader consuming the decisions "
             "topic records (arrival of the decision record at the reader) - gen_sent_at in an HdrHistogram (1 µs .. "
             "60 s, 3 significant digits). The schedule does not wait for the worker and a late tick counts against "
             f"the latency, so there is no coordinated omission. The first {lat['warmup_seconds']:.0f} s are left "

@@ -575,6 +575,7 @@ async def latency_step(
         "warmup_seconds": warmup,
         "sent_content": stats.content,
         "generator_behind_max_ms": round(stats.behind_max_seconds * 1000, 1),
+        "generator_tick_ms": round(load.TICK_SECONDS * 1000, 1),
         "matched": matched,
         "unmatched_sent": len(sent),
         "unmatched_decisions": len(arrived),
