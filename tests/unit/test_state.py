@@ -16,6 +16,7 @@ from stream.state import (
     MEMORY_BUDGET_BYTES,
     MEMTABLE_BUDGET_BYTES,
     STORE_FORMAT,
+    EntryKind,
     RocksPartitionStore,
     StateKind,
     memory_usage,
@@ -109,13 +110,47 @@ def test_apply_without_waiting_refuses_a_write_stall_and_writes_nothing(
         written = 0
         for i in range(20_000):
             key = b"k%06d" % i
-            if not store.apply([(key, bytes(1000))], {StateKind.PROFILES: i + 1}, wait=False):
+            if not store.apply([(key, bytes(1000))], {StateKind.PROFILES: i + 1}, {EntryKind.PUBLISHED: 1}, wait=False):
                 assert store.get(key) is None  # refused whole: neither the update nor its offset
                 assert store.next_offset(StateKind.PROFILES) == written
+                assert store.counts()[EntryKind.PUBLISHED] == written  # nor its count, kept in memory
                 break
             written = i + 1
         else:
             pytest.fail("RocksDB never had to stall")
         assert written > 0 and store.get(b"k%06d" % (written - 1)) == bytes(1000)
+    finally:
+        store.close()
+
+
+def test_entry_counts_are_kept_in_step_with_writes_and_read_back_after_a_reopen(tmp_path: Path) -> None:
+    store = RocksPartitionStore(tmp_path / "p")
+    try:
+        store.apply([(b"i:a", b"1"), (b"i:b", b"1")], None, {EntryKind.PUBLISHED: 2, EntryKind.DEFERRED: 0})
+        store.apply([(b"i:a", None)], None, {EntryKind.PUBLISHED: -1})
+        store.apply([], {StateKind.PROFILES: 7})  # no count change
+        assert store.counts()[EntryKind.PUBLISHED] == 1
+        store.counts()[EntryKind.PUBLISHED] = 99  # a copy: the caller cannot change the store's
+        assert store.counts()[EntryKind.PUBLISHED] == 1
+    finally:
+        store.close()
+    reopened = RocksPartitionStore(tmp_path / "p")
+    try:
+        assert reopened.counts()[EntryKind.PUBLISHED] == 1 and reopened.counts()[EntryKind.DEFERRED] == 0
+    finally:
+        reopened.close()
+
+
+def test_a_write_reads_no_count_back_from_rocksdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = RocksPartitionStore(tmp_path / "p")
+    try:
+        store.apply([(b"i:a", b"1")], None, {EntryKind.PUBLISHED: 1})
+        reads: list[bytes] = []
+        real_get = store.get
+        monkeypatch.setattr(store, "get", lambda key: reads.append(key) or real_get(key))
+        for i in range(3):
+            store.apply([(b"i:b%d" % i, b"1")], {StateKind.PROFILES: i}, {EntryKind.PUBLISHED: 1})
+        assert reads == []  # the counts are kept in memory, not read back for every write
+        assert store.counts()[EntryKind.PUBLISHED] == 4
     finally:
         store.close()
