@@ -40,7 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bench import load
-from bench.common import process_env
+from bench.common import delete_topics, process_env
 from stream.config import DEV_PSEUDONYM_KEY, Settings, TopicNames
 from stream.topics import create_topics
 
@@ -103,13 +103,12 @@ async def _log_append_time(settings: Settings, topics: list[str]) -> None:
 
 
 async def _delete_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        t = settings.topics
-        await admin.delete_topics([getattr(t, f) for f in t.__dataclass_fields__])
-    finally:
-        await admin.close()
+    t = settings.topics
+    # And the topic the worker's Faust host made for itself (`<group>-host-__assignor-__leader`),
+    # which each run used to leave behind.
+    await delete_topics(
+        settings.bootstrap_servers, [getattr(t, f) for f in t.__dataclass_fields__], prefix=f"{settings.group_id}-"
+    )
 
 
 def _env(settings: Settings, port: int) -> dict[str, str]:
