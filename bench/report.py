@@ -237,7 +237,7 @@ def render(r: dict[str, Any]) -> None:
     add("python -m bench all                 # full run: 1M events / 1M accounts drain, rate ladder, latency, 10M soak")
     add("make bench                          # the same, then the objection-propagation benchmark")
     add("python -m bench drain --events 200000 --accounts 200000 --consumers worker,raw   # one part, other sizes")
-    add("python -m bench latency --latency-rate 2500   # the latency run alone; `python -m bench report` re-renders")
+    add("python -m bench latency --latency-rate 2500 --latency-runs 1   # one latency run alone (default: three)")
     add("```")
     add("")
     add("Every run creates uuid-named topics (`bench-<tag>-...`, 4 partitions) and deletes them when it ends.")

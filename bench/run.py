@@ -12,7 +12,8 @@ Sub-benchmarks (all bounded in count and time; every run deletes its topics):
            under py-spy for the profile
   startup  (inside drain) restart to /ready with state on disk, and with it wiped
   rate     open-loop generator stepping up rates; the highest rate with bounded lag;
-           then the end-to-end latency at half that rate (HdrHistogram)
+           then the end-to-end latency at half that rate (HdrHistogram; three runs, the
+           median p99's reported; `latency` runs only this part)
   soak     worker RSS over a long stream
 """
 
