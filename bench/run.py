@@ -690,7 +690,6 @@ async def _latency_run(args: argparse.Namespace, run: Run, results: dict[str, An
         )
     by_p99 = sorted(range(len(runs)), key=lambda i: runs[i]["steady"]["p99_ms"])
     median = runs[by_p99[len(runs) // 2]]
-    median["median_of"] = len(runs)
     median["runs"] = [
         {
             "run": i + 1,

@@ -211,8 +211,9 @@ class PartitionStore(Protocol):
 class _Base:
     """The bookkeeping both stores share, over `get` and a batch writer."""
 
-    # The entry counts as stored, read once and then kept in step by `apply`: every
-    # write updates them, and four reads per write were ~10 % of a small write's cost.
+    # The entry counts as stored, read once and then kept in step by `apply`. Read
+    # back on every write they were about a third of a small batch's write cost (in
+    # process at batches of 70 events: ~10 -> ~6.5 µs an event).
     _counts: dict[EntryKind, int] | None = None
 
     def get(self, key: bytes) -> bytes | None:
