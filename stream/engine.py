@@ -266,18 +266,19 @@ class Engine:
         # event's deferral (a newer event cancels it) and published-index entry (a
         # retraction or the index count needs it), and the profile and objection of
         # each author whose event the content steps let through.
+        # Each event's item id is built once here, for the lookup and the decision (b"" for a dead letter).
+        items = [item_id(e.author_id, e.content_id) if isinstance(e, ContentEvent) else b"" for e in events]
         wanted: dict[int, list[bytes]] = {}
-        for record, event in zip(content_records, events, strict=True):
+        for record, event, item in zip(content_records, events, items, strict=True):
             if isinstance(event, ContentEvent):
                 keys = wanted.setdefault(record.partition, [])
-                item = item_id(event.author_id, event.content_id)
                 keys += (DEFERRED_DUE_PREFIX + item, PUBLISHED_PREFIX + item)
                 if event.op is Op.UPSERT and refuse_content(event, self.policy) is None:
                     keys += (profile_key(event.author_id), objection_key(event.author_id))
         for partition, keys in wanted.items():
             overlay(partition).prefetch(keys)
-        for record, event in zip(content_records, events, strict=True):
-            self._decide_record(overlay(record.partition), record, event, now, result)
+        for record, event, item in zip(content_records, events, items, strict=True):
+            self._decide_record(overlay(record.partition), record, event, item, now, result)
         for ov in overlays.values():
             ov.settle(result)
         return result
@@ -359,14 +360,20 @@ class Engine:
     # -- content -------------------------------------------------------------------
 
     def _decide_record(
-        self, ov: _Overlay, record: InputRecord, event: ContentEvent | Rejected, now: dt.datetime, result: BatchResult
+        self,
+        ov: _Overlay,
+        record: InputRecord,
+        event: ContentEvent | Rejected,
+        item: bytes,
+        now: dt.datetime,
+        result: BatchResult,
     ) -> None:
         if isinstance(event, Rejected):
             self._dead_letter(record, event, now, result)
             return
         assert record.value is not None  # decode_content rejects a null value
         # A newer event supersedes a held one: it is decided (or held) on its own.
-        self._cancel_deferral(ov, item_id(event.author_id, event.content_id), result)
+        self._cancel_deferral(ov, item, result)
         self._decide_event(ov, event, record.value, now, result)
 
     def _decide_event(
