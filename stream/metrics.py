@@ -55,6 +55,7 @@ class Metrics:
     rebalances: Counter
     last_batch: Gauge
     delivery_failures: Counter
+    gate_listings: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None, *, policy_version: str = "") -> Metrics:
@@ -148,6 +149,11 @@ class Metrics:
             delivery_failures=Counter(
                 "eligibility_delivery_failures_total",
                 "Batches that failed (e.g. outputs not acknowledged) and were replayed",
+                registry=r,
+            ),
+            gate_listings=Counter(
+                "eligibility_gate_listings_total",
+                "Batches whose freshness gate asked the broker for end offsets (the fetch responses did not prove it)",
                 registry=r,
             ),
         )

@@ -62,6 +62,13 @@ DUE_PERIOD_SECONDS = 1.0
 
 # Store writes of at most this many updates are made on the event loop (see `_store`).
 INLINE_WRITE_MAX = 512
+# The content top-up (see `_gate`): content fetched at least this long before it is
+# taken waits up to TOP_UP_WAIT_MS for the fetch aiokafka sends as it is taken. A
+# loopback fetch with records at the broker is answered in ~1-2 ms here; one the
+# broker has nothing for waits for the next record (the platform's producers send
+# every 5 ms, their linger), so the wait is bounded to that.
+TOP_UP_AFTER_MS = 2
+TOP_UP_WAIT_MS = 5
 
 # A batch of records handed to the producer: topic, partition, record count, delivery future.
 _Sent = tuple[str, int, int, "asyncio.Future[Any]"]
@@ -279,43 +286,97 @@ class FilterWorker:
             await reader.stop()
 
     async def _gate(self, partitions: set[int], taken: int) -> tuple[list[InputRecord], list[InputRecord]]:
-        """The freshness gate of a content batch, and its top-up to the content's end.
+        """The content top-up of a batch, then its freshness gate.
 
-        Returns the state and content records read after the fetch. State of every
-        partition with content in the batch is read up to the end offsets listed now,
-        after the fetch (the gate). While the batch has room (`taken` of `max_batch`),
-        content is read up to those ends as well: aiokafka keeps one fetch in flight
-        per broker and holds back the next while fetched records wait unconsumed, so
-        a fetch during a batch returns only the records of its first moments and the
-        rest would wait at the broker for a batch more. Each content partition read
-        here joins the gated ones.
+        Returns the state and content records read after the fetch.
+
+        Top-up: aiokafka keeps one fetch in flight per broker and sends the next only
+        once the fetched records were taken, so records taken a while after they were
+        fetched hold only what had reached the broker by then; the rest would wait at
+        the broker for a whole batch more. While the batch has room (`taken` of
+        `max_batch`) and its content is older than `TOP_UP_AFTER_MS`, the fetch sent
+        when it was taken is awaited for up to `TOP_UP_WAIT_MS`: with records at the
+        broker it is answered at once. Each content partition read here joins the
+        gated ones.
+
+        Gate: the state of every partition with content in the batch must be applied
+        up to what had been appended when that content was fetched. A fetch response
+        carries each partition's last stable offset, read by the broker while it
+        serves the fetch, and the state partitions are in every fetch with the
+        content: so once a partition's state was read up to the stable offsets of a
+        response at least as recent as its content's, from the same broker, the gate
+        holds without asking the broker anything (`_snapshot_ends`). Otherwise (the
+        state partition was left out of that fetch, or has another leader) its end is
+        listed now, after the fetch: one ListOffsets request.
         """
         consumer = self.consumer
         assert consumer is not None
         limit = self.settings.max_batch
-        state_tps = [TopicPartition(topic, p) for p in self._stores for topic in self._kind_of_topic]
-        content_tps = [TopicPartition(self._content, p) for p in self._stores]
-        # One ListOffsets request for all of them (one broker round trip).
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(
-            state_tps + content_tps if taken < limit else state_tps
-        )
         gated = set(partitions)
         state: list[InputRecord] = []
         content: list[InputRecord] = []
+        if taken < limit and self._content_age_ms(gated) >= TOP_UP_AFTER_MS:
+            fetched = await consumer.getmany(timeout_ms=TOP_UP_WAIT_MS, max_records=limit - taken)
+            self._sort(fetched, state, content, gated)
+        ends, unproven = await self._snapshot_ends(gated)
+        if unproven:
+            self.metrics.gate_listings.inc()
+            ends.update(await consumer.end_offsets(unproven))
         while True:
             self._check_going_on()
-            lagging = [tp for tp in state_tps if tp.partition in gated and await consumer.position(tp) < ends[tp]]
-            room = limit - taken - len(content)
-            topping_up = room > 0 and any([await consumer.position(tp) < ends[tp] for tp in content_tps])
-            if not lagging and not topping_up:
+            lagging = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+            if not lagging:
                 return state, content
-            if topping_up:
-                # Everything buffered, not just the lagging partitions: records left
-                # unconsumed would hold back aiokafka's next fetch for 100 ms.
-                fetched = await consumer.getmany(timeout_ms=500, max_records=room)
-            else:
-                fetched = await consumer.getmany(*lagging, timeout_ms=500, max_records=limit)
+            fetched = await consumer.getmany(*lagging, timeout_ms=500, max_records=limit)
             self._sort(fetched, state, content, gated)
+
+    def _content_age_ms(self, partitions: Iterable[int]) -> float:
+        """How long ago the newest fetch response with content of `partitions` arrived (ms)."""
+        consumer = self.consumer
+        assert consumer is not None
+        stamps = [consumer.last_poll_timestamp(TopicPartition(self._content, p)) for p in partitions]
+        newest = max((t for t in stamps if t is not None), default=None)
+        return 0.0 if newest is None else time.time() * 1000 - newest
+
+    async def _snapshot_ends(self, partitions: Iterable[int]) -> tuple[dict[TopicPartition, int], list[TopicPartition]]:
+        """The gate's end offsets that the fetch responses prove, and the state partitions they cannot.
+
+        aiokafka stamps every partition of a fetch response with its arrival time
+        (`last_poll_timestamp`) and keeps the stable offset it carried. A state
+        partition stamped no earlier than its content partition, by the same leader,
+        was in the response that brought that content or in a later one (one fetch
+        is in flight per broker), so its stable offset was read no earlier than the
+        content was. The state must then be read up to that offset, and no further.
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        # aiokafka has no public accessor for a partition's leader; the gate only
+        # compares two partitions' leaders, in the metadata the fetcher itself uses.
+        cluster = consumer._client.cluster
+        ends: dict[TopicPartition, int] = {}
+        unproven: list[TopicPartition] = []
+        for p in partitions:
+            content_tp = TopicPartition(self._content, p)
+            content_at = consumer.last_poll_timestamp(content_tp)
+            leader = cluster.leader_for_partition(content_tp)
+            for topic in self._kind_of_topic:
+                tp = TopicPartition(topic, p)
+                at = consumer.last_poll_timestamp(tp)
+                end = consumer.last_stable_offset(tp)
+                if (
+                    content_at is None
+                    or at is None
+                    or at < content_at
+                    or end is None
+                    or end < 0
+                    or leader is None
+                    or leader < 0
+                    or cluster.leader_for_partition(tp) != leader
+                ):
+                    unproven.append(tp)
+                else:
+                    ends[tp] = end
+        return ends, unproven
 
     def _sort(
         self,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import pytest
@@ -13,7 +15,7 @@ from stream.engine import Engine
 from stream.metrics import Metrics
 from stream.policy import load_policy
 from stream.state import MemoryPartitionStore, RocksPartitionStore, StateKind
-from stream.worker import FilterWorker, _GiveUp
+from stream.worker import TOP_UP_AFTER_MS, TOP_UP_WAIT_MS, FilterWorker, _GiveUp
 
 PUBLISHED = Settings().topics.published
 DEFERRED = Settings().topics.deferred
@@ -81,15 +83,47 @@ class _Record(NamedTuple):
     timestamp: int
 
 
-class _FakeConsumer:
-    """The consumer calls the gate makes, over in-memory logs; a fetch returns at most 2 records per partition."""
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
-    def __init__(self, logs: dict[TopicPartition, int], positions: dict[TopicPartition, int]) -> None:
+
+def _just_fetched() -> int:
+    """A fetch stamp that stays "just now" however slowly the test runs (no top-up for it)."""
+    return _now_ms() + 60_000
+
+
+# Every partition of the workers below: a fetch response carries all of them.
+_ASSIGNED = [TopicPartition(t, p) for t in (Settings().topics.content, *Settings().topics.inputs()[1:]) for p in (0, 1)]
+
+
+class _FakeConsumer:
+    """The consumer calls the gate makes, over in-memory logs; a fetch returns at most 2 records per partition.
+
+    A `getmany()` of every partition stands for a fetch response: like aiokafka, it
+    stamps each partition with the response's arrival time and the stable offset the
+    broker read (`stamps`, `stable`). `getmany(*tps)` returns records of those
+    partitions only, as aiokafka's does from its buffer.
+    """
+
+    def __init__(
+        self,
+        logs: dict[TopicPartition, int],
+        positions: dict[TopicPartition, int],
+        *,
+        stamps: dict[TopicPartition, int] | None = None,
+        stable: dict[TopicPartition, int] | None = None,
+        leaders: dict[TopicPartition, int] | None = None,
+    ) -> None:
         self.logs = {
             tp: [_Record(tp.topic, tp.partition, o, b"k", b"{}", 0) for o in range(n)] for tp, n in logs.items()
         }
         self.positions = dict(positions)
+        self.stamps = dict(stamps or {})
+        self.stable = dict(stable or {})
+        self.leaders = dict(leaders or {})
+        self._client = SimpleNamespace(cluster=SimpleNamespace(leader_for_partition=lambda tp: self.leaders.get(tp, 1)))
         self.listed: list[list[TopicPartition]] = []
+        self.calls: list[tuple[tuple[TopicPartition, ...], int]] = []
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         self.listed.append(list(tps))
@@ -98,9 +132,20 @@ class _FakeConsumer:
     async def position(self, tp: TopicPartition) -> int:
         return self.positions.get(tp, 0)
 
+    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
+        return self.stamps.get(tp)
+
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        return self.stable.get(tp)
+
     async def getmany(
         self, *tps: TopicPartition, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[_Record]]:
+        self.calls.append((tps, timeout_ms))
+        if not tps:  # a fetch response for every partition
+            for tp in _ASSIGNED:
+                self.stamps[tp] = _now_ms()
+                self.stable[tp] = len(self.logs.get(tp, []))
         out: dict[TopicPartition, list[_Record]] = {}
         for tp in tps or self.logs:
             at = self.positions.get(tp, 0)
@@ -120,53 +165,121 @@ def _gating_worker(consumer: _FakeConsumer, max_batch: int = 100) -> FilterWorke
 
 
 T = Settings().topics
+C0, C1 = TopicPartition(T.content, 0), TopicPartition(T.content, 1)
+P0, P1 = TopicPartition(T.profiles, 0), TopicPartition(T.profiles, 1)
+O0, O1 = TopicPartition(T.objections, 0), TopicPartition(T.objections, 1)
 
 
 def _offsets(records: list[Any], topic: str, partition: int) -> list[int]:
     return [r.offset for r in records if r.topic == topic and r.partition == partition]
 
 
-async def test_gate_reads_content_to_the_end_listed_after_the_fetch_and_gates_every_partition_it_adds() -> None:
-    # The fetch brought content 0 of partition 0; 4 more of it and 3 of partition 1 wait at the broker.
+def _listings(worker: FilterWorker) -> float:
+    return worker.metrics.registry.get_sample_value("eligibility_gate_listings_total") or 0.0
+
+
+async def test_gate_reads_state_up_to_the_stable_offsets_of_the_contents_fetch_without_asking_the_broker() -> None:
+    # One fetch response brought content 0-2 of partition 0 and stamped its state:
+    # profiles stable at 3 (one record read so far), objections at 1 (read). Two more
+    # profiles were appended after that fetch: the gate need not wait for them.
+    now = _just_fetched()
     consumer = _FakeConsumer(
-        {
-            TopicPartition(T.content, 0): 5,
-            TopicPartition(T.content, 1): 3,
-            TopicPartition(T.profiles, 0): 1,
-            TopicPartition(T.objections, 1): 3,
-        },
-        {TopicPartition(T.content, 0): 1},
+        {C0: 3, P0: 5, O0: 1},
+        {C0: 3, P0: 1, O0: 1},
+        stamps={C0: now, P0: now, O0: now},
+        stable={C0: 3, P0: 3, O0: 1},
+    )
+    worker = _gating_worker(consumer)
+
+    state, content = await worker._gate({0}, taken=3)
+
+    assert content == []  # fresh content: no top-up
+    assert _offsets(state, T.profiles, 0) == [1, 2]  # up to the stable offset 3
+    assert await consumer.position(P0) >= 3
+    assert consumer.listed == [] and _listings(worker) == 0
+    assert all(tps for tps, _ in consumer.calls)  # only reads of the lagging state, no fetch awaited
+
+
+async def test_gate_lists_the_end_of_a_state_partition_left_out_of_the_contents_fetch() -> None:
+    # The profiles of partition 0 were last stamped by an older response than the
+    # content's (they had records waiting when the content was fetched): their stable
+    # offset proves nothing about the content's time, so their end is listed now.
+    now = _just_fetched()
+    consumer = _FakeConsumer(
+        {C0: 1, P0: 3, O0: 2},
+        {C0: 1, P0: 1, O0: 2},
+        stamps={C0: now, P0: now - 50, O0: now},
+        stable={C0: 1, P0: 1, O0: 2},
+    )
+    worker = _gating_worker(consumer)
+
+    state, _ = await worker._gate({0}, taken=1)
+
+    assert consumer.listed == [[P0]]
+    assert _offsets(state, T.profiles, 0) == [1, 2]  # to the listed end 3, past the stale stable offset 1
+    assert _offsets(state, T.objections, 0) == []  # proven by the response: already read
+    assert _listings(worker) == 1
+
+
+async def test_gate_lists_the_end_of_a_state_partition_led_by_another_broker() -> None:
+    # Stamps of responses from two brokers order their arrivals, not the brokers' reads.
+    now = _just_fetched()
+    consumer = _FakeConsumer(
+        {C0: 1, P0: 1, O0: 2},
+        {C0: 1, P0: 1, O0: 0},
+        stamps={C0: now, P0: now, O0: now + 5},
+        stable={C0: 1, P0: 1, O0: 0},
+        leaders={O0: 2},
+    )
+    worker = _gating_worker(consumer)
+
+    state, _ = await worker._gate({0}, taken=1)
+
+    assert consumer.listed == [[O0]]
+    assert _offsets(state, T.objections, 0) == [0, 1]
+
+
+async def test_gate_tops_up_old_content_with_the_next_fetch_and_gates_every_partition_it_adds() -> None:
+    # The batch's content of partition 0 was fetched a while ago; since then 2 more of
+    # it, 2 of partition 1 and an objection of partition 1 reached the broker.
+    old = _now_ms() - 10 * TOP_UP_AFTER_MS
+    consumer = _FakeConsumer(
+        {C0: 3, C1: 2, P0: 1, O1: 1},
+        {C0: 1, P0: 1},
+        stamps={C0: old, P0: old, O0: old},
+        stable={C0: 1, P0: 1},
     )
     worker = _gating_worker(consumer)
 
     state, content = await worker._gate({0}, taken=1)
 
-    assert _offsets(content, T.content, 0) == [1, 2, 3, 4]
-    assert _offsets(content, T.content, 1) == [0, 1, 2]
-    # State up to its end for partition 0 (in the batch from the start) and partition 1 (added).
-    assert _offsets(state, T.profiles, 0) == [0]
-    assert _offsets(state, T.objections, 1) == [0, 1, 2]
-    # One ListOffsets request, for content and state of every partition.
-    assert len(consumer.listed) == 1 and len(consumer.listed[0]) == 6
+    assert consumer.calls[0] == ((), TOP_UP_WAIT_MS)  # the next fetch, awaited briefly
+    assert _offsets(content, T.content, 0) == [1, 2]
+    assert _offsets(content, T.content, 1) == [0, 1]
+    assert _offsets(state, T.objections, 1) == [0]  # partition 1 joined the batch, so it is gated
+    assert consumer.listed == []
 
 
-async def test_gate_of_a_full_batch_reads_only_the_state_of_its_partitions() -> None:
+async def test_gate_of_a_full_batch_does_not_top_up_and_gates_only_its_partitions() -> None:
+    old = _now_ms() - 10 * TOP_UP_AFTER_MS
     consumer = _FakeConsumer(
-        {TopicPartition(T.content, 0): 9, TopicPartition(T.profiles, 0): 3, TopicPartition(T.profiles, 1): 3},
-        {TopicPartition(T.content, 0): 4},
+        {C0: 9, P0: 3, P1: 3},
+        {C0: 4},
+        stamps={C0: old, P0: old, O0: old, P1: old},
+        stable={C0: 4, P0: 3, P1: 3, O0: 0},
     )
     worker = _gating_worker(consumer, max_batch=4)
 
     state, content = await worker._gate({0}, taken=4)
 
     assert content == []
+    assert all(tps for tps, _ in consumer.calls)  # no top-up fetch
     assert _offsets(state, T.profiles, 0) == [0, 1, 2]
     assert _offsets(state, T.profiles, 1) == []  # no content of partition 1 in the batch: not gated
-    assert TopicPartition(T.content, 0) not in consumer.listed[0]
 
 
 async def test_gate_gives_up_the_batch_when_a_stop_begins() -> None:
-    consumer = _FakeConsumer({TopicPartition(T.profiles, 0): 3}, {})
+    consumer = _FakeConsumer({P0: 3}, {})
     worker = _gating_worker(consumer)
     worker._stopping.set()
 
