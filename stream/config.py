@@ -71,6 +71,7 @@ class Settings:
     compression: str | None = "zstd"
     commit_interval_ms: int = 1000
     shutdown_timeout: float = 30.0
+    event_loop: str = "uvloop"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,6 +93,7 @@ class Settings:
             compression=_compression(env),
             commit_interval_ms=_int(env, "STREAM_COMMIT_INTERVAL_MS", 1000, minimum=0),
             shutdown_timeout=float(_int(env, "STREAM_SHUTDOWN_TIMEOUT", 30, minimum=1)),
+            event_loop=_event_loop(env),
         )
 
 
@@ -123,6 +125,13 @@ def _compression(env: Mapping[str, str]) -> str | None:
         return None
     if value not in ("gzip", "snappy", "lz4", "zstd"):
         raise ConfigError(f"STREAM_PRODUCER_COMPRESSION={value!r}: expected none, gzip, snappy, lz4 or zstd")
+    return value
+
+
+def _event_loop(env: Mapping[str, str]) -> str:
+    value = env.get("STREAM_EVENT_LOOP", "uvloop").strip().lower() or "uvloop"
+    if value not in ("uvloop", "asyncio"):
+        raise ConfigError(f"STREAM_EVENT_LOOP={value!r}: expected uvloop or asyncio")
     return value
 
 

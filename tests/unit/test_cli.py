@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+import uvloop
 
 from stream import cli
+from stream.config import Settings
+from stream.errors import ConfigError
 
 
 class _FakeLibc:
@@ -48,3 +53,22 @@ def test_malloc_leaves_what_the_operator_set(
     cli._tune_malloc()
 
     assert libc.calls == kept
+
+
+def test_event_loop_setting_defaults_to_uvloop_and_rejects_others() -> None:
+    assert Settings.from_env({"STREAM_DEV_MODE": "1"}).event_loop == "uvloop"
+    assert Settings.from_env({"STREAM_DEV_MODE": "1", "STREAM_EVENT_LOOP": " AsyncIO "}).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="STREAM_EVENT_LOOP='tokio': expected uvloop or asyncio"):
+        Settings.from_env({"STREAM_DEV_MODE": "1", "STREAM_EVENT_LOOP": "tokio"})
+
+
+@pytest.mark.parametrize(("name", "loop_type"), [("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)])
+def test_worker_runs_on_the_event_loop_it_was_set_to(name: str, loop_type: type) -> None:
+    async def running() -> type:
+        return type(asyncio.get_running_loop())
+
+    try:
+        cli._use_event_loop(name)
+        assert issubclass(asyncio.run(running()), loop_type)
+    finally:
+        asyncio.set_event_loop_policy(None)
