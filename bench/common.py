@@ -104,6 +104,16 @@ class Run:
         await create_topics(settings)
         self.created.update(topic_names(settings.topics))
 
+    async def drop(self, settings: Settings) -> None:
+        """Delete the topics of one step as soon as it is done.
+
+        The broker removes a deleted topic's files shortly after (`file.delete.delay.ms`,
+        1 s on the local broker): during the next step's set-up, not its measurement.
+        """
+        names = topic_names(settings.topics)
+        await delete_topics(self.bootstrap, sorted(names), prefix=f"{settings.group_id}-host-")
+        self.created.difference_update(names)
+
     async def cleanup(self) -> None:
         """Delete every topic this run created, and its scratch directory (keeping the processes' log tails)."""
         logs = self.scratch / "logs"

@@ -647,6 +647,7 @@ async def _rate_ladder(args: argparse.Namespace, run: Run, results: dict[str, An
                 )
                 if not step["bounded"] or not step.get("generator_kept_up", False):
                     break
+    await run.drop(settings)  # gone before the latency runs measure
     bounded = [s for s in steps if s["bounded"]]
     results["rate"] = {
         "steps": steps,
@@ -683,6 +684,7 @@ async def _latency_run(args: argparse.Namespace, run: Run, results: dict[str, An
             lat["system"] = sys_cpu.result()
             lat["backlog_at_start"] = 0  # fresh topics
             lat["worker_metrics"] = worker_histograms(proc.port)
+        await run.drop(settings)  # gone before the next run measures
         runs.append(lat)
         log(
             f"latency: p50 {lat['steady']['p50_ms']} ms, p99 {lat['steady']['p99_ms']} ms, "
