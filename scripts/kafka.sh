@@ -237,7 +237,7 @@ log.segment.bytes=16777216
 # suites and benchmarks delete their topics as they finish, and a minute later the
 # broker spent seconds removing them, in the middle of whatever ran next (a latency
 # run measured a 4 s episode of doubled latency at that moment; docs/benchmarks.md).
-file.delete.delay.ms=1000
+log.segment.delete.delay.ms=1000
 log.cleaner.backoff.ms=1000
 log.cleaner.dedupe.buffer.size=33554432
 log.retention.check.interval.ms=30000
