@@ -318,7 +318,7 @@ class FilterWorker:
         if taken < limit and self._content_age_ms(gated) >= TOP_UP_AFTER_MS:
             fetched = await consumer.getmany(timeout_ms=TOP_UP_WAIT_MS, max_records=limit - taken)
             self._sort(fetched, state, content, gated)
-        ends, unproven = await self._snapshot_ends(gated)
+        ends, unproven = self._snapshot_ends(gated)
         if unproven:
             self.metrics.gate_listings.inc()
             ends.update(await consumer.end_offsets(unproven))
@@ -338,7 +338,7 @@ class FilterWorker:
         newest = max((t for t in stamps if t is not None), default=None)
         return 0.0 if newest is None else time.time() * 1000 - newest
 
-    async def _snapshot_ends(self, partitions: Iterable[int]) -> tuple[dict[TopicPartition, int], list[TopicPartition]]:
+    def _snapshot_ends(self, partitions: Iterable[int]) -> tuple[dict[TopicPartition, int], list[TopicPartition]]:
         """The gate's end offsets that the fetch responses prove, and the state partitions they cannot.
 
         aiokafka stamps every partition of a fetch response with its arrival time
