@@ -82,13 +82,16 @@ async def test_worker_objection_written_before_content_is_never_beaten(bootstrap
     await make_topics(settings)
     users = [f"a-{i}" for i in range(20)]
     await send(settings, settings.topics.profiles, [profile(u) for u in users])
-    async with running_worker(settings):
+    async with running_worker(settings) as worker:
         # Objection acknowledged by the broker first, the content right after:
         # the freshness gate must apply the objection before deciding the content.
         for u in users:
             await send(settings, settings.topics.objections, [objection(u, "objected")])
             await send(settings, settings.topics.content, [upsert(f"c-{u}", u)])
         decisions = await read_until(settings, settings.topics.decisions, len(users))
+        # One broker leads every partition and the state travels in every fetch with the
+        # content: the fetch responses proved the state current, no end offsets were listed.
+        assert _sample(worker, "eligibility_gate_listings_total") == 0
     assert {d.json()["reason"] for d in decisions} == {"objected"}
     assert await read_all(settings, settings.topics.feed) == []
 
