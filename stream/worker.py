@@ -12,7 +12,9 @@ Guarantees (at least once):
 - state topics are never committed to the group: each partition store keeps its
   own next offsets, written after the records they caused were acknowledged;
 - freshness gate: before content of partition p is decided, p's profiles and
-  objections have been applied up to the end offsets read after the fetch;
+  objections have been applied up to their end offsets as of the content's fetch
+  (the stable offsets its response carried, or, where those prove nothing, the
+  end offsets listed after it);
 - the published-items index and deferred decisions are restored from their
   compacted changelogs when a partition is assigned, before any state record of
   that partition is applied; deferred items are decided again when due.
