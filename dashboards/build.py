@@ -503,6 +503,18 @@ def overview() -> Dashboard:
             [query("sum by (instance, part) (eligibility_store_memory_bytes)", "{{instance}} {{part}}")],
             span=8,
         ),
+        series_panel(
+            ids,
+            "Freshness gate listings",
+            "Batches in the last 5 minutes whose freshness gate had to ask the broker for end offsets "
+            "(a ListOffsets round trip on the batch's path) because the fetch responses did not prove the "
+            "state current: a state partition left out of the content's fetch, or led by another broker "
+            "than its content partition. Near 0 with one broker; with several it rises with the partitions "
+            "whose leaders differ.",
+            "short",
+            [query("sum by (instance) (increase(eligibility_gate_listings_total[5m]))", "{{instance}}")],
+            span=8,
+        ),
     )
     return d.with_panel(
         stat_panel(
