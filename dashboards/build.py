@@ -440,14 +440,17 @@ def overview() -> Dashboard:
         ),
         series_panel(
             ids,
-            "Ready and recovering",
+            "Ready, recovering, stuck",
             "ready: partitions assigned and state caught up. recovering: state being rebuilt or caught up "
             "(after a restart, a wiped data directory or a rebalance). Not ready for 5 minutes: "
-            "EligibilityNotReady.",
+            "EligibilityNotReady. stuck: the same batch failed 3 times in a row and is being replayed "
+            "(EligibilityWorkerStuck); replays: failed attempts in the last 5 minutes.",
             "none",
             [
                 query("eligibility_ready", "ready {{instance}}", ref="A"),
                 query("eligibility_recovering", "recovering {{instance}}", ref="B"),
+                query("eligibility_worker_stuck", "stuck {{instance}}", ref="C"),
+                query("increase(eligibility_batch_replays_total[5m])", "replays {{instance}}", ref="D"),
             ],
             span=8,
         ),
@@ -501,6 +504,25 @@ def overview() -> Dashboard:
             "(64 MiB, of which at most 24 MiB memtables; stream/state.py). Flat once the budget is reached.",
             "bytes",
             [query("sum by (instance, part) (eligibility_store_memory_bytes)", "{{instance}} {{part}}")],
+            span=8,
+        ),
+        series_panel(
+            ids,
+            "Skipped events",
+            "Content events in the last 5 minutes that changed nothing (order per item): `superseded`, a "
+            "duplicate or an event older than the item's latest; `deleted`, an event after the item's "
+            "delete. Upstream delivers at least once, so a trickle is normal; a surge means a replay upstream.",
+            "short",
+            [query("sum by (reason) (increase(eligibility_skips_total[5m]))", "{{reason}}")],
+            span=8,
+        ),
+        series_panel(
+            ids,
+            "Released held items",
+            "Held items (notice period running) released in the last 5 minutes: their author objected, "
+            "was deleted or changed so the item is refused for another reason, and its stored copy is gone.",
+            "short",
+            [query("sum by (instance) (increase(eligibility_released_items_total[5m]))", "{{instance}}")],
             span=8,
         ),
         series_panel(

@@ -78,8 +78,10 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
 
     @app.page("/ready")
     async def readiness(web: Any, request: Any) -> Any:
-        if worker.ready:
+        if worker.is_ready:
             return web.json({"status": "ready", "partitions": sorted(worker.assigned)})
-        return web.json({"status": "not ready", "partitions": sorted(worker.assigned)}, status=503)
+        # Stuck: batches keep failing and are replayed; it holds its partitions but makes no progress.
+        status = "stuck" if worker.stuck else "not ready"
+        return web.json({"status": status, "partitions": sorted(worker.assigned)}, status=503)
 
     return app, worker

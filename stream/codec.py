@@ -40,6 +40,11 @@ ID_MAX_LENGTH: Final = 256
 TEXT_MAX_LENGTH: Final = 100_000
 MEDIA_URI_MAX_LENGTH: Final = 2048
 LANGUAGE_MAX_LENGTH: Final = 35
+# The latest year of a date or timestamp the rule can compute with. The rule adds at
+# most the policy's minimum age (<= 150 years, `policy.MAX_MINIMUM_AGE`) or notice
+# period (<= 10 years) to a date, and Python's dates end in year 9999: a later year,
+# though schema-valid, is unreadable (contract: "Unreadable records fail closed").
+MAX_YEAR: Final = 9800
 
 # The schema patterns, used with fullmatch (so no `$`-before-newline surprise) and
 # with [0-9] rather than \d, which in Python also matches non-ASCII digits.
@@ -129,7 +134,10 @@ def decode_content(key: bytes | None, value: bytes | None) -> ContentEvent | Rej
         event = _content_event(obj)
     except _FieldError as exc:
         return Rejected(DeadLetterReason.SCHEMA_VIOLATION, str(exc))
-    return _key_mismatch(key, event.author_id, "author_id") or event
+    dates = (event.event_time,) if event.created_at is None else (event.event_time, event.created_at)
+    return (
+        _out_of_range(dates, ("event_time", "created_at")) or _key_mismatch(key, event.author_id, "author_id") or event
+    )
 
 
 def decode_profile(key: bytes | None, value: bytes | None) -> Profile | Rejected | None:
@@ -158,7 +166,13 @@ def _decode_account_record(
         record = build(obj)
     except _FieldError as exc:
         return Rejected(DeadLetterReason.SCHEMA_VIOLATION, str(exc))
-    return _key_mismatch(key, record.account_id, "account_id") or record
+    if isinstance(record, Profile):
+        problem = _out_of_range(
+            (record.birth_date, record.notified_at, record.updated_at), ("birth_date", "notified_at", "updated_at")
+        )
+    else:
+        problem = _out_of_range((record.at,), ("at",))
+    return problem or _key_mismatch(key, record.account_id, "account_id") or record
 
 
 def _profile(obj: dict[str, object]) -> Profile:
@@ -334,3 +348,13 @@ def _optional_date(obj: dict[str, object], name: str) -> dt.date | None:
         return dt.date.fromisoformat(v)
     except ValueError:
         raise _FieldError(f"field `{name}` is not a real calendar date") from None
+
+
+def _out_of_range(dates: tuple[dt.date | None, ...], names: tuple[str, ...]) -> Rejected | None:
+    """A schema-valid record with a date the rule cannot compute with (after `MAX_YEAR`) is unreadable too."""
+    for day, name in zip(dates, names, strict=False):
+        if day is not None and day.year > MAX_YEAR:
+            return Rejected(
+                DeadLetterReason.OUT_OF_RANGE, f"field `{name}` is after year {MAX_YEAR}, beyond what the rule handles"
+            )
+    return None

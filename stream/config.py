@@ -31,6 +31,9 @@ class TopicNames:
     # Ours too: the changelog of the published-items index, so a partition's new
     # owner knows what to retract.
     published: str = "eligibility.published"
+    # Ours too: the latest event applied to each item (order per item: duplicates and
+    # late events change nothing), so a partition's next owner keeps the order.
+    items: str = "eligibility.items"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TopicNames:
@@ -44,14 +47,15 @@ class TopicNames:
             dlq=env.get("STREAM_TOPIC_CONTENT_EVENTS_DLQ", defaults.dlq),
             deferred=env.get("STREAM_TOPIC_ELIGIBILITY_DEFERRED", defaults.deferred),
             published=env.get("STREAM_TOPIC_ELIGIBILITY_PUBLISHED", defaults.published),
+            items=env.get("STREAM_TOPIC_ELIGIBILITY_ITEMS", defaults.items),
         )
 
     def inputs(self) -> tuple[str, str, str]:
         return (self.content, self.profiles, self.objections)
 
-    def changelogs(self) -> tuple[str, str]:
+    def changelogs(self) -> tuple[str, str, str]:
         """Our own compacted topics, co-partitioned with the inputs: what a store restores from."""
-        return (self.published, self.deferred)
+        return (self.published, self.deferred, self.items)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream import __version__
 from stream.engine import BatchResult
-from stream.models import DeadLetterReason, Reason, RetractCause
+from stream.models import DeadLetterReason, Reason, RetractCause, SkipReason
 
 INPUTS = ("content", "profiles", "objections")
-OUTPUTS = ("feed", "decisions", "dlq", "deferred", "published")
+OUTPUTS = ("feed", "decisions", "dlq", "deferred", "published", "items")
 # Where a batch's time goes, in the order the worker spends it (worker.py).
 STAGES = ("gate", "decide", "store", "produce", "commit")
 
@@ -56,6 +56,10 @@ class Metrics:
     last_batch: Gauge
     delivery_failures: Counter
     gate_listings: Counter
+    skips: Counter
+    released: Counter
+    batch_replays: Counter
+    stuck: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None, *, policy_version: str = "") -> Metrics:
@@ -156,9 +160,32 @@ class Metrics:
                 "Batches whose freshness gate asked the broker for end offsets (the fetch responses did not prove it)",
                 registry=r,
             ),
+            skips=Counter(
+                "eligibility_skips_total",
+                "Content events that changed nothing (a duplicate, a late event, or after a delete), by reason",
+                ["reason"],
+                registry=r,
+            ),
+            released=Counter(
+                "eligibility_released_items_total",
+                "Held items released (their copy removed) because they became ineligible for another reason",
+                registry=r,
+            ),
+            batch_replays=Counter(
+                "eligibility_batch_replays_total",
+                "Failed attempts at a batch, each followed by a replay from the last commit",
+                registry=r,
+            ),
+            stuck=Gauge(
+                "eligibility_worker_stuck",
+                "1 while the same batch has failed STUCK_AFTER_FAILURES times in a row (the worker is then not ready)",
+                registry=r,
+            ),
         )
         for reason in Reason:
             m.decisions.labels(reason=reason.value, eligible=_eligible(reason))
+        for skip in SkipReason:
+            m.skips.labels(reason=skip.value)
         for dl in DeadLetterReason:
             m.dead_letters.labels(reason=dl.value)
         for cause in RetractCause:
@@ -169,7 +196,7 @@ class Metrics:
             m.records_out.labels(output=name)
         for stage in STAGES:
             m.stage_seconds.labels(stage=stage)
-        for kind in ("profiles", "objections", "published", "deferred"):
+        for kind in ("profiles", "objections", "published", "deferred", "items"):
             m.state_entries.labels(kind=kind)
         for part in ("memtables", "block_cache"):
             m.store_memory.labels(part=part)
@@ -185,7 +212,11 @@ class Metrics:
             self.dead_letters.labels(reason=dl.value).inc(n)
         for cause, n in result.retractions.items():
             self.retractions.labels(cause=cause.value).inc(n)
-        for topic, n in Tally(p.topic for p in result.produce).items():
+        for skip, n in result.skips.items():
+            self.skips.labels(reason=skip.value).inc(n)
+        if result.released:
+            self.released.inc(result.released)
+        for topic, n in Tally(p.topic for p in result.records()).items():
             self.records_out.labels(output=topic.value).inc(n)
 
 

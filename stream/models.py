@@ -63,6 +63,16 @@ class Reason(StrEnum):
 class Action(StrEnum):
     DECIDE = "decide"
     RETRACT = "retract"
+    SKIP = "skip"
+
+
+class SkipReason(StrEnum):
+    """Why a content event changed nothing (contract: "Order per item"); the `reason` of a `skip`."""
+
+    # Older than the item's latest applied event, or that event itself again.
+    SUPERSEDED = "superseded"
+    # The item was deleted: a delete is final.
+    DELETED = "deleted"
 
 
 class RetractCause(StrEnum):
@@ -71,6 +81,8 @@ class RetractCause(StrEnum):
     ACCOUNT_CHANGED = "account_changed"
     CONTENT_DELETED = "content_deleted"
     VISIBILITY_CHANGED = "visibility_changed"
+    # An edit or delete of the item that the filter could not read (a dead letter).
+    UNREADABLE_UPDATE = "unreadable_update"
 
 
 class DeadLetterReason(StrEnum):
@@ -80,6 +92,11 @@ class DeadLetterReason(StrEnum):
     NOT_AN_OBJECT = "not_an_object"
     SCHEMA_VIOLATION = "schema_violation"
     KEY_MISMATCH = "key_mismatch"
+    # Schema-valid, but a date the rule cannot compute with (see `codec.MAX_YEAR`).
+    OUT_OF_RANGE = "out_of_range"
+    # Anything unexpected raised while this one record was handled: it is isolated
+    # (dead-lettered, its item or account failing closed) so the partition moves on.
+    PROCESSING_ERROR = "processing_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,11 @@ from stream.models import ContentEvent, ContentType, Objection, ObjectionStatus,
 
 _UTC = dt.UTC
 
+# Upper bounds of the policy's numbers: with them, the rule's date arithmetic on any
+# date the codec accepts (up to `codec.MAX_YEAR`) stays inside Python's years 1-9999.
+MAX_MINIMUM_AGE = 150
+MAX_NOTICE_PERIOD_DAYS = 3650
+
 
 @dataclass(frozen=True, slots=True)
 class Jurisdiction:
@@ -67,8 +72,8 @@ def load_policy(path: Path | None = None) -> Policy:
         if ContentType.MESSAGE in types:
             raise ValueError("`content_types` may not contain `message`: private messages are never used")
         minimum_age = _whole_number(data["minimum_age"], "`minimum_age`")
-        if minimum_age < 18:
-            raise ValueError("`minimum_age` may not be below 18")
+        if not 18 <= minimum_age <= MAX_MINIMUM_AGE:
+            raise ValueError(f"`minimum_age` must be 18 to {MAX_MINIMUM_AGE}, not {minimum_age}")
         jurisdictions: dict[str, Jurisdiction] = {}
         tables = data.get("jurisdictions", {})
         if not isinstance(tables, dict):
@@ -77,8 +82,10 @@ def load_policy(path: Path | None = None) -> Policy:
             if len(code) != 2 or not (code.isascii() and code.isalpha() and code.isupper()):
                 raise ValueError(f"jurisdiction {code!r} is not an ISO 3166-1 alpha-2 code")
             days = _whole_number(spec["notice_period_days"], f"jurisdiction {code}: `notice_period_days`")
-            if days < 0:
-                raise ValueError(f"jurisdiction {code}: negative notice period")
+            if not 0 <= days <= MAX_NOTICE_PERIOD_DAYS:
+                raise ValueError(
+                    f"jurisdiction {code}: `notice_period_days` must be 0 to {MAX_NOTICE_PERIOD_DAYS}, not {days}"
+                )
             jurisdictions[code] = Jurisdiction(code, dt.timedelta(days=days))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"invalid policy in {where}: {exc}") from exc

@@ -16,7 +16,7 @@ import functools
 import hashlib
 
 from stream.codec import dumps
-from stream.models import Action, ContentEvent, DeadLetterReason, Reason, RetractCause
+from stream.models import Action, ContentEvent, DeadLetterReason, Reason, RetractCause, SkipReason
 from stream.policy import Decision
 
 
@@ -86,6 +86,24 @@ def decide_value(event: ContentEvent, decision: Decision, *, decided_at: dt.date
     )
 
 
+def skip_value(event: ContentEvent, reason: SkipReason, *, policy_version: str, decided_at: dt.datetime) -> bytes:
+    """The `eligibility.decisions` value recording a content event that changed nothing (order per item)."""
+    return dumps(
+        {
+            "content_id": event.content_id,
+            "event_id": event.event_id,
+            "author_id": event.author_id,
+            "action": Action.SKIP.value,
+            "eligible": None,
+            "reason": reason.value,
+            "cause": None,
+            "policy_version": policy_version,
+            "decided_at": decided_at,
+            "event_time": event.event_time,
+        }
+    )
+
+
 def retract_value(
     *,
     content_id: str,
@@ -117,6 +135,24 @@ def retract_value(
     )
 
 
+# A dead letter carries its input's bytes in base64 (4/3 of their size). Past this
+# size it would no longer fit the producer's batch (512 KiB) or the broker's default
+# record limit (1 MiB), and a batch the broker refuses is replayed for ever: so the
+# bytes are left out instead (the letter still names topic, partition and offset,
+# where the input stays for its topic's retention, with its size and SHA-256).
+DEAD_LETTER_MAX_BYTES = 480 << 10
+# Room for the letter's other fields (reason, detail, where, when).
+_DEAD_LETTER_OVERHEAD = 4 << 10
+
+
+def _b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode("ascii") if data is not None else None
+
+
+def _b64_size(data: bytes | None) -> int:
+    return 0 if data is None else (len(data) + 2) // 3 * 4
+
+
 def dead_letter_value(
     *,
     reason: DeadLetterReason,
@@ -128,19 +164,36 @@ def dead_letter_value(
     key: bytes | None,
     value: bytes | None,
 ) -> bytes:
-    """The `content.events.dlq` value: why, where from, and the original bytes to replay."""
-    return dumps(
-        {
-            "reason": reason.value,
-            "detail": detail,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "received_at": received_at,
-            "key": base64.b64encode(key).decode("ascii") if key is not None else None,
-            "value": base64.b64encode(value).decode("ascii") if value is not None else None,
-        }
-    )
+    """The `content.events.dlq` value: why, where from, and the original bytes to replay.
+
+    Bytes that would make the letter larger than `DEAD_LETTER_MAX_BYTES` are left
+    out: the value first, then the key; `omitted` names them and `<field>_bytes` and
+    `<field>_sha256` describe them.
+    """
+    letter: dict[str, object] = {
+        "reason": reason.value,
+        "detail": detail,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "received_at": received_at,
+        "key": None,
+        "value": None,
+    }
+    room = DEAD_LETTER_MAX_BYTES - _DEAD_LETTER_OVERHEAD
+    omitted: list[str] = []
+    keep_value = _b64_size(key) + _b64_size(value) <= room
+    keep_key = _b64_size(key) <= room
+    for name, data, keep in (("key", key, keep_key), ("value", value, keep_value)):
+        if keep:
+            letter[name] = _b64(data)
+        elif data is not None:
+            omitted.append(name)
+            letter[f"{name}_bytes"] = len(data)
+            letter[f"{name}_sha256"] = hashlib.sha256(data).hexdigest()
+    if omitted:
+        letter["omitted"] = omitted
+    return dumps(letter)
 
 
 # Which retraction cause a new refusal of a published item stands for.

@@ -11,6 +11,8 @@ Key scheme (bytes, so RocksDB orders them and an author's items share a prefix):
   i:<item>                    a published item: what a re-evaluation needs
   d:<due ms, 8 bytes><item>   a deferred item, ordered by when it is due: raw content value
   D:<item>                    the due time of a deferred item (to find and cancel it)
+  v:<item>                    the item's latest applied event (`pack_version`), for order per item
+  x:<expires ms, 8 bytes><item>  when that memory of the item may be forgotten (empty value)
   \\0offset:<kind>             next offset of each topic the store is restored from
   \\0count:<kind>              number of entries of each kind (for the state gauge)
   \\0format                     the layout version of the values above (`STORE_FORMAT`)
@@ -27,7 +29,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 from rocksdict import (
     BlockBasedIndexType,
@@ -50,6 +52,7 @@ class StateKind(StrEnum):
     OBJECTIONS = "objections"
     PUBLISHED = "published"
     DEFERRED = "deferred"
+    ITEMS = "items"
 
 
 class EntryKind(StrEnum):
@@ -59,6 +62,7 @@ class EntryKind(StrEnum):
     OBJECTIONS = "objections"
     PUBLISHED = "published"
     DEFERRED = "deferred"
+    ITEMS = "items"
 
 
 def profile_key(account_id: str) -> bytes:
@@ -109,6 +113,54 @@ def split_deferred_key(key: bytes) -> tuple[int, bytes]:
     return int.from_bytes(key[2:10], "big"), key[10:]
 
 
+def deferred_due_prefix(author_id: str) -> bytes:
+    """The prefix of every `D:` key of one author's held items."""
+    return DEFERRED_DUE_PREFIX + item_id(author_id)
+
+
+VERSION_PREFIX = b"v:"
+EXPIRY_PREFIX = b"x:"
+
+
+def version_key(item: bytes) -> bytes:
+    return VERSION_PREFIX + item
+
+
+def expiry_key(expires_ms: int, item: bytes) -> bytes:
+    return EXPIRY_PREFIX + expires_ms.to_bytes(8, "big") + item
+
+
+def split_expiry_key(key: bytes) -> tuple[int, bytes]:
+    return int.from_bytes(key[2:10], "big"), key[10:]
+
+
+class ItemVersion(NamedTuple):
+    """The latest event applied to an item (contract: "Order per item"), and when to forget it."""
+
+    event_time_us: int
+    event_id: str
+    deleted: bool
+    expires_ms: int
+
+
+_VERSION = struct.Struct(">qq?")  # event_time µs since the epoch, expires ms, deleted; then the event id
+
+
+def pack_version(version: ItemVersion) -> bytes:
+    return _VERSION.pack(version.event_time_us, version.expires_ms, version.deleted) + version.event_id.encode()
+
+
+def unpack_version(raw: bytes) -> ItemVersion:
+    event_time_us, expires_ms, deleted = _VERSION.unpack_from(raw)
+    return ItemVersion(event_time_us, raw[_VERSION.size :].decode(), deleted, expires_ms)
+
+
+def micros(moment: dt.datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (no float rounding)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 _OFFSET_KEY = {kind: b"\x00offset:" + kind.value.encode() for kind in StateKind}
 _COUNT_KEY = {kind: b"\x00count:" + kind.value.encode() for kind in EntryKind}
 # Wall-clock time of the last write: a store untouched for longer than the topics'
@@ -118,7 +170,7 @@ _TOUCHED_KEY = b"\x00touched_at"
 _FORMAT_KEY = b"\x00format"
 # Bumped whenever a stored value's layout changes: a store of another format is
 # rebuilt from the compacted topics rather than misread.
-STORE_FORMAT = b"2"
+STORE_FORMAT = b"3"
 
 Update = tuple[bytes, bytes | None]
 
@@ -136,16 +188,11 @@ _NO_COUNTRY = b"\x00\x00"
 _OBJECTION_BYTE = {ObjectionStatus.OBJECTED: b"O", ObjectionStatus.WITHDRAWN: b"W"}
 
 
-def _micros(moment: dt.datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def pack_profile(profile: Profile) -> bytes:
     return _PROFILE.pack(
         profile.birth_date.toordinal() if profile.birth_date is not None else _NO_DATE,
-        _micros(profile.notified_at) if profile.notified_at is not None else _NO_TIME,
-        _micros(profile.updated_at),
+        micros(profile.notified_at) if profile.notified_at is not None else _NO_TIME,
+        micros(profile.updated_at),
         profile.country.encode("ascii") if profile.country is not None else _NO_COUNTRY,
     )
 

@@ -1,4 +1,4 @@
-"""The six topics of the contract and our two changelogs: layout, creation, start-up check.
+"""The topics of the contract and our three changelogs: layout, creation, start-up check.
 
 `create_topics` is idempotent (existing topics are left as they are and reported);
 `check_layout` refuses to start a worker whose inputs are missing or not
@@ -53,6 +53,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # The published-items index, the same way: what a partition's next owner must
         # be able to retract.
         TopicSpec(t.published, {"cleanup.policy": "compact", "delete.retention.ms": str(_DAY_MS)}),
+        # The latest event applied to each item, the same way: so a partition's next
+        # owner still skips a duplicate or late event (entries are tombstoned once
+        # content.events no longer retains the events they guard against).
+        TopicSpec(t.items, {"cleanup.policy": "compact", "delete.retention.ms": str(_DAY_MS)}),
     ]
 
 

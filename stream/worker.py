@@ -31,23 +31,26 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from stream.config import Settings
-from stream.engine import BatchResult, Engine, InputRecord, OutputTopic
+from stream.engine import CHANGELOGS, BatchResult, Engine, InputRecord, OutputTopic, Produce
 from stream.errors import DeliveryError
 from stream.metrics import Metrics, observe_many
+from stream.partitioning import partition_for
 from stream.state import (
     DEFERRED_PREFIX,
+    EXPIRY_PREFIX,
     REEVALUATE_KEY,
     EntryKind,
     PartitionStore,
     RocksPartitionStore,
     StateKind,
     memory_usage,
+    split_expiry_key,
 )
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,9 @@ log = logging.getLogger(__name__)
 # so it is rebuilt from the beginning of the compacted topics instead of resumed.
 STORE_MAX_IDLE_SECONDS = 12 * 3600
 RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
+# After this many failed attempts in a row at the same batch the worker reports
+# itself stuck: not ready, and `eligibility_worker_stuck` 1 (an alert), until one succeeds.
+STUCK_AFTER_FAILURES = 3
 # Gauges read from the broker or the stores are refreshed at most this often, and
 # deferred items (held for days) are looked for at most this often.
 GAUGE_PERIOD_SECONDS = 1.0
@@ -74,6 +80,18 @@ TOP_UP_WAIT_MS = 5
 
 # A batch of records handed to the producer: topic, partition, record count, delivery future.
 _Sent = tuple[str, int, int, "asyncio.Future[Any]"]
+# A batch the broker acknowledged: topic, partition, record count, offset of its first record.
+_Acked = tuple[str, int, int, int]
+
+
+class _Started(NamedTuple):
+    """A batch whose send has begun: what was acknowledged already, what is in flight, seconds of pre-writes."""
+
+    acked: list[_Acked]
+    sent: list[_Sent]
+    pre_seconds: float
+
+
 # One partition's store write: partition, updates, next offsets, count deltas.
 _Write = tuple[
     int, Sequence[tuple[bytes, bytes | None]], Mapping[StateKind, int] | None, Mapping[EntryKind, int] | None
@@ -95,8 +113,13 @@ class FilterWorker:
             OutputTopic.DLQ: topics.dlq,
             OutputTopic.DEFERRED: topics.deferred,
             OutputTopic.PUBLISHED: topics.published,
+            OutputTopic.ITEMS: topics.items,
         }
-        self._changelog_kinds = {topics.published: StateKind.PUBLISHED, topics.deferred: StateKind.DEFERRED}
+        self._changelog_kinds = {
+            topics.published: StateKind.PUBLISHED,
+            topics.deferred: StateKind.DEFERRED,
+            topics.items: StateKind.ITEMS,
+        }
         self._stores: dict[int, PartitionStore] = {}
         self._partition_counts: dict[str, int] = {}
         self._lock = asyncio.Lock()
@@ -119,6 +142,7 @@ class FilterWorker:
         self._due_at = 0.0
         self._lag_labels: set[tuple[str, str]] = set()
         self.ready = False
+        self.stuck = False
         self.assigned: frozenset[int] = frozenset()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -186,7 +210,10 @@ class FilterWorker:
         while not self._stopping.is_set():
             try:
                 await self._poll_once()
-                failures = 0
+                if failures:
+                    log.info("a batch succeeded after %d failed attempts; no longer stuck", failures)
+                    failures = 0
+                    self._set_stuck(False)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the one place that catches: replay, never drop
@@ -195,11 +222,29 @@ class FilterWorker:
                 delay = RETRY_BACKOFF_SECONDS[min(failures, len(RETRY_BACKOFF_SECONDS) - 1)]
                 failures += 1
                 self.metrics.delivery_failures.inc()
+                self.metrics.batch_replays.inc()
+                if failures >= STUCK_AFTER_FAILURES:
+                    self._set_stuck(True)
                 log.error(
-                    "batch failed (%s: %s); replaying from the last commit in %.1fs", type(exc).__name__, exc, delay
+                    "batch failed (%s: %s), attempt %d; replaying from the last commit in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    failures,
+                    delay,
                 )
                 await self._rewind()
                 await asyncio.sleep(delay)
+
+    def _set_stuck(self, stuck: bool) -> None:
+        """A worker whose batches keep failing cannot make progress: it is not ready (/ready 503)."""
+        self.stuck = stuck
+        self.metrics.stuck.set(1 if stuck else 0)
+        self.metrics.ready.set(1 if self.is_ready else 0)
+
+    @property
+    def is_ready(self) -> bool:
+        """Partitions assigned, their state caught up, and batches succeeding."""
+        return self.ready and not self.stuck
 
     # -- the loop ------------------------------------------------------------------
 
@@ -236,7 +281,7 @@ class FilterWorker:
             # collector's sight, a full collection no longer walks it mid-batch.
             gc.freeze()
             self.ready = True
-            self.metrics.ready.set(1)
+            self.metrics.ready.set(1 if self.is_ready else 0)
             self.metrics.recovering.set(0)
             log.info(
                 "state of partitions %s restored and caught up in %.1fs; ready",
@@ -453,6 +498,11 @@ class FilterWorker:
             result = self.engine.process_due(store, partition, now, self.settings.max_batch)
             await self._perform(result)
             log.info("decided %d deferred items of partition %d again", sum(result.decisions.values()), partition)
+        for partition, store in self._stores.items():
+            first = next(store.scan(EXPIRY_PREFIX), None)
+            if first is None or split_expiry_key(first[0])[0] > now_ms:
+                continue
+            await self._perform(self.engine.expire_items(store, partition, now, self.settings.max_batch))
 
     async def _cycle(
         self,
@@ -474,8 +524,8 @@ class FilterWorker:
         now = dt.datetime.now(dt.UTC)
         result = self.engine.process(self._stores, state, content, now, recovering=recovering)
         self._stage("decide", started)
-        sent, pre_seconds = await self._start(result)
-        tail = self._finish(result, sent, pre_seconds, content, started)
+        started_send = await self._start(result)
+        tail = self._finish(result, started_send, content, started)
         if overlap:
             self._tail = asyncio.create_task(tail)
         else:
@@ -484,8 +534,7 @@ class FilterWorker:
     async def _perform(self, result: BatchResult) -> None:
         """Perform a result outside the content loop (deferrals, re-evaluation), to the end."""
         await self._settle()
-        sent, pre_seconds = await self._start(result)
-        await self._finish(result, sent, pre_seconds, (), None)
+        await self._finish(result, await self._start(result), (), None)
 
     async def _settle(self, *, commit: bool = False) -> None:
         """Wait for the tail of the last batch (and with `commit` for its commit too).
@@ -504,25 +553,32 @@ class FilterWorker:
         if task is not None:
             await task
 
-    async def _start(self, result: BatchResult) -> tuple[list[_Sent], float]:
-        """The writes due before the send (engine.py's crash-safe order), then the send; their seconds."""
+    async def _start(self, result: BatchResult) -> _Started:
+        """engine.py's crash-safe order up to the main send: the writes due before it, the
+        published index's new entries sent and acknowledged, then the batch's records sent."""
         started = time.perf_counter()
         if result.pre_updates:
             await self._store([(p, u, None, result.pre_counts.get(p)) for p, u in result.pre_updates.items()])
         pre_seconds = time.perf_counter() - started
-        return await self._send(result), pre_seconds
+        acked = await self._acknowledged(await self._send(result.first)) if result.first else []
+        return _Started(acked, await self._send(result.produce), pre_seconds)
 
     async def _finish(
         self,
         result: BatchResult,
-        sent: list[_Sent],
-        pre_seconds: float,
+        begun: _Started,
         content: Sequence[InputRecord],
         started: float | None,
     ) -> None:
-        """Await the broker's acknowledgements, then write what they allow and commit the content."""
+        """Await the broker's acknowledgements, send and await what must follow them (index
+        removals, item versions), then write what they allow and commit the content."""
         producing = time.perf_counter()
-        changelog_offsets = await self._acknowledged(sent)
+        acked = begun.acked + await self._acknowledged(begun.sent)
+        if result.last:
+            acked += await self._acknowledged(await self._send(result.last))
+        changelog_offsets = self._changelog_offsets(acked)
+        self._report_isolated(result)
+        pre_seconds = begun.pre_seconds
         writing = self._stage("produce", producing)
         post = [
             (
@@ -537,13 +593,13 @@ class FilterWorker:
             await self._store(post)
         committing = time.perf_counter()
         self.metrics.stage_seconds.labels(stage="store").observe(committing - writing + pre_seconds)
-        acked = time.time()
+        acked_at = time.time()
         if content:
             await self._commit(content)
             self._stage("commit", committing)
-            observe_many(self.metrics.broker_latency, (max(0.0, acked - r.timestamp / 1000) for r in content))
-        observe_many(self.metrics.event_time_latency, (max(0.0, acked - t) for t in result.event_times))
-        observe_many(self.metrics.objection_propagation, (max(0.0, acked - ms / 1000) for ms in result.objections))
+            observe_many(self.metrics.broker_latency, (max(0.0, acked_at - r.timestamp / 1000) for r in content))
+        observe_many(self.metrics.event_time_latency, (max(0.0, acked_at - t) for t in result.event_times))
+        observe_many(self.metrics.objection_propagation, (max(0.0, acked_at - ms / 1000) for ms in result.objections))
         self.metrics.count_batch(result)
         if started is not None:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -580,11 +636,15 @@ class FilterWorker:
         self.metrics.stage_seconds.labels(stage=stage).observe(now - started)
         return now
 
-    async def _send(self, result: BatchResult) -> list[_Sent]:
-        """Hand every record to the producer as closed per-partition batches; do not wait for the broker."""
+    async def _send(self, records: Sequence[Produce]) -> list[_Sent]:
+        """Hand `records` to the producer as closed per-partition batches; do not wait for the broker.
+
+        A changelog record goes to its input's partition number; any other record to
+        the partition Kafka's default partitioner gives its key (see `partitioning`).
+        """
         producer = self.producer
         assert producer is not None
-        if not result.produce:
+        if not records:
             return []
         open_batches: dict[tuple[str, int], Any] = {}
         sent: list[_Sent] = []
@@ -598,9 +658,12 @@ class FilterWorker:
 
         # Partition counts once per batch, not an await per record.
         counts = {out: await self._partitions_of(topic) for out, topic in self._out_topic.items()}
-        for p in result.produce:
+        for p in records:
             topic = self._out_topic[p.topic]
-            partition = p.partition % counts[p.topic]
+            if p.topic in CHANGELOGS or p.key is None:
+                partition = p.partition % counts[p.topic]
+            else:
+                partition = partition_for(p.key, counts[p.topic])
             batch = open_batches.get((topic, partition))
             if batch is None:
                 batch = open_batches[topic, partition] = producer.create_batch()
@@ -613,22 +676,31 @@ class FilterWorker:
             await send(topic, partition, batch)
         return sent
 
-    async def _acknowledged(self, sent: list[_Sent]) -> dict[int, dict[StateKind, int]]:
+    async def _acknowledged(self, sent: list[_Sent]) -> list[_Acked]:
         """Wait until the broker acknowledged every batch sent; raise if one was refused.
 
-        Returns, per partition store, the next offsets of our changelogs that this
-        batch's own records account for (see `_changelog_offsets`).
+        Returns each batch's topic, partition, record count and first offset, from
+        which `_changelog_offsets` finds the next offsets of our changelogs.
         """
         if not sent:
-            return {}
+            return []
         outcomes: list[Any] = await asyncio.gather(*(future for *_, future in sent), return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
             raise DeliveryError(f"{len(errors)} of {len(sent)} batches not acknowledged: {errors[0]!r}")
         # Each outcome is the batch's RecordMetadata; its offset is the batch's first.
-        return self._changelog_offsets(
-            [(t, p, n, meta.offset) for (t, p, n, _), meta in zip(sent, outcomes, strict=True)]
-        )
+        return [(t, p, n, meta.offset) for (t, p, n, _), meta in zip(sent, outcomes, strict=True)]
+
+    def _report_isolated(self, result: BatchResult) -> None:
+        """Name every record the engine isolated (dead-lettered and failed closed after it raised)."""
+        for where in result.isolated:
+            log.error(
+                "record %s[%d]@%d raised %s; dead-lettered and failed closed, the partition goes on",
+                where.topic,
+                where.partition,
+                where.offset,
+                where.error,
+            )
 
     def _changelog_offsets(self, acked: Iterable[tuple[str, int, int, int]]) -> dict[int, dict[StateKind, int]]:
         """The next offsets of our changelogs, where this batch's records directly follow the store's.

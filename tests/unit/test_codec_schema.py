@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import math
 import re
@@ -24,7 +25,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from stream import codec
+from stream import codec, records
 from stream.codec import Rejected
 from stream.models import (
     ContentEvent,
@@ -37,6 +38,7 @@ from stream.models import (
     Profile,
     Reason,
     RetractCause,
+    SkipReason,
     Visibility,
 )
 
@@ -114,9 +116,20 @@ def _oracle(topic: str, key: bytes | None, value: bytes | None) -> DeadLetterRea
         return DeadLetterReason.NOT_AN_OBJECT
     if not VALIDATORS[topic].is_valid(obj):
         return DeadLetterReason.SCHEMA_VIOLATION
+    # Schema-valid, but a date after the year the rule computes with: unreadable too.
+    if any(int(obj[name][:4]) > codec.MAX_YEAR for name in _DATE_FIELDS[topic](obj) if obj.get(name) is not None):
+        return DeadLetterReason.OUT_OF_RANGE
     if _key_text(key) != obj[KEY_FIELDS[topic]]:
         return DeadLetterReason.KEY_MISMATCH
     return None
+
+
+# The date and timestamp fields the codec reads, per topic (a delete's others are ignored).
+_DATE_FIELDS: dict[str, Any] = {
+    "content.events": lambda obj: ("event_time",) if obj["op"] == "delete" else ("event_time", "created_at"),
+    "accounts.profiles": lambda obj: ("birth_date", "notified_at", "updated_at"),
+    "accounts.objections": lambda obj: ("at",),
+}
 
 
 def _key_text(key: bytes | None) -> str | None:
@@ -220,7 +233,10 @@ id_near_misses = st.one_of(
 
 @st.composite
 def valid_timestamps(draw: st.DrawFn) -> str:
-    moment = draw(st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59)))
+    # Valid and within the years the rule computes with (later ones are near misses below).
+    moment = draw(
+        st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(codec.MAX_YEAR, 12, 31, 23, 59, 59))
+    )
     digits = draw(st.integers(0, 9))
     fraction = f"{moment.microsecond:06d}" + draw(st.text("0123456789", min_size=3, max_size=3))
     suffix = draw(st.sampled_from(["Z", "+00:00"]))
@@ -231,7 +247,11 @@ def valid_timestamps(draw: st.DrawFn) -> str:
 @st.composite
 def timestamp_near_misses(draw: st.DrawFn) -> str:
     """Timestamps built from components that are often out of range; the oracle decides."""
-    year = draw(st.sampled_from(["0000", "0001", "2024", "2026", "9999", "202", "20266", "\uff12\uff10\uff12\uff16"]))
+    year = draw(
+        st.sampled_from(
+            ["0000", "0001", "2024", "2026", "9800", "9801", "9990", "9999", "202", "20266", "\uff12\uff10\uff12\uff16"]
+        )
+    )
     month, day = draw(st.integers(0, 13)), draw(st.integers(0, 32))
     hour, minute, second = draw(st.integers(0, 24)), draw(st.integers(0, 60)), draw(st.integers(0, 61))
     separator = draw(st.sampled_from(["T", "T", "T", "t", " "]))
@@ -249,7 +269,9 @@ timestamps_any = st.one_of(valid_timestamps(), timestamp_near_misses(), st.text(
 
 @st.composite
 def dates_any(draw: st.DrawFn) -> str:
-    year = draw(st.sampled_from(["0000", "0001", "1990", "2000", "2004", "2100", "9999", "199", "٢٠٠٠"]))
+    year = draw(
+        st.sampled_from(["0000", "0001", "1990", "2000", "2004", "2100", "9800", "9990", "9999", "199", "٢٠٠٠"])
+    )
     month, day = draw(st.integers(0, 13)), draw(st.integers(0, 32))
     suffix = draw(st.sampled_from(["", "", "", "\n", "T00:00:00Z", " "]))
     return f"{year}-{month:02d}-{day:02d}{suffix}"
@@ -318,7 +340,7 @@ FIELDS: dict[str, dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]
     "accounts.profiles": {
         "account_id": (identifiers, id_near_misses),
         "birth_date": (
-            st.one_of(st.none(), st.dates(dt.date(1, 1, 1), dt.date(9999, 12, 31)).map(dt.date.isoformat)),
+            st.one_of(st.none(), st.dates(dt.date(1, 1, 1), dt.date(codec.MAX_YEAR, 12, 31)).map(dt.date.isoformat)),
             dates_any(),
         ),
         "country": (st.one_of(st.none(), st.sampled_from(["GB", "BR", "DE", "US", "ZZ"])), countries_any),
@@ -491,6 +513,31 @@ REJECTION_CASES = [
     ("json_null", "accounts.profiles", _KEY, b"null", DeadLetterReason.NOT_AN_OBJECT, ["null"]),
     ("string", "accounts.objections", _KEY, b'"objected"', DeadLetterReason.NOT_AN_OBJECT, ["string"]),
     ("content_tombstone", "content.events", _KEY, None, DeadLetterReason.SCHEMA_VIOLATION, ["null"]),
+    # Schema-valid dates the rule cannot compute with (issue #16: year 10008 is out of range).
+    (
+        "birth_date_9990",
+        "accounts.profiles",
+        _KEY,
+        _with(_PROFILE, birth_date="9990-06-01"),
+        DeadLetterReason.OUT_OF_RANGE,
+        ["birth_date", "9800"],
+    ),
+    (
+        "notified_at_9999",
+        "accounts.profiles",
+        _KEY,
+        _with(_PROFILE, notified_at="9999-12-31T23:59:59Z"),
+        DeadLetterReason.OUT_OF_RANGE,
+        ["notified_at"],
+    ),
+    (
+        "created_at_9990",
+        "content.events",
+        _KEY,
+        _with(_UPSERT, created_at="9990-01-01T00:00:00Z"),
+        DeadLetterReason.OUT_OF_RANGE,
+        ["created_at"],
+    ),
     (
         "missing_id",
         "content.events",
@@ -670,7 +717,8 @@ def test_decode_bad_record_rejected_with_readable_detail(
 
 
 def test_rejection_cases_every_dead_letter_reason_covered() -> None:
-    assert {case[4] for case in REJECTION_CASES} == set(DeadLetterReason)
+    # `processing_error` is the engine's, not the codec's: a record whose handling raised.
+    assert {case[4] for case in REJECTION_CASES} == set(DeadLetterReason) - {DeadLetterReason.PROCESSING_ERROR}
 
 
 @pytest.mark.parametrize(
@@ -852,7 +900,11 @@ def test_schema_shared_definitions_identical_across_files() -> None:
         ("accounts.objections", ("properties", "status", "enum"), {m.value for m in ObjectionStatus}),
         ("training.feed", ("properties", "content_type", "enum"), {m.value for m in ContentType} - {"message"}),
         ("training.feed", ("properties", "platform", "enum"), {m.value for m in Platform}),
-        ("eligibility.decisions", ("properties", "reason", "enum"), {m.value for m in Reason} | {None}),
+        (
+            "eligibility.decisions",
+            ("properties", "reason", "enum"),
+            {m.value for m in Reason} | {m.value for m in SkipReason} | {None},
+        ),
         ("eligibility.decisions", ("properties", "cause", "enum"), {m.value for m in RetractCause} | {None}),
         ("content.events.dlq", ("properties", "reason", "enum"), {m.value for m in DeadLetterReason}),
     ],
@@ -892,6 +944,7 @@ DECIDE: dict[str, Any] = {
     "event_time": "2026-11-28T09:15:00Z",
 }
 RETRACT: dict[str, Any] = {**DECIDE, "action": "retract", "eligible": None, "reason": None, "cause": "objection"}
+SKIP: dict[str, Any] = {**DECIDE, "action": "skip", "eligible": None, "reason": "superseded", "cause": None}
 DEAD_LETTER: dict[str, Any] = {
     "reason": "key_mismatch",
     "detail": "key does not equal `author_id`",
@@ -909,9 +962,17 @@ GOOD_OUTPUTS = [
     ("decide_ineligible", "eligibility.decisions", DECIDE),
     ("decide_eligible", "eligibility.decisions", {**DECIDE, "eligible": True, "reason": "eligible"}),
     ("retract", "eligibility.decisions", RETRACT),
+    ("retract_unreadable_update", "eligibility.decisions", {**RETRACT, "cause": "unreadable_update"}),
+    ("skip_superseded", "eligibility.decisions", SKIP),
+    ("skip_deleted", "eligibility.decisions", {**SKIP, "reason": "deleted"}),
     ("dead_letter", "content.events.dlq", DEAD_LETTER),
     ("dead_letter_null_key_value", "content.events.dlq", {**DEAD_LETTER, "key": None, "value": None}),
     ("dead_letter_empty_value", "content.events.dlq", {**DEAD_LETTER, "value": ""}),
+    (
+        "dead_letter_value_omitted",
+        "content.events.dlq",
+        {**DEAD_LETTER, "value": None, "omitted": ["value"], "value_bytes": 10**6, "value_sha256": "ab" * 32},
+    ),
 ]
 BAD_OUTPUTS = [
     ("feed_extra_field", "training.feed", {**FEED, "author_id": SECRET_ID}),
@@ -926,6 +987,11 @@ BAD_OUTPUTS = [
     ("retract_with_eligible", "eligibility.decisions", {**RETRACT, "eligible": True}),
     ("retract_without_cause", "eligibility.decisions", {**RETRACT, "cause": None}),
     ("retract_unknown_cause", "eligibility.decisions", {**RETRACT, "cause": "boredom"}),
+    ("skip_with_rule_reason", "eligibility.decisions", {**SKIP, "reason": "minor"}),
+    ("skip_with_cause", "eligibility.decisions", {**SKIP, "cause": "objection"}),
+    ("skip_with_eligible", "eligibility.decisions", {**SKIP, "eligible": False}),
+    ("decide_with_skip_reason", "eligibility.decisions", {**DECIDE, "reason": "superseded"}),
+    ("dead_letter_omits_unknown", "content.events.dlq", {**DEAD_LETTER, "omitted": ["payload"]}),
     ("dead_letter_bool_partition", "content.events.dlq", {**DEAD_LETTER, "partition": True}),
     ("dead_letter_negative_offset", "content.events.dlq", {**DEAD_LETTER, "offset": -1}),
     ("dead_letter_not_base64", "content.events.dlq", {**DEAD_LETTER, "key": "acct-other"}),
@@ -942,3 +1008,35 @@ def test_output_schema_example_record_valid(topic: str, record: dict[str, Any]) 
 @pytest.mark.parametrize(("topic", "record"), [c[1:] for c in BAD_OUTPUTS], ids=[c[0] for c in BAD_OUTPUTS])
 def test_output_schema_broken_record_invalid(topic: str, record: dict[str, Any]) -> None:
     assert not VALIDATORS[topic].is_valid(record)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"acct-1", b"x" * (2 << 20)),  # 2 MiB of value: left out
+        (b"k" * (1 << 20), b"{}"),  # 1 MiB of key: left out too
+        (b"acct-1", b"y" * (300 << 10)),  # 300 KiB: still carried whole
+    ],
+    ids=["huge_value", "huge_key", "large_value_kept"],
+)
+def test_dead_letter_of_any_size_fits_the_cap_and_the_schema(key: bytes, value: bytes) -> None:
+    letter = records.dead_letter_value(
+        reason=DeadLetterReason.SCHEMA_VIOLATION,
+        detail="field `text` is longer than 100000 characters",
+        topic="content.events",
+        partition=0,
+        offset=7,
+        received_at=dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
+        key=key,
+        value=value,
+    )
+    assert len(letter) <= records.DEAD_LETTER_MAX_BYTES
+    obj = orjson.loads(letter)
+    assert not list(VALIDATORS["content.events.dlq"].iter_errors(obj))
+    for name, data in (("key", key), ("value", value)):
+        if name in obj.get("omitted", []):
+            assert obj[name] is None
+            assert obj[f"{name}_bytes"] == len(data)
+            assert obj[f"{name}_sha256"] == hashlib.sha256(data).hexdigest()
+        else:
+            assert base64.b64decode(obj[name]) == data

@@ -204,12 +204,21 @@ def retracted(content_id: str, event_id: str, cause: str, event_time: str) -> li
 
 
 def decoded(result: BatchResult) -> list[tuple[OutputTopic, bytes | None, Any]]:
-    # The published-items changelog is internal plumbing, tested on its own below.
+    # The published-items and item-version changelogs are internal plumbing, tested on their own below.
     return [
         (p.topic, p.key, None if p.value is None else orjson.loads(p.value))
-        for p in result.produce
-        if p.topic is not OutputTopic.PUBLISHED
+        for p in result.records()
+        if p.topic not in (OutputTopic.PUBLISHED, OutputTopic.ITEMS)
     ]
+
+
+def rule_state_updates(result: BatchResult) -> dict[int, list[tuple[bytes, bytes | None]]]:
+    """`post_updates` without the item versions (`v:`/`x:` keys, order per item), which every applied event writes."""
+    kept = {
+        p: [(k, v) for k, v in updates if not k.startswith((b"v:", b"x:"))]
+        for p, updates in result.post_updates.items()
+    }
+    return {p: updates for p, updates in kept.items() if updates}
 
 
 # -- the fake worker ---------------------------------------------------------------
@@ -267,7 +276,7 @@ class FakeWorker:
         result = self.engine.process(self.stores, state, content, now)
         for partition, updates in result.pre_updates.items():
             self.stores[partition].apply(updates)
-        for out in result.produce:
+        for out in result.records():
             if out.topic is OutputTopic.PUBLISHED:
                 self.changelog.append(
                     InRecord(TOPICS.published, out.partition or 0, len(self.changelog), out.key, out.value, BROKER_MS)
@@ -414,7 +423,7 @@ def test_engine_ineligible_upsert_yields_decision_record_only(
         assert [o[0] for o in outputs[1:]] == [OutputTopic.DEFERRED]
         assert result.post_updates
     else:
-        assert outputs[1:] == [] and not result.post_updates
+        assert outputs[1:] == [] and not rule_state_updates(result)
     assert worker.feed == {} and worker.published_ids() == []
 
 
@@ -539,13 +548,21 @@ def test_engine_workload_every_input_record_ends_in_exactly_one_outcome(engine: 
     )
     lettered = Counter((v["topic"], v["partition"], v["offset"]) for t, _, v in outputs if t is OutputTopic.DLQ)
 
-    assert decided == upserts
+    # A held item (notice period running) is decided again when its author's account
+    # changes (released or published at once): only then does an event have two decisions.
+    first_reason: dict[str, str] = {}
+    for t, _, v in outputs:
+        if t is OutputTopic.DECISIONS and v["action"] == "decide":
+            first_reason.setdefault(v["event_id"], v["reason"])
+    again = {event_id for event_id, n in decided.items() if n > 1}
+    assert again and all(first_reason[event_id] == "notice_period_running" for event_id in again)
+    assert set(decided) == set(upserts)
     assert content_deleted == deletes
     assert lettered == malformed  # the generated state records are all well-formed
-    assert len(content) == decided.total() + content_deleted.total() + lettered.total()
+    assert len(content) == len(decided) + content_deleted.total() + lettered.total()
     eligible = sum(1 for t, _, v in outputs if t is OutputTopic.DECISIONS and v["reason"] == "eligible")
     assert sum(1 for t, _, v in outputs if t is OutputTopic.FEED and v is not None) == eligible
-    assert sum(r.decisions.total() for r in results) == upserts.total()
+    assert sum(r.decisions.total() for r in results) == decided.total()
     assert sum(r.dead_letters.total() for r in results) == malformed.total()
 
 
@@ -763,7 +780,7 @@ def test_engine_delete_of_never_published_item_yields_retract_record_without_tom
     ]
     # Nothing left the feed, so nothing counts as a retraction.
     assert not result.retractions and not result.decisions
-    assert not result.pre_updates and not result.post_updates
+    assert not result.pre_updates and not rule_state_updates(result)
 
 
 def test_engine_delete_of_item_retracted_by_objection_yields_no_second_tombstone(worker: FakeWorker) -> None:
@@ -805,7 +822,7 @@ def test_engine_batch_updates_index_additions_before_sending_removals_and_state_
     }
 
     result = worker.run(content=[worker.content(upsert_value("c-1", "e-1"))])
-    assert result.post_updates == {}
+    assert rule_state_updates(result) == {}
     assert [(key, orjson.loads(value or b"")) for key, value in result.pre_updates[0]] == [
         (published_key(AUTHOR, "c-1"), {"content_type": "post", "created_at": CREATED_AT, "event_id": "e-1"})
     ]
@@ -968,10 +985,13 @@ def test_engine_published_index_changes_go_to_their_changelog_on_the_authors_par
     added = worker.run(content=[worker.content(upsert_value("c-1", "e-c-1"), key=AUTHOR.encode())])
     removed = worker.run(state=[worker.objection(objection_value("objected"))])
 
-    [entry] = [p for p in added.produce if p.topic is OutputTopic.PUBLISHED]
+    # An entry is sent (and acknowledged) before its feed record, a removal after its tombstone.
+    assert not [p for p in (*added.produce, *added.last) if p.topic is OutputTopic.PUBLISHED]
+    assert not [p for p in (*removed.first, *removed.produce) if p.topic is OutputTopic.PUBLISHED]
+    [entry] = [p for p in added.first if p.topic is OutputTopic.PUBLISHED]
     assert (entry.key, entry.partition) == (item_id(AUTHOR, "c-1"), 0)
     assert entry.value is not None and orjson.loads(entry.value)["event_id"] == "e-c-1"
-    [tombstone] = [p for p in removed.produce if p.topic is OutputTopic.PUBLISHED]
+    [tombstone] = [p for p in removed.last if p.topic is OutputTopic.PUBLISHED]
     assert (tombstone.key, tombstone.value, tombstone.partition) == (item_id(AUTHOR, "c-1"), None, 0)
 
 
@@ -1055,6 +1075,6 @@ def test_a_batch_reads_its_accounts_deferrals_and_published_entries_in_one_batch
     assert result.retractions == Counter({RetractCause.VISIBILITY_CHANGED: 1})
     items = [item_id(a, c) for a, c in ((AUTHOR, "c-1"), (OTHER, "c-2"), (AUTHOR, "c-0"))]
     ahead = {profile_key(AUTHOR), profile_key(OTHER), objection_key(AUTHOR), objection_key(OTHER)}
-    ahead |= {prefix + item for item in items for prefix in (b"i:", b"D:")}
+    ahead |= {prefix + item for item in items for prefix in (b"i:", b"D:", b"v:")}
     assert len(store.batched) == 1 and set(store.batched[0]) == ahead
     assert [key for key in store.single if key[:2] in (b"p:", b"o:", b"i:", b"D:")] == []

@@ -515,7 +515,9 @@ INVALID_POLICIES = [
     pytest.param(VALID_POLICY.replace("jurisdictions.GB", "jurisdictions.GBR"), "GBR", id="jurisdiction-alpha-3"),
     pytest.param(VALID_POLICY.replace("jurisdictions.GB", "jurisdictions.G1"), "G1", id="jurisdiction-digit"),
     pytest.param(
-        VALID_POLICY.replace("notice_period_days = 0", "notice_period_days = -1"), "negative", id="negative-notice-days"
+        VALID_POLICY.replace("notice_period_days = 0", "notice_period_days = -1"),
+        "0 to 3650",
+        id="negative-notice-days",
     ),
     pytest.param(VALID_POLICY.replace("notice_period_days = 0\n", ""), "notice_period_days", id="missing-notice-days"),
     pytest.param(
@@ -534,6 +536,19 @@ INVALID_POLICIES = [
         id="jurisdictions-not-a-table",
     ),
     pytest.param('version = "test-1"\ncontent_types = [\n', "cannot read policy", id="bad-toml"),
+    # Bounds that keep the rule's date arithmetic inside Python's years (issue #16: overflow).
+    pytest.param(
+        VALID_POLICY.replace("notice_period_days = 0", "notice_period_days = 3651"), "0 to 3650", id="huge-notice-days"
+    ),
+    pytest.param(
+        VALID_POLICY.replace("notice_period_days = 0", "notice_period_days = 99999999999"),
+        "0 to 3650",
+        id="overflowing-notice-days",
+    ),
+    pytest.param(VALID_POLICY.replace("minimum_age = 18", "minimum_age = 151"), "18 to 150", id="huge-minimum-age"),
+    pytest.param(
+        VALID_POLICY.replace("minimum_age = 18", "minimum_age = 9999999"), "18 to 150", id="overflowing-minimum-age"
+    ),
 ]
 
 
