@@ -26,7 +26,8 @@ def reliability_report() -> Iterator[list[dict[str, Any]]]:
         f"{f['duplicates']} | {f['recovery']} |"
         for f in FIGURES
     )
-    (ROOT / "docs" / "reliability.md").write_text(f"""# Reliability: the fault-injection suite
+    table = f"""<!-- faults:begin (written by `make faults`: tests/faults/conftest.py) -->
+## The fault-injection suite
 
 Every scenario runs against the real Kafka broker with the real worker process
 (`python -m stream worker`), then waits until the worker has committed a marker
@@ -36,7 +37,7 @@ its retractions are on the feed), and ends with the independent verifier
 and the compacted feed. The assertion of each is the verifier's zero violations,
 zero losses and zero minimisation problems.
 
-Reproduce: `make faults` (the suite alone, and this file rewritten) or `make test`
+Reproduce: `make faults` (the suite alone, and this section rewritten) or `make test`
 (the suite with everything else). Last run: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC,
 {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}.
 
@@ -49,4 +50,11 @@ and source event already on the feed: at-least-once replays after a crash. They
 are harmless on the compacted feed (the same item again) and are reported, not
 failed. *Recovery* is the time from the restarted (or remaining) worker's start
 to its `/ready`, or to the end of the drain for SIGTERM.
-""")
+<!-- faults:end -->"""
+    path = ROOT / "docs" / "reliability.md"
+    text = path.read_text()
+    begin, end = text.find("<!-- faults:begin"), text.find("<!-- faults:end -->")
+    if begin < 0 or end < 0:
+        raise RuntimeError("docs/reliability.md has no faults:begin/faults:end markers to write between")
+    # Only the suite's own section: the rest of the page (behaviour, the chaos run) is kept.
+    path.write_text(text[:begin] + table + text[end + len("<!-- faults:end -->") :])
