@@ -77,6 +77,7 @@ from stream.models import (
 from stream.policy import Policy, decide, decide_account, refuse_content
 from stream.records import (
     RETRACT_CAUSE_OF_REASON,
+    dead_letter_key,
     dead_letter_value,
     decide_value,
     feed_value,
@@ -950,7 +951,7 @@ class Engine:
         result.produce.append(
             Produce(
                 OutputTopic.DLQ,
-                record.key,
+                dead_letter_key(record.key),
                 dead_letter_value(
                     reason=rejected.reason,
                     detail=rejected.detail,

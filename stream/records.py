@@ -145,6 +145,20 @@ DEAD_LETTER_MAX_BYTES = 480 << 10
 _DEAD_LETTER_OVERHEAD = 4 << 10
 
 
+# A dead letter's Kafka key is its input's key, as received, unless it is longer than
+# any id could be: a key of megabytes would make the letter one the broker refuses.
+# Such a key is replaced by its SHA-256 (hex); the letter still carries the key itself
+# (or, if too large, its size and SHA-256).
+DEAD_LETTER_KEY_MAX_BYTES = 4096
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The Kafka key of the dead letter of a record keyed `key`."""
+    if key is None or len(key) <= DEAD_LETTER_KEY_MAX_BYTES:
+        return key
+    return hashlib.sha256(key).hexdigest().encode()
+
+
 def _b64(data: bytes | None) -> str | None:
     return base64.b64encode(data).decode("ascii") if data is not None else None
 
@@ -167,7 +181,7 @@ def dead_letter_value(
     """The `content.events.dlq` value: why, where from, and the original bytes to replay.
 
     Bytes that would make the letter larger than `DEAD_LETTER_MAX_BYTES` are left
-    out: the value first, then the key; `omitted` names them and `<field>_bytes` and
+    out (a key too large alone, and a value too large beside what is kept); `omitted` names them and `<field>_bytes` and
     `<field>_sha256` describe them.
     """
     letter: dict[str, object] = {
@@ -182,8 +196,9 @@ def dead_letter_value(
     }
     room = DEAD_LETTER_MAX_BYTES - _DEAD_LETTER_OVERHEAD
     omitted: list[str] = []
-    keep_value = _b64_size(key) + _b64_size(value) <= room
+    # The key is kept if it fits alone (it is small for any real record), the value if it fits beside it.
     keep_key = _b64_size(key) <= room
+    keep_value = _b64_size(value) <= room - (_b64_size(key) if keep_key else 0)
     for name, data, keep in (("key", key, keep_key), ("value", value, keep_value)):
         if keep:
             letter[name] = _b64(data)

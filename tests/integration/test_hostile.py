@@ -314,8 +314,10 @@ async def test_worker_dead_letter_of_a_huge_record_is_capped_and_the_partition_g
     junk = os.urandom(1_000_000)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2 << 20)
     await producer.start()
+    huge_key = os.urandom(600_000)
     try:
         await producer.send_and_wait(settings.topics.content, key=b"a-gb", value=junk)
+        await producer.send_and_wait(settings.topics.content, key=huge_key, value=b"{}")
     finally:
         await producer.stop()
     await send(settings, settings.topics.content, [upsert("c-after", "a-gb")])
@@ -323,11 +325,17 @@ async def test_worker_dead_letter_of_a_huge_record_is_capped_and_the_partition_g
         feed = await read_until(settings, settings.topics.feed, 1)
         assert _sample(worker, "eligibility_delivery_failures_total") == 0
     assert [r.key for r in feed] == [b"c-after"]
-    [letter] = [r.json() for r in await read_all(settings, settings.topics.dlq)]
-    assert letter["reason"] == "malformed_json"
-    assert letter["omitted"] == ["value"] and letter["value"] is None
-    assert (letter["value_bytes"], letter["value_sha256"]) == (len(junk), hashlib.sha256(junk).hexdigest())
-    assert base64.b64decode(letter["key"]) == b"a-gb"
+    letter, of_key = sorted(await read_all(settings, settings.topics.dlq), key=lambda r: r.offset)
+    junk_letter = letter.json()
+    assert junk_letter["reason"] == "malformed_json" and letter.key == b"a-gb"
+    assert junk_letter["omitted"] == ["value"] and junk_letter["value"] is None
+    assert (junk_letter["value_bytes"], junk_letter["value_sha256"]) == (len(junk), hashlib.sha256(junk).hexdigest())
+    assert base64.b64decode(junk_letter["key"]) == b"a-gb"
+    # A key no id could be: the letter's Kafka key is its SHA-256, the letter describes it.
+    key_letter = of_key.json()
+    assert of_key.key == hashlib.sha256(huge_key).hexdigest().encode()
+    assert key_letter["omitted"] == ["key"] and key_letter["key_bytes"] == len(huge_key)
+    assert base64.b64decode(key_letter["value"]) == b"{}"
 
 
 async def test_worker_places_records_by_content_id_whatever_the_input_partition(bootstrap: str, tmp_path: Path) -> None:

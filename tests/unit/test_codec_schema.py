@@ -1016,10 +1016,13 @@ def test_output_schema_broken_record_invalid(topic: str, record: dict[str, Any])
         (b"acct-1", b"x" * (2 << 20)),  # 2 MiB of value: left out
         (b"k" * (1 << 20), b"{}"),  # 1 MiB of key: left out too
         (b"acct-1", b"y" * (300 << 10)),  # 300 KiB: still carried whole
+        (b"k" * (300 << 10), b"v" * (300 << 10)),  # together too large: the key stays, the value goes
     ],
-    ids=["huge_value", "huge_key", "large_value_kept"],
+    ids=["huge_value", "huge_key", "large_value_kept", "large_key_and_value"],
 )
-def test_dead_letter_of_any_size_fits_the_cap_and_the_schema(key: bytes, value: bytes) -> None:
+def test_dead_letter_of_any_size_fits_the_cap_and_the_schema(
+    key: bytes, value: bytes, request: pytest.FixtureRequest
+) -> None:
     letter = records.dead_letter_value(
         reason=DeadLetterReason.SCHEMA_VIOLATION,
         detail="field `text` is longer than 100000 characters",
@@ -1032,6 +1035,15 @@ def test_dead_letter_of_any_size_fits_the_cap_and_the_schema(key: bytes, value: 
     )
     assert len(letter) <= records.DEAD_LETTER_MAX_BYTES
     obj = orjson.loads(letter)
+    assert (
+        obj.get("omitted", [])
+        == {
+            "huge_value": ["value"],
+            "huge_key": ["key"],
+            "large_value_kept": [],
+            "large_key_and_value": ["value"],
+        }[request.node.callspec.id]
+    )
     assert not list(VALIDATORS["content.events.dlq"].iter_errors(obj))
     for name, data in (("key", key), ("value", value)):
         if name in obj.get("omitted", []):
