@@ -85,10 +85,9 @@ _Acked = tuple[str, int, int, int]
 
 
 class _Started(NamedTuple):
-    """A batch whose send has begun: what was acknowledged already, what is in flight, seconds of pre-writes."""
+    """A batch whose send has begun: its first records in flight, and the seconds of its pre-writes."""
 
-    acked: list[_Acked]
-    sent: list[_Sent]
+    first: list[_Sent]
     pre_seconds: float
 
 
@@ -554,14 +553,13 @@ class FilterWorker:
             await task
 
     async def _start(self, result: BatchResult) -> _Started:
-        """engine.py's crash-safe order up to the main send: the writes due before it, the
-        published index's new entries sent and acknowledged, then the batch's records sent."""
+        """The start of engine.py's crash-safe order: the writes due before any send, then the
+        published index's new entries sent. The rest (`_finish`) may overlap the next fetch."""
         started = time.perf_counter()
         if result.pre_updates:
             await self._store([(p, u, None, result.pre_counts.get(p)) for p, u in result.pre_updates.items()])
         pre_seconds = time.perf_counter() - started
-        acked = await self._acknowledged(await self._send(result.first)) if result.first else []
-        return _Started(acked, await self._send(result.produce), pre_seconds)
+        return _Started(await self._send(result.first), pre_seconds)
 
     async def _finish(
         self,
@@ -570,10 +568,13 @@ class FilterWorker:
         content: Sequence[InputRecord],
         started: float | None,
     ) -> None:
-        """Await the broker's acknowledgements, send and await what must follow them (index
-        removals, item versions), then write what they allow and commit the content."""
+        """Await the index entries' acknowledgement, send and await the batch's records, then
+        what must follow them (index removals, item versions); write what they allow and
+        commit the content."""
         producing = time.perf_counter()
-        acked = begun.acked + await self._acknowledged(begun.sent)
+        # Each step is sent only once the one before is acknowledged (engine.py).
+        acked = await self._acknowledged(begun.first)
+        acked += await self._acknowledged(await self._send(result.produce))
         if result.last:
             acked += await self._acknowledged(await self._send(result.last))
         changelog_offsets = self._changelog_offsets(acked)
