@@ -87,7 +87,6 @@ from stream.records import (
 from stream.state import (
     DEFERRED_DUE_PREFIX,
     DEFERRED_PREFIX,
-    EXPIRY_PREFIX,
     PUBLISHED_PREFIX,
     REEVALUATE_KEY,
     VERSION_PREFIX,
@@ -99,7 +98,6 @@ from stream.state import (
     deferred_due_key,
     deferred_due_prefix,
     deferred_key,
-    expiry_key,
     item_id,
     micros,
     objection_key,
@@ -110,7 +108,6 @@ from stream.state import (
     published_key,
     published_prefix,
     split_deferred_key,
-    split_expiry_key,
     split_item_id,
     unpack_objection,
     unpack_profile,
@@ -123,6 +120,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # least as long as `content.events` retains records (7 days, `topics.py`), so that
 # no duplicate or late copy still on the topic can find the item forgotten.
 ITEM_MEMORY = dt.timedelta(days=8)
+ITEM_MEMORY_MS = int(ITEM_MEMORY.total_seconds() * 1000)
 
 
 class OutputTopic(StrEnum):
@@ -574,23 +572,27 @@ class Engine:
                     raise _ItemFailed(item) from exc
         return None
 
-    def expire_items(self, store: PartitionStore, partition: int, now: dt.datetime, limit: int) -> BatchResult:
-        """Forget up to `limit` items' latest applied events whose memory has run out (`ITEM_MEMORY`)."""
+    def expire_items(
+        self, store: PartitionStore, partition: int, now: dt.datetime, after: bytes | None, limit: int
+    ) -> tuple[BatchResult, bytes | None]:
+        """Look at up to `limit` items' latest events after key `after`; forget those past `ITEM_MEMORY`.
+
+        A sweep in steps over the items, off the path of every event (which then writes
+        one key, not an expiry index beside it). Returns the result and the key to go on
+        after, or None when the sweep reached the end.
+        """
         result = BatchResult()
         ov = _Overlay(store, partition)
         now_ms = _ms(now)
-        for key, _ in store.scan(EXPIRY_PREFIX):
-            expires_ms, item = split_expiry_key(key)
-            if expires_ms > now_ms or limit <= 0:
-                break
-            limit -= 1
-            ov.put(key, None)
-            raw = store.get(VERSION_PREFIX + item)
-            if raw is not None and unpack_version(raw).expires_ms == expires_ms:
-                ov.put(VERSION_PREFIX + item, None)
-                result.last.append(Produce(OutputTopic.ITEMS, item, None, partition))
+        last: bytes | None = None
+        seen = 0
+        for key, raw in itertools.islice(store.scan(VERSION_PREFIX, after=after), limit):
+            last, seen = key, seen + 1
+            if unpack_version(raw).expires_ms <= now_ms:
+                ov.put(key, None)
+                result.last.append(Produce(OutputTopic.ITEMS, key[len(VERSION_PREFIX) :], None, partition))
         ov.settle(result)
-        return result
+        return result, (last if seen == limit else None)
 
     def restore(
         self, kind: StateKind, store: PartitionStore, records: Iterable[InputRecord]
@@ -623,15 +625,8 @@ class Engine:
             ov.put(deferred_due_key(item), due_ms.to_bytes(8, "big"))
 
     def _restore_version(self, ov: _Overlay, item: bytes, value: bytes | None) -> None:
-        previous = ov.get(VERSION_PREFIX + item)
-        if previous is not None:
-            ov.put(expiry_key(unpack_version(previous).expires_ms, item), None)
-        if value is None:
-            ov.put(VERSION_PREFIX + item, None)
-            return
-        version = _version_of_changelog(value)
-        ov.put(VERSION_PREFIX + item, pack_version(version))
-        ov.put(expiry_key(version.expires_ms, item), b"")
+        # The changelog carries the stored value itself (`state.pack_version`).
+        ov.put(VERSION_PREFIX + item, value)
 
     # -- content -------------------------------------------------------------------
 
@@ -679,13 +674,11 @@ class Engine:
                 return SkipReason.DELETED
             if event_time_us < latest.event_time_us:
                 return SkipReason.SUPERSEDED
-            ov.put(expiry_key(latest.expires_ms, item), None)
-        version = ItemVersion(event_time_us, event.event_id, event.op is Op.DELETE, _ms(now + ITEM_MEMORY))
-        ov.put(VERSION_PREFIX + item, pack_version(version))
-        ov.put(expiry_key(version.expires_ms, item), b"")
-        result.last.append(
-            Produce(OutputTopic.ITEMS, item, _changelog_of_version(version, event.event_time), ov.partition)
+        packed = pack_version(
+            ItemVersion(event_time_us, event.event_id, event.op is Op.DELETE, _ms(now) + ITEM_MEMORY_MS)
         )
+        ov.put(VERSION_PREFIX + item, packed)
+        result.last.append(Produce(OutputTopic.ITEMS, item, packed, ov.partition))
         return None
 
     def _decide_event(
@@ -1041,24 +1034,6 @@ def _event_from_index(author_id: str, content_id: str, raw: bytes) -> ContentEve
         content_type=ContentType(data["content_type"]),
         visibility=Visibility.PUBLIC,
         created_at=created_at,
-    )
-
-
-def _changelog_of_version(version: ItemVersion, event_time: dt.datetime) -> bytes:
-    return dumps(
-        {
-            "event_time": format_timestamp(event_time),
-            "event_id": version.event_id,
-            "deleted": version.deleted,
-            "expires_ms": version.expires_ms,
-        }
-    )
-
-
-def _version_of_changelog(raw: bytes) -> ItemVersion:
-    data = orjson.loads(raw)
-    return ItemVersion(
-        micros(_parse_timestamp(data["event_time"])), data["event_id"], bool(data["deleted"]), int(data["expires_ms"])
     )
 
 

@@ -11,8 +11,7 @@ Key scheme (bytes, so RocksDB orders them and an author's items share a prefix):
   i:<item>                    a published item: what a re-evaluation needs
   d:<due ms, 8 bytes><item>   a deferred item, ordered by when it is due: raw content value
   D:<item>                    the due time of a deferred item (to find and cancel it)
-  v:<item>                    the item's latest applied event (`pack_version`), for order per item
-  x:<expires ms, 8 bytes><item>  when that memory of the item may be forgotten (empty value)
+  v:<item>                    the item's latest applied event and when to forget it (`pack_version`)
   \\0offset:<kind>             next offset of each topic the store is restored from
   \\0count:<kind>              number of entries of each kind (for the state gauge)
   \\0format                     the layout version of the values above (`STORE_FORMAT`)
@@ -119,19 +118,6 @@ def deferred_due_prefix(author_id: str) -> bytes:
 
 
 VERSION_PREFIX = b"v:"
-EXPIRY_PREFIX = b"x:"
-
-
-def version_key(item: bytes) -> bytes:
-    return VERSION_PREFIX + item
-
-
-def expiry_key(expires_ms: int, item: bytes) -> bytes:
-    return EXPIRY_PREFIX + expires_ms.to_bytes(8, "big") + item
-
-
-def split_expiry_key(key: bytes) -> tuple[int, bytes]:
-    return int.from_bytes(key[2:10], "big"), key[10:]
 
 
 class ItemVersion(NamedTuple):
