@@ -463,7 +463,7 @@ class Engine:
 
         A held item whose decision raises is released (fail closed) and reported in `isolated`.
         """
-        failed: set[bytes] = set()
+        failed: dict[bytes, str] = {}
         now_ms = _ms(now)
         while True:
             result = BatchResult()
@@ -477,10 +477,10 @@ class Engine:
             except _ItemFailed as exc:
                 if exc.item in failed:
                     raise exc.__cause__ or exc from None
-                failed.add(exc.item)
+                failed[exc.item] = exc.error
                 continue
             ov.settle(result)
-            result.isolated = [Isolated("deferred", partition, -1, "held item") for _ in failed]
+            result.isolated = [Isolated("held items", partition, -1, error) for error in failed.values()]
             return result
 
     def _decide_due(
@@ -497,7 +497,7 @@ class Engine:
             if isinstance(event, ContentEvent):
                 self._decide_event(ov, event, item, raw, now, result)
         except Exception as exc:
-            raise _ItemFailed(item) from exc
+            raise _ItemFailed(item, type(exc).__name__) from exc
 
     def reevaluate_published(
         self, store: PartitionStore, partition: int, now: dt.datetime, after: bytes | None, limit: int
@@ -510,7 +510,7 @@ class Engine:
         key to continue after, or None when the pass is complete. An item whose
         judgement raises fails closed: retracted, or released.
         """
-        failed: set[bytes] = set()
+        failed: dict[bytes, str] = {}
         while True:
             result = BatchResult()
             ov = _Overlay(store, partition)
@@ -519,10 +519,10 @@ class Engine:
             except _ItemFailed as exc:
                 if exc.item in failed:
                     raise exc.__cause__ or exc from None
-                failed.add(exc.item)
+                failed[exc.item] = exc.error
                 continue
             ov.settle(result)
-            result.isolated = [Isolated("recovery", partition, -1, "item") for _ in failed]
+            result.isolated = [Isolated("published or held items", partition, -1, e) for e in failed.values()]
             return result, last
 
     def _reevaluate_pass(
@@ -533,7 +533,7 @@ class Engine:
         after: bytes | None,
         limit: int,
         result: BatchResult,
-        failed: set[bytes],
+        failed: Mapping[bytes, str],
     ) -> bytes | None:
         accounts: dict[str, tuple[Profile | None, Objection | None]] = {}
 
@@ -569,7 +569,7 @@ class Engine:
                         cause = RETRACT_CAUSE_OF_REASON.get(decision.reason, RetractCause.ACCOUNT_CHANGED)
                         self._retract(ov, author_id, content_id, f"recovery:{partition}", now, cause, now, result)
                 except Exception as exc:
-                    raise _ItemFailed(item) from exc
+                    raise _ItemFailed(item, type(exc).__name__) from exc
         return None
 
     def expire_items(
@@ -963,9 +963,10 @@ class Engine:
 class _ItemFailed(Exception):
     """Raised inside the engine when judging one stored item raised: it is decided again, failing closed."""
 
-    def __init__(self, item: bytes) -> None:
-        super().__init__(item)
+    def __init__(self, item: bytes, error: str) -> None:
+        super().__init__(item, error)
         self.item = item
+        self.error = error
 
 
 # What `_objection` hands the rule: the stored status, nothing of who or when.

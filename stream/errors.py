@@ -15,3 +15,7 @@ class TopicLayoutError(StreamError):
 
 class DeliveryError(StreamError):
     """Raised when the broker did not acknowledge an output record: its input must not be committed."""
+
+
+class GateStallError(StreamError):
+    """Raised when the freshness gate's state partitions stop yielding records below their end offsets."""

@@ -39,7 +39,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from stream.assignor import CoPartitionedAssignor
 from stream.config import Settings
 from stream.engine import CHANGELOGS, BatchResult, Engine, InputRecord, OutputTopic, Produce
-from stream.errors import DeliveryError
+from stream.errors import DeliveryError, GateStallError
 from stream.metrics import Metrics, observe_many
 from stream.partitioning import partition_for
 from stream.state import (
@@ -62,6 +62,9 @@ RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
 # After this many failed attempts in a row at the same batch the worker reports
 # itself stuck: not ready, and `eligibility_worker_stuck` 1 (an alert), until one succeeds.
 STUCK_AFTER_FAILURES = 3
+# The freshness gate fails its batch when the state partitions it waits for yield no
+# record for this long (a broker that answers but no longer serves them).
+GATE_STALL_SECONDS = 60.0
 # Gauges read from the broker or the stores are refreshed at most this often, and
 # deferred items (held for days) are looked for at most this often.
 GAUGE_PERIOD_SECONDS = 1.0
@@ -377,12 +380,22 @@ class FilterWorker:
         if unproven:
             self.metrics.gate_listings.inc()
             ends.update(await consumer.end_offsets(unproven))
+        progressed = time.monotonic()
         while True:
             self._check_going_on()
             lagging = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
             if not lagging:
                 return state, content
+            if time.monotonic() - progressed > GATE_STALL_SECONDS:
+                # A gate that waits for ever would hold the batch, and the worker would look
+                # healthy: failing the batch makes it replay, and repeated, the worker stuck.
+                raise GateStallError(
+                    f"freshness gate: {len(lagging)} state partitions got no record for "
+                    f"{GATE_STALL_SECONDS:.0f} s below their end offsets"
+                )
             fetched = await consumer.getmany(*lagging, timeout_ms=500, max_records=limit)
+            if any(fetched.values()):
+                progressed = time.monotonic()
             self._sort(fetched, state, content, gated)
 
     def _content_age_ms(self, partitions: Iterable[int]) -> float:
@@ -706,15 +719,23 @@ class FilterWorker:
         return [(t, p, n, meta.offset) for (t, p, n, _), meta in zip(sent, outcomes, strict=True)]
 
     def _report_isolated(self, result: BatchResult) -> None:
-        """Name every record the engine isolated (dead-lettered and failed closed after it raised)."""
+        """Name every record (or stored item) the engine isolated after its handling raised."""
         for where in result.isolated:
-            log.error(
-                "record %s[%d]@%d raised %s; dead-lettered and failed closed, the partition goes on",
-                where.topic,
-                where.partition,
-                where.offset,
-                where.error,
-            )
+            if where.offset < 0:  # a held or published item judged from the store
+                log.error(
+                    "a stored item (%s) of partition %d raised %s; it failed closed (released or retracted)",
+                    where.topic,
+                    where.partition,
+                    where.error,
+                )
+            else:
+                log.error(
+                    "record %s[%d]@%d raised %s; dead-lettered and failed closed, the partition goes on",
+                    where.topic,
+                    where.partition,
+                    where.offset,
+                    where.error,
+                )
 
     def _changelog_offsets(self, acked: Iterable[tuple[str, int, int, int]]) -> dict[int, dict[StateKind, int]]:
         """The next offsets of our changelogs, where this batch's records directly follow the store's.

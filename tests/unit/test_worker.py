@@ -10,8 +10,10 @@ from typing import Any, NamedTuple
 import pytest
 from aiokafka import TopicPartition
 
+import stream.worker
 from stream.config import Settings
 from stream.engine import Engine
+from stream.errors import GateStallError
 from stream.metrics import Metrics
 from stream.policy import load_policy
 from stream.state import MemoryPartitionStore, RocksPartitionStore, StateKind
@@ -284,6 +286,26 @@ async def test_gate_gives_up_the_batch_when_a_stop_begins() -> None:
     worker._stopping.set()
 
     with pytest.raises(_GiveUp):
+        await worker._gate({0}, taken=1)
+
+
+class _SilentConsumer(_FakeConsumer):
+    """Lists end offsets past the position, then serves no record: a broker that answers but no longer serves."""
+
+    async def getmany(
+        self, *tps: TopicPartition, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[_Record]]:
+        self.calls.append((tps, timeout_ms))
+        return {}
+
+
+async def test_gate_fails_its_batch_when_state_partitions_stop_yielding_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stream.worker, "GATE_STALL_SECONDS", 0.05)
+    worker = _gating_worker(_SilentConsumer({P0: 3, O0: 3}, {}, stamps={C0: _just_fetched()}))
+
+    with pytest.raises(GateStallError, match="2 state partitions got no record"):
         await worker._gate({0}, taken=1)
 
 
