@@ -644,7 +644,7 @@ class Engine:
             self._fail_item_closed(ov, record, now, result)
             return
         assert record.value is not None  # decode_content rejects a null value
-        skip = self._order(ov, event, item, now, result)
+        skip = self._order(ov, record, event, item, now, result)
         if skip is not None:
             result.skips[skip] += 1
             result.produce.append(
@@ -661,7 +661,13 @@ class Engine:
         self._decide_event(ov, event, item, record.value, now, result)
 
     def _order(
-        self, ov: _Overlay, event: ContentEvent, item: bytes, now: dt.datetime, result: BatchResult
+        self,
+        ov: _Overlay,
+        record: InputRecord,
+        event: ContentEvent,
+        item: bytes,
+        now: dt.datetime,
+        result: BatchResult,
     ) -> SkipReason | None:
         """Skip an event the item's latest applied event supersedes; else make it the latest."""
         event_time_us = micros(event.event_time)
@@ -675,7 +681,14 @@ class Engine:
             if event_time_us < latest.event_time_us:
                 return SkipReason.SUPERSEDED
         packed = pack_version(
-            ItemVersion(event_time_us, event.event_id, event.op is Op.DELETE, _ms(now) + ITEM_MEMORY_MS)
+            ItemVersion(
+                event_time_us,
+                event.event_id,
+                event.op is Op.DELETE,
+                _ms(now) + ITEM_MEMORY_MS,
+                record.partition,
+                record.offset,
+            )
         )
         ov.put(VERSION_PREFIX + item, packed)
         result.last.append(Produce(OutputTopic.ITEMS, item, packed, ov.partition))
@@ -765,6 +778,13 @@ class Engine:
             return
         author_id, content_id = named
         item = item_id(author_id, content_id)
+        raw = ov.get(VERSION_PREFIX + item)
+        if raw is not None:
+            latest = unpack_version(raw)
+            if latest.partition == record.partition and latest.offset > record.offset:
+                # Replayed after a crash: the item's latest event came after this record in
+                # the log, so this record was handled before it, and must not undo it.
+                return
         if self._release(ov, author_id, content_id, item, result):
             result.released += 1
         if ov.is_published(author_id, content_id):

@@ -121,24 +121,33 @@ VERSION_PREFIX = b"v:"
 
 
 class ItemVersion(NamedTuple):
-    """The latest event applied to an item (contract: "Order per item"), and when to forget it."""
+    """The latest event applied to an item (contract: "Order per item"), and when to forget it.
+
+    `partition` and `offset` place that event in `content.events`: a replayed record
+    the worker cannot read, found before it in the log, was handled before it and must
+    not undo it (see `engine._fail_item_closed`).
+    """
 
     event_time_us: int
     event_id: str
     deleted: bool
     expires_ms: int
+    partition: int
+    offset: int
 
 
-_VERSION = struct.Struct(">qq?")  # event_time µs since the epoch, expires ms, deleted; then the event id
+# event_time µs since the epoch, expires ms, deleted, content partition and offset; then the event id
+_VERSION = struct.Struct(">qq?iq")
 
 
 def pack_version(version: ItemVersion) -> bytes:
-    return _VERSION.pack(version.event_time_us, version.expires_ms, version.deleted) + version.event_id.encode()
+    v = version
+    return _VERSION.pack(v.event_time_us, v.expires_ms, v.deleted, v.partition, v.offset) + v.event_id.encode()
 
 
 def unpack_version(raw: bytes) -> ItemVersion:
-    event_time_us, expires_ms, deleted = _VERSION.unpack_from(raw)
-    return ItemVersion(event_time_us, raw[_VERSION.size :].decode(), deleted, expires_ms)
+    event_time_us, expires_ms, deleted, partition, offset = _VERSION.unpack_from(raw)
+    return ItemVersion(event_time_us, raw[_VERSION.size :].decode(), deleted, expires_ms, partition, offset)
 
 
 def micros(moment: dt.datetime) -> int:
@@ -156,7 +165,7 @@ _TOUCHED_KEY = b"\x00touched_at"
 _FORMAT_KEY = b"\x00format"
 # Bumped whenever a stored value's layout changes: a store of another format is
 # rebuilt from the compacted topics rather than misread.
-STORE_FORMAT = b"3"
+STORE_FORMAT = b"4"
 
 Update = tuple[bytes, bytes | None]
 

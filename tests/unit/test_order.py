@@ -265,3 +265,19 @@ def test_fail_closed_that_raises_too_fails_the_batch(worker: FakeWorker, monkeyp
     monkeypatch.setattr(stream.engine.Engine, "_fail_account_closed", boom)
     with pytest.raises(ZeroDivisionError):
         worker.run(state=[worker.objection(objection_value())])
+
+
+def test_unreadable_record_replayed_after_a_crash_does_not_undo_a_later_event_of_its_batch(
+    worker: FakeWorker,
+) -> None:
+    unreadable = worker.content(b'{"content_id": "c-1", "op": "upsert"}')
+    upsert = worker.content(_upsert("c-1", "e-1", "2026-11-28T09:00:00Z"))
+    worker.run(content=[unreadable, upsert])
+    assert set(worker.feed) == {b"c-1"}
+    # The batch again, as after a crash before its commit: the same records at the same offsets.
+    replay = worker.run(content=[unreadable, upsert])
+    assert not replay.retractions and replay.skips == {SkipReason.SUPERSEDED: 1}
+    assert set(worker.feed) == {b"c-1"}
+    # A copy of the unreadable record later in the log is an unreadable update again.
+    later = worker.run(content=[worker.content(b'{"content_id": "c-1", "op": "upsert"}')])
+    assert later.retractions == {RetractCause.UNREADABLE_UPDATE: 1}
