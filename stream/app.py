@@ -9,6 +9,7 @@ table-browsing pages are disabled: they would expose personal data.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import Any
 
@@ -28,7 +29,10 @@ log = logging.getLogger(__name__)
 def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
     policy = load_policy(settings.policy_path)
     metrics = Metrics.create(policy_version=policy.version)
-    worker = FilterWorker(settings, Engine(policy, settings.pseudonym_key, settings.topics), metrics)
+    engine = Engine(
+        policy, settings.pseudonym_key, settings.topics, item_memory=dt.timedelta(days=settings.item_memory_days)
+    )
+    worker = FilterWorker(settings, engine, metrics)
 
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(

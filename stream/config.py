@@ -76,6 +76,9 @@ class Settings:
     commit_interval_ms: int = 1000
     shutdown_timeout: float = 30.0
     event_loop: str = "uvloop"
+    # How long each item's latest applied event is kept (order per item): at least the
+    # retention of content.events (7 days as `topics create` makes it).
+    item_memory_days: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +101,7 @@ class Settings:
             commit_interval_ms=_int(env, "STREAM_COMMIT_INTERVAL_MS", 1000, minimum=0),
             shutdown_timeout=float(_int(env, "STREAM_SHUTDOWN_TIMEOUT", 30, minimum=1)),
             event_loop=_event_loop(env),
+            item_memory_days=_int(env, "STREAM_ITEM_MEMORY_DAYS", 8, minimum=1),
         )
 
 

@@ -116,11 +116,11 @@ from stream.state import (
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-# How long an item's latest applied event is remembered after it was applied: at
-# least as long as `content.events` retains records (7 days, `topics.py`), so that
-# no duplicate or late copy still on the topic can find the item forgotten.
+# How long an item's latest applied event is remembered after it was applied, by
+# default (`STREAM_ITEM_MEMORY_DAYS`): at least as long as `content.events` retains
+# records (7 days, `topics.py`), so that no duplicate or late copy still on the topic
+# can find the item forgotten.
 ITEM_MEMORY = dt.timedelta(days=8)
-ITEM_MEMORY_MS = int(ITEM_MEMORY.total_seconds() * 1000)
 
 
 class OutputTopic(StrEnum):
@@ -352,8 +352,11 @@ def _where(record: InputRecord) -> tuple[str, int, int]:
 class Engine:
     """Applies the rule to batches of input records; holds only immutable configuration."""
 
-    def __init__(self, policy: Policy, pseudonym_key: bytes, topics: TopicNames) -> None:
+    def __init__(
+        self, policy: Policy, pseudonym_key: bytes, topics: TopicNames, *, item_memory: dt.timedelta = ITEM_MEMORY
+    ) -> None:
         self.policy = policy
+        self._item_memory_ms = int(item_memory.total_seconds() * 1000)
         self._key = pseudonym_key
         self._topics = topics
         self._kind_of_topic = {topics.profiles: StateKind.PROFILES, topics.objections: StateKind.OBJECTIONS}
@@ -575,7 +578,7 @@ class Engine:
     def expire_items(
         self, store: PartitionStore, partition: int, now: dt.datetime, after: bytes | None, limit: int
     ) -> tuple[BatchResult, bytes | None]:
-        """Look at up to `limit` items' latest events after key `after`; forget those past `ITEM_MEMORY`.
+        """Look at up to `limit` items' latest events after key `after`; forget those past their memory (`item_memory`).
 
         A sweep in steps over the items, off the path of every event (which then writes
         one key, not an expiry index beside it). Returns the result and the key to go on
@@ -685,7 +688,7 @@ class Engine:
                 event_time_us,
                 event.event_id,
                 event.op is Op.DELETE,
-                _ms(now) + ITEM_MEMORY_MS,
+                _ms(now) + self._item_memory_ms,
                 record.partition,
                 record.offset,
             )

@@ -71,7 +71,7 @@ GAUGE_PERIOD_SECONDS = 1.0
 DUE_PERIOD_SECONDS = 1.0
 # The items' latest events are swept for expired ones this often, this many keys a
 # partition at a time: a full sweep of 10M items takes under 3 hours, against 8 days
-# of memory (engine.ITEM_MEMORY), at well under a millisecond of the loop a second.
+# of memory (STREAM_ITEM_MEMORY_DAYS), at well under a millisecond of the loop a second.
 EXPIRY_PERIOD_SECONDS = 10.0
 EXPIRY_SCAN_KEYS = 2000
 

@@ -281,3 +281,19 @@ def test_unreadable_record_replayed_after_a_crash_does_not_undo_a_later_event_of
     # A copy of the unreadable record later in the log is an unreadable update again.
     later = worker.run(content=[worker.content(b'{"content_id": "c-1", "op": "upsert"}')])
     assert later.retractions == {RetractCause.UNREADABLE_UPDATE: 1}
+
+
+def test_item_memory_is_a_setting_the_engine_keeps_each_latest_event_for() -> None:
+    from stream.config import Settings
+    from stream.errors import ConfigError
+
+    assert Settings.from_env({"STREAM_DEV_MODE": "1"}).item_memory_days == 8
+    assert Settings.from_env({"STREAM_DEV_MODE": "1", "STREAM_ITEM_MEMORY_DAYS": "30"}).item_memory_days == 30
+    with pytest.raises(ConfigError, match="STREAM_ITEM_MEMORY_DAYS"):
+        Settings.from_env({"STREAM_DEV_MODE": "1", "STREAM_ITEM_MEMORY_DAYS": "0"})
+
+    w = FakeWorker(Engine(POLICY, PSEUDONYM_KEY, TOPICS, item_memory=dt.timedelta(days=30)))
+    w.run(content=[w.content(_upsert("c-1", "e-1", "2026-11-28T09:00:00Z"))])
+    kept, _ = w.engine.expire_items(w.stores[0], 0, NOW + dt.timedelta(days=29), None, 100)
+    gone, _ = w.engine.expire_items(w.stores[0], 0, NOW + dt.timedelta(days=30), None, 100)
+    assert (len(kept.last), len(gone.last)) == (0, 1)
