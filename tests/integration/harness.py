@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from stream.config import Settings, TopicNames
 from stream.engine import Engine
@@ -177,6 +178,28 @@ async def committed(settings: Settings, topic: str) -> dict[int, int | None]:
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(settings.partitions)}
     finally:
         await consumer.stop()
+
+
+def sample(worker: FilterWorker, name: str, **labels: str) -> float:
+    """The worker's own metric value (0 when the series has no sample yet)."""
+    value = worker.metrics.registry.get_sample_value(name, labels)
+    return value if value is not None else 0.0
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Wait for a condition of the worker's own state (where no broker offset can be awaited)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+async def set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
+    finally:
+        await admin.close()
 
 
 def with_topics(settings: Settings, **names: str) -> Settings:

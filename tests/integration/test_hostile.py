@@ -10,7 +10,6 @@ import datetime as dt
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,11 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 import stream.engine
 from stream.config import Settings
 from stream.partitioning import partition_for
 from stream.state import item_id
-from stream.worker import FilterWorker
 
 from .harness import (
     Out,
@@ -36,25 +32,16 @@ from .harness import (
     read_all,
     read_until,
     running_worker,
+    sample,
     send,
     send_markers,
+    set_topic_config,
     unique_settings,
+    until,
 )
 from .test_filter_scenario import NOW, objection, profile, ts, upsert
 
 pytestmark = pytest.mark.integration
-
-
-def _sample(worker: FilterWorker, name: str, **labels: str) -> float:
-    value = worker.metrics.registry.get_sample_value(name, labels)
-    return value if value is not None else 0.0
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Wait for a condition of the worker's own state (no broker offset to await)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 async def _drained(settings: Settings, tag: str) -> None:
@@ -80,15 +67,6 @@ def _live(feed: list[Out]) -> set[bytes | None]:
 
 def _decisions(records: list[Out], content_id: str) -> list[dict[str, Any]]:
     return [r.json() for r in sorted(records, key=lambda r: r.offset) if r.json()["content_id"] == content_id]
-
-
-async def _set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
-    finally:
-        await admin.close()
 
 
 async def test_worker_schema_valid_dates_it_cannot_compute_with_are_dead_letters_and_the_partition_goes_on(
@@ -120,7 +98,7 @@ async def test_worker_schema_valid_dates_it_cannot_compute_with_are_dead_letters
         feed = await read_until(settings, settings.topics.feed, 1)
         await _drained(settings, "far")
         assert worker.is_ready
-        assert _sample(worker, "eligibility_delivery_failures_total") == 0
+        assert sample(worker, "eligibility_delivery_failures_total") == 0
     assert [r.key for r in feed] == [b"c-ok"]
     letters = [r.json() for r in await read_all(settings, settings.topics.dlq)]
     assert sorted((d["topic"], d["reason"]) for d in letters) == sorted(
@@ -164,8 +142,8 @@ async def test_worker_duplicate_or_late_event_never_puts_back_a_deleted_or_priva
     )
     async with running_worker(settings) as worker:
         await _drained(settings, "order")
-        assert _sample(worker, "eligibility_skips_total", reason="deleted") == 2
-        assert _sample(worker, "eligibility_skips_total", reason="superseded") == 2
+        assert sample(worker, "eligibility_skips_total", reason="deleted") == 2
+        assert sample(worker, "eligibility_skips_total", reason="superseded") == 2
     assert _live(await read_all(settings, settings.topics.feed)) == set()
     decisions = await read_all(settings, settings.topics.decisions)
     assert [(d["action"], d["reason"], d["event_id"]) for d in _decisions(decisions, "c-del")] == [
@@ -249,7 +227,7 @@ async def test_worker_objection_or_account_deletion_releases_held_items_at_once(
     await send(settings, settings.topics.content, held)
     async with running_worker(settings) as worker:
         await read_until(settings, settings.topics.deferred, 4)
-        await _until(lambda: _sample(worker, "eligibility_deferred_items") == 4)
+        await until(lambda: sample(worker, "eligibility_deferred_items") == 4)
         await send(settings, settings.topics.objections, [objection("a-objects", "objected")])
         await send(
             settings,
@@ -257,8 +235,8 @@ async def test_worker_objection_or_account_deletion_releases_held_items_at_once(
             [(b"a-leaves", None), profile("a-moves", country="DE", notified=recent)],
         )
         await _drained(settings, "release")
-        await _until(lambda: _sample(worker, "eligibility_deferred_items") == 1)
-        assert _sample(worker, "eligibility_released_items_total") == 3
+        await until(lambda: sample(worker, "eligibility_deferred_items") == 1)
+        assert sample(worker, "eligibility_released_items_total") == 3
     deferred = latest_by_key(await read_all(settings, settings.topics.deferred))
     still = {key for key, record in deferred.items() if record.value is not None}
     assert still == {item_id("a-stays", "c-a-stays")}
@@ -292,7 +270,7 @@ async def test_worker_crash_after_feed_before_index_cannot_leave_an_item_the_nex
             return await real_send_batch(batch, topic, partition=partition)
 
         producer.send_batch = send_batch  # type: ignore[method-assign]  # the crash point, injected
-        await _until(lambda: _sample(worker, "eligibility_delivery_failures_total") >= 2)
+        await until(lambda: sample(worker, "eligibility_delivery_failures_total") >= 2)
     # No feed record without its index entry durable first.
     assert await read_all(settings, settings.topics.feed) == []
 
@@ -323,7 +301,7 @@ async def test_worker_dead_letter_of_a_huge_record_is_capped_and_the_partition_g
     await send(settings, settings.topics.content, [upsert("c-after", "a-gb")])
     async with running_worker(settings) as worker:
         feed = await read_until(settings, settings.topics.feed, 1)
-        assert _sample(worker, "eligibility_delivery_failures_total") == 0
+        assert sample(worker, "eligibility_delivery_failures_total") == 0
     assert [r.key for r in feed] == [b"c-after"]
     letter, of_key = sorted(await read_all(settings, settings.topics.dlq), key=lambda r: r.offset)
     junk_letter = letter.json()
@@ -376,8 +354,8 @@ async def test_worker_record_that_raises_is_isolated_dead_lettered_and_the_parti
         await read_until(settings, settings.topics.feed, 1)
         await send(settings, settings.topics.content, [upsert("c-boom", "a-gb"), upsert("c-next", "a-gb")])
         await _drained(settings, "boom")
-        assert worker.is_ready and _sample(worker, "eligibility_delivery_failures_total") == 0
-        assert _sample(worker, "eligibility_dead_letters_total", reason="processing_error") == 1
+        assert worker.is_ready and sample(worker, "eligibility_delivery_failures_total") == 0
+        assert sample(worker, "eligibility_dead_letters_total", reason="processing_error") == 1
     assert _live(await read_all(settings, settings.topics.feed)) == {b"c-ok", b"c-next"}
     [letter] = [r.json() for r in await read_all(settings, settings.topics.dlq)]
     assert letter["reason"] == "processing_error" and "ZeroDivisionError" in letter["detail"]
@@ -390,15 +368,15 @@ async def test_worker_whose_batches_keep_failing_reports_itself_stuck_until_one_
     await make_topics(settings)
     await send(settings, settings.topics.profiles, [profile("a-gb")])
     async with running_worker(settings) as worker:
-        await _until(lambda: worker.is_ready)
+        await until(lambda: worker.is_ready)
         # The broker refuses every feed record: each attempt fails and is replayed.
-        await _set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "64"})
+        await set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "64"})
         await send(settings, settings.topics.content, [upsert("c-1", "a-gb")])
-        await _until(lambda: _sample(worker, "eligibility_worker_stuck") == 1)
+        await until(lambda: sample(worker, "eligibility_worker_stuck") == 1)
         assert not worker.is_ready and worker.ready  # caught up, but making no progress
-        assert _sample(worker, "eligibility_ready") == 0
-        assert _sample(worker, "eligibility_batch_replays_total") >= 3
-        await _set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "1048588"})
+        assert sample(worker, "eligibility_ready") == 0
+        assert sample(worker, "eligibility_batch_replays_total") >= 3
+        await set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "1048588"})
         await read_until(settings, settings.topics.feed, 1)
-        await _until(lambda: worker.is_ready)
-        assert _sample(worker, "eligibility_worker_stuck") == 0 and _sample(worker, "eligibility_ready") == 1
+        await until(lambda: worker.is_ready)
+        assert sample(worker, "eligibility_worker_stuck") == 0 and sample(worker, "eligibility_ready") == 1

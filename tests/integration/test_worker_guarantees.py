@@ -3,7 +3,6 @@ the freshness gate, retraction, state that survives a restart or a wiped disk.""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import shutil
 from dataclasses import replace
@@ -11,11 +10,8 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from stream.state import RocksPartitionStore, StateKind
-from stream.worker import FilterWorker
 
 from .harness import (
     committed,
@@ -26,53 +22,34 @@ from .harness import (
     read_all,
     read_until,
     running_worker,
+    sample,
     send,
+    set_topic_config,
     unique_settings,
+    until,
 )
 from .test_filter_scenario import objection, profile, upsert
 
 pytestmark = pytest.mark.integration
 
 
-async def _set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
-    finally:
-        await admin.close()
-
-
-def _sample(worker: FilterWorker, name: str, **labels: str) -> float:
-    value = worker.metrics.registry.get_sample_value(name, labels)
-    return value if value is not None else 0.0
-
-
-async def _until(predicate: object, timeout: float = 60.0) -> None:
-    """Wait for a condition of the worker's own state (no broker offset to await)."""
-    assert callable(predicate)
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 async def test_worker_feed_write_rejected_commits_nothing_until_delivered(bootstrap: str, tmp_path: Path) -> None:
     settings = unique_settings(bootstrap, tmp_path, partitions=1)
     await make_topics(settings)
     # The broker refuses every feed record: the input must stay uncommitted.
-    await _set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "64"})
+    await set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "64"})
     await send(settings, settings.topics.profiles, [profile("a-gb")])
     await send(settings, settings.topics.content, [upsert("c-1", "a-gb")])
 
     async with running_worker(settings) as worker:
-        await _until(lambda: _sample(worker, "eligibility_delivery_failures_total") >= 2)
+        await until(lambda: sample(worker, "eligibility_delivery_failures_total") >= 2)
         assert await committed(settings, settings.topics.content) == {0: None}
         assert await read_all(settings, settings.topics.feed) == []
 
         # Once the broker takes the record, the replayed batch delivers and commits.
-        await _set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "1048588"})
+        await set_topic_config(bootstrap, settings.topics.feed, {"max.message.bytes": "1048588"})
         feed = await read_until(settings, settings.topics.feed, 1)
-        await _until(lambda: _sample(worker, "eligibility_output_records_total", output="feed") >= 1)
+        await until(lambda: sample(worker, "eligibility_output_records_total", output="feed") >= 1)
     assert [r.key for r in feed] == [b"c-1"]
     assert await committed(settings, settings.topics.content) == {0: 1}
 
@@ -91,7 +68,7 @@ async def test_worker_objection_written_before_content_is_never_beaten(bootstrap
         decisions = await read_until(settings, settings.topics.decisions, len(users))
         # One broker leads every partition and the state travels in every fetch with the
         # content: the fetch responses proved the state current, no end offsets were listed.
-        assert _sample(worker, "eligibility_gate_listings_total") == 0
+        assert sample(worker, "eligibility_gate_listings_total") == 0
     assert {d.json()["reason"] for d in decisions} == {"objected"}
     assert await read_all(settings, settings.topics.feed) == []
 
@@ -130,14 +107,14 @@ async def test_worker_restart_with_state_on_disk_resumes_and_wiped_state_is_rebu
     await send(settings, settings.topics.content, [upsert("c-2", "a-gb"), upsert("c-3", "a-minor")])
     async with running_worker(settings) as worker:
         decisions = await read_until(settings, settings.topics.decisions, 3)
-        assert _sample(worker, "eligibility_input_records_total", input="profiles") == 0  # resumed, not replayed
+        assert sample(worker, "eligibility_input_records_total", input="profiles") == 0  # resumed, not replayed
 
     # A wiped data directory: state is rebuilt from the compacted topics.
     shutil.rmtree(settings.data_dir)
     await send(settings, settings.topics.content, [upsert("c-4", "a-gb"), upsert("c-5", "a-minor")])
     async with running_worker(replace(settings)) as worker:
         decisions = await read_until(settings, settings.topics.decisions, 5)
-        assert _sample(worker, "eligibility_input_records_total", input="profiles") == 2
+        assert sample(worker, "eligibility_input_records_total", input="profiles") == 2
     reasons = {d.json()["content_id"]: d.json()["reason"] for d in decisions}
     assert reasons == {"c-1": "eligible", "c-2": "eligible", "c-3": "minor", "c-4": "eligible", "c-5": "minor"}
 
@@ -202,7 +179,7 @@ async def test_worker_item_held_for_notice_period_is_decided_again_when_due_even
             ],
         )
         await read_until(settings, settings.topics.decisions, 3)
-        await _until(lambda: _sample(worker, "eligibility_deferred_items") == 1)
+        await until(lambda: sample(worker, "eligibility_deferred_items") == 1)
 
     # The worker's local state is lost: the deferral comes back from its changelog.
     shutil.rmtree(settings.data_dir)
