@@ -43,10 +43,10 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import orjson
 
@@ -209,6 +209,13 @@ class BatchResult:
         yield from self.last
 
 
+_V = TypeVar("_V")
+
+
+def _due_ms(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
 _KIND_OF_PREFIX = {
     b"p:": EntryKind.PROFILES,
     b"o:": EntryKind.OBJECTIONS,
@@ -261,15 +268,8 @@ class _Overlay:
         self.published.setdefault(author_id, {})[content_id] = value
 
     def published_items(self, author_id: str) -> Iterator[tuple[str, bytes]]:
-        prefix = published_prefix(author_id)
-        mine = self.published.get(author_id, {})
-        for key, value in self.store.scan(prefix):
-            content_id = key[len(prefix) :].decode()
-            if content_id not in mine:
-                yield content_id, value
-        for content_id, maybe in mine.items():
-            if maybe is not None:
-                yield content_id, maybe
+        """The author's published items as they will be: (content id, index value)."""
+        return self._merged(published_prefix(author_id), self.published.get(author_id, {}), bytes)
 
     def due_of(self, author_id: str, content_id: str, item: bytes) -> int | None:
         """When the item's held copy is due (ms), or None if none is held."""
@@ -277,7 +277,7 @@ class _Overlay:
         if mine is not None and content_id in mine:
             return mine[content_id]
         raw = self.stored(DEFERRED_DUE_PREFIX + item)
-        return int.from_bytes(raw, "big") if raw is not None else None
+        return _due_ms(raw) if raw is not None else None
 
     def set_held(self, author_id: str, content_id: str, item: bytes, due_ms: int | None, raw: bytes | None) -> None:
         """Hold the item's copy `raw` until `due_ms`, or (None) release the copy held now."""
@@ -294,12 +294,16 @@ class _Overlay:
 
     def held_items(self, author_id: str) -> Iterator[tuple[str, int]]:
         """The author's held items as they will be: (content id, due ms)."""
-        prefix = deferred_due_prefix(author_id)
-        mine = self.held.get(author_id, {})
+        return self._merged(deferred_due_prefix(author_id), self.held.get(author_id, {}), _due_ms)
+
+    def _merged(
+        self, prefix: bytes, mine: Mapping[str, _V | None], decode: Callable[[bytes], _V]
+    ) -> Iterator[tuple[str, _V]]:
+        """One author's entries under `prefix`: the store's, with this batch's changes (`mine`) over them."""
         for key, value in self.store.scan(prefix):
             content_id = key[len(prefix) :].decode()
             if content_id not in mine:
-                yield content_id, int.from_bytes(value, "big")
+                yield content_id, decode(value)
         for content_id, maybe in mine.items():
             if maybe is not None:
                 yield content_id, maybe
