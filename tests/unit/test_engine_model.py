@@ -88,11 +88,13 @@ START = dt.datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 # -- the input space: few accounts and items, dates where every reason occurs --------
 
-AUTHORS = ("a-1", "a-2", "a-3")
-PARTITION_OF = {"a-1": 0, "a-2": 1, "a-3": 0}
+# The third id starts with the first (the stores' keys must keep them apart) and carries a
+# NUL and a right-to-left override; the content ids an emoji and a NUL.
+AUTHORS = ("a-1", "a-2", "a-1\x00\u202e")
+PARTITION_OF = {"a-1": 0, "a-2": 1, "a-1\x00\u202e": 0}
 PARTITIONS = (0, 1)
 # Content ids are the author's (a content id is one item's, across the platform).
-ITEMS = {a: tuple(f"{a}/c{i}" for i in range(1, 4)) for a in AUTHORS}
+ITEMS = {a: (f"{a}/c1", f"{a}/c1\x00", f"{a}/\U0001f600") for a in AUTHORS}
 
 # Dates as they are written on the topics; the model parses them itself (`_time`, `_date`).
 BIRTH_DATES: tuple[str | None, ...] = (
