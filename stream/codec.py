@@ -140,6 +140,35 @@ def decode_content(key: bytes | None, value: bytes | None) -> ContentEvent | Rej
     )
 
 
+def encode_content(event: ContentEvent) -> bytes:
+    """The contract's fields of a decoded content event, as a `content.events` value.
+
+    `decode_content` of the result gives the event back. A copy the filter keeps (a
+    held item) is this, not the record as it arrived: unknown extra fields, allowed on
+    input, would go along unbounded (a record the broker refuses) and unminimised.
+    """
+    fields: dict[str, object] = {
+        "event_id": event.event_id,
+        "op": event.op.value,
+        "content_id": event.content_id,
+        "author_id": event.author_id,
+        "event_time": format_timestamp(event.event_time),
+    }
+    if event.op is Op.UPSERT:
+        assert event.content_type is not None and event.platform is not None and event.visibility is not None
+        assert event.created_at is not None  # decode_content sets all four on an upsert
+        fields |= {
+            "content_type": event.content_type.value,
+            "platform": event.platform.value,
+            "visibility": event.visibility.value,
+            "created_at": format_timestamp(event.created_at),
+            "text": event.text,
+            "media_uri": event.media_uri,
+            "language": event.language,
+        }
+    return orjson.dumps(fields)
+
+
 def decode_profile(key: bytes | None, value: bytes | None) -> Profile | Rejected | None:
     """Decode an `accounts.profiles` record; None is a tombstone (the account was deleted)."""
     return _decode_account_record(key, value, _profile)

@@ -57,6 +57,7 @@ from stream.codec import (
     decode_objection,
     decode_profile,
     dumps,
+    encode_content,
     format_timestamp,
 )
 from stream.codec import parse_timestamp as _parse_timestamp
@@ -502,7 +503,7 @@ class Engine:
                 return
             event = decode_content(author_id.encode(), raw)
             if isinstance(event, ContentEvent):
-                self._decide_event(ov, event, item, raw, now, result)
+                self._decide_event(ov, event, item, now, result)
         except Exception as exc:
             raise _ItemFailed(item, type(exc).__name__) from exc
 
@@ -665,7 +666,7 @@ class Engine:
             return
         # A newer event supersedes a held one: it is decided (or held) on its own.
         self._release(ov, event.author_id, event.content_id, item, result)
-        self._decide_event(ov, event, item, record.value, now, result)
+        self._decide_event(ov, event, item, now, result)
 
     def _order(
         self,
@@ -702,7 +703,7 @@ class Engine:
         return None
 
     def _decide_event(
-        self, ov: _Overlay, event: ContentEvent, item: bytes, raw: bytes, now: dt.datetime, result: BatchResult
+        self, ov: _Overlay, event: ContentEvent, item: bytes, now: dt.datetime, result: BatchResult
     ) -> None:
         result.event_times.append(event.event_time.timestamp())
         key = event.content_id.encode()
@@ -765,8 +766,9 @@ class Engine:
             )
         if decision.reason is Reason.NOTICE_PERIOD_RUNNING and decision.retry_at is not None:
             due_ms = _ms(decision.retry_at)
-            ov.set_held(event.author_id, event.content_id, item, due_ms, raw)
-            value = orjson.dumps({"due_ms": due_ms, "content": orjson.Fragment(raw)})
+            held = encode_content(event)  # the contract's fields only, never the record as it came
+            ov.set_held(event.author_id, event.content_id, item, due_ms, held)
+            value = orjson.dumps({"due_ms": due_ms, "content": orjson.Fragment(held)})
             result.produce.append(Produce(OutputTopic.DEFERRED, item, value, ov.partition))
 
     def _release(self, ov: _Overlay, author_id: str, content_id: str, item: bytes, result: BatchResult) -> bool:
@@ -917,7 +919,7 @@ class Engine:
         if release_only or not isinstance(event, ContentEvent) or raw is None:
             result.released += 1
             return
-        self._decide_event(ov, event, item, raw, now, result)
+        self._decide_event(ov, event, item, now, result)
         if ov.due_of(author_id, content_id, item) is None:
             result.released += 1
 

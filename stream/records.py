@@ -135,11 +135,13 @@ def retract_value(
     )
 
 
-# A dead letter carries its input's bytes in base64 (4/3 of their size). Past this
-# size it would no longer fit the producer's batch (512 KiB) or the broker's default
-# record limit (1 MiB), and a batch the broker refuses is replayed for ever: so the
-# bytes are left out instead (the letter still names topic, partition and offset,
-# where the input stays for its topic's retention, with its size and SHA-256).
+# A dead letter carries its input's bytes in base64 (4/3 of their size), so a letter
+# of an input near the broker's default record limit (1 MiB, also the producer's
+# max_request_size) would exceed that limit, and a batch the broker refuses is
+# replayed for ever. Past this size the bytes are left out instead (the letter still
+# names topic, partition and offset, where the input stays for its topic's
+# retention, with its size and SHA-256). Half the limit keeps a letter clear of it
+# with compression off and with a batch's overhead, and within one producer batch.
 DEAD_LETTER_MAX_BYTES = 480 << 10
 # Room for the letter's other fields (reason, detail, where, when).
 _DEAD_LETTER_OVERHEAD = 4 << 10

@@ -429,6 +429,20 @@ def test_decode_valid_record_accepted_with_equal_fields(topic: str, data: st.Dat
     _assert_codec_agrees(topic, key, value)
 
 
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_encode_content_keeps_only_the_contract_fields_and_decodes_to_the_same_event(data: st.DataObject) -> None:
+    record = data.draw(valid_records("content.events"))
+    record["an_unknown_field"] = data.draw(st.text(max_size=20))
+    key = str(record["author_id"]).encode("utf-8")
+    event = codec.decode_content(key, orjson.dumps(record))
+    assert not isinstance(event, Rejected)
+    encoded = codec.encode_content(event)
+    assert codec.decode_content(key, encoded) == event
+    assert _oracle("content.events", key, encoded) is None
+    assert set(orjson.loads(encoded)) <= set(record) - {"an_unknown_field"} | {"text", "media_uri", "language"}
+
+
 @pytest.mark.parametrize("topic", INPUT_TOPICS)
 @PROPERTY_SETTINGS
 @given(data=st.data())
