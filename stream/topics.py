@@ -35,8 +35,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     compacted = {
         "cleanup.policy": "compact",
         # A tombstone must outlive any consumer's lag: the worker rebuilds a store
-        # idle for 12 h (worker.STORE_MAX_IDLE_SECONDS), well inside this day.
-        "delete.retention.ms": str(_DAY_MS),
+        # idle for 12 h (worker.STORE_MAX_IDLE_SECONDS), and a running worker that
+        # falls days behind without restarting (a broker unreachable, a stuck batch
+        # alerting all along) still reads an account's deletion within 7 days.
+        "delete.retention.ms": str(7 * _DAY_MS),
     }
     return [
         TopicSpec(t.content, {"cleanup.policy": "delete", "retention.ms": str(7 * _DAY_MS)}),

@@ -55,7 +55,7 @@ from stream.state import (
 log = logging.getLogger(__name__)
 
 # A store untouched for longer than this may have missed a tombstone that Kafka's
-# compaction already removed (topics are created with delete.retention.ms = 24 h),
+# compaction already removed (topics are created with delete.retention.ms = 7 days),
 # so it is rebuilt from the beginning of the compacted topics instead of resumed.
 STORE_MAX_IDLE_SECONDS = 12 * 3600
 RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
