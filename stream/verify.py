@@ -2,31 +2,64 @@
 
 `python -m stream verify` rebuilds the current state from the raw inputs
 (`content.events`, `accounts.profiles`, `accounts.objections`), applies its own,
-deliberately simple implementation of the contract's rule, reads the compacted
-`training.feed`, and reports every difference:
+deliberately simple implementation of the contract, reads the compacted
+`training.feed` and the filter's deferred changelog (`eligibility.deferred`: the
+items it holds), and reports every difference:
 
-- violations: a feed item the rule refuses, with the rule's reason (or
-  `unknown_content` / `content_deleted`);
+- violations: a feed item the rule refuses, with the rule's reason, or
+  `unknown_content`, `content_deleted` (the item's latest applied event is a
+  delete), `unreadable_update` (an unreadable record named the item after that
+  event); and `held_after_release`: a live held item the filter must have released;
 - losses: an item the rule allows that is missing from the feed;
 - minimisation problems: feed values that carry more, or other, than the
   contract's minimised fields.
+
+What it checks, as the contract says it:
+- order per item (an item is an author's content id): the latest *applied* event
+  counts. An event with that event's id, or an older `event_time`, is superseded;
+  after a delete every later event is (deletes are final); an equal `event_time`
+  with another id applies, in offset order. Skipped events change nothing;
+- unreadable records fail closed: a content record that does not parse but whose
+  key is an id (1..256 characters) and whose value is a JSON object with a
+  `content_id` id names an item. After the item's latest applied event (offset
+  order; the same key keeps them in one partition) it takes the item off the feed
+  and releases its held copy; it does not change the latest applied event, so only
+  a newer readable event puts the item back. A date after year `MAX_YEAR` is
+  unreadable (a profile then counts as unknown, an objection as objected), and a
+  policy outside minimum age `MINIMUM_AGE_RANGE` or notice period
+  `NOTICE_PERIOD_DAYS_RANGE` is refused, so the rule's date arithmetic never leaves
+  the calendar;
+- deferred decisions: a live held copy must be of the item's latest applied
+  upsert, with no unreadable record since, and refused for the notice period alone
+  by the author's current state (or allowed: then it is due and published next);
+- nothing a record holds makes the verifier raise: every byte string, JSON value,
+  nesting depth and record timestamp is data (`broker_time` clamps timestamps).
 
 Independence is the point: a bug in the filter must not be repeated here. This
 module must not import `stream.policy`, `stream.engine`, `stream.codec` or
 `stream.records` (nor `stream.models`): it parses the wire format with orjson and
 reads the policy TOML itself. It may use `stream.config` (settings, topic names)
-and `stream.errors` (the error root).
+and `stream.errors` (the error root). The deferred changelog's key (the filter's
+item id: the author's length in UTF-8 bytes as 2 bytes big-endian, the author, the
+content id) and value (`{"due_ms": ..., "content": {...}}`) are read as a wire format.
 
 Layout: a pure part (parsing, `State`, `judge`, `compare`, `render`, `to_json`:
 no clock, no I/O) and a thin shell (`verify` reads Kafka, `main_verify` runs it
 once or continuously and serves Prometheus gauges from its own registry).
 
 Choices the contract leaves open, and why:
+- the filter forgets an item's latest applied event `STREAM_ITEM_MEMORY_DAYS` (8)
+  after it applied it, by its own clock; the verifier has no such clock and forgets
+  when the next event's broker timestamp is more than that after the latest
+  applied one's (`State.item_memory`, from the same setting). The two agree while
+  the filter keeps up. A filter that applied the latest event late remembers it
+  longer, so an event arriving more than the memory after it, which the filter
+  skips, may be applied here and reported as a loss or a violation: that takes a
+  copy delivered over a week late, and the report names the item to look at;
 - an unreadable profile update leaves the account unknown and an unreadable
   objection update counts as an objection (fail closed, as the filter does). Simply
   ignoring them would make the verdict depend on whether compaction already removed
-  the previous valid record; an unreadable *content* event is a dead letter and is
-  ignored;
+  the previous valid record;
 - the compacted topics keep only each account's latest state, so a missing item
   whose author's profile or objection record is not older than the item's latest
   upsert (by broker timestamp, within `CLOCK_SLACK`) may rightly stay retracted
@@ -34,13 +67,14 @@ Choices the contract leaves open, and why:
   reported but not failing;
 - `grace_seconds` (default 0 once, 60 continuously) holds back differences whose
   cause is younger than the grace as `pending`: the filter may not have caught up;
-- the feed's end offsets are taken before the inputs', so every feed record read
-  was caused by inputs that are read too;
+- the end offsets of the feed and the deferred changelog are taken before the
+  inputs', so every feed or held record read was caused by inputs that are read too;
 - a feed item made from an older upsert than the item's latest eligible one is
   `stale`: reported, not failing (the contract names no such guarantee);
 - once time retention has removed content events, a feed item without one cannot
   be called `unknown_content`: its author (found through the pseudonym) and the feed
-  record's own fields are still judged, and if they pass it is `unverifiable`.
+  record's own fields are still judged, and if they pass it is `unverifiable`; a
+  held copy without its events is judged by itself the same way.
 """
 
 from __future__ import annotations
@@ -56,7 +90,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
@@ -72,6 +106,7 @@ from stream.errors import StreamError
 log = logging.getLogger(__name__)
 
 UTC: Final = dt.UTC
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_PORT: Final = 6067
 DEFAULT_EXAMPLES: Final = 10
 # Continuous mode runs beside a live filter: a difference younger than this is
@@ -83,6 +118,15 @@ DEFAULT_CONTINUOUS_GRACE_SECONDS: Final = 60.0
 CLOCK_SLACK: Final = dt.timedelta(seconds=1)
 # Reading stops with an error when no record arrives for this long while behind.
 READ_STALL_SECONDS: Final = 60.0
+# The latest year of a date or timestamp the rule computes with; a later one makes its
+# record unreadable (the contract's "a value the rule cannot compute with"). The same
+# bound as the filter's, so both call the same records unreadable: with the policy's
+# bounds below, the rule's arithmetic on such a date stays inside years 1-9999.
+MAX_YEAR: Final = 9800
+MINIMUM_AGE_RANGE: Final = range(18, 151)
+NOTICE_PERIOD_DAYS_RANGE: Final = range(0, 3651)
+# How long the filter remembers an item's latest applied event (STREAM_ITEM_MEMORY_DAYS).
+ITEM_MEMORY: Final = dt.timedelta(days=8)
 
 
 class VerifyError(StreamError):
@@ -90,10 +134,12 @@ class VerifyError(StreamError):
 
 
 class Reason(StrEnum):
-    """Why a feed item must not be there: the contract's rule, plus two of the verifier's own."""
+    """Why a feed item (or a held one) must not be there: the contract's rule, plus the verifier's own."""
 
     UNKNOWN_CONTENT = "unknown_content"  # no valid content event for the feed key
-    CONTENT_DELETED = "content_deleted"
+    CONTENT_DELETED = "content_deleted"  # the item's latest applied event is a delete
+    UNREADABLE_UPDATE = "unreadable_update"  # an unreadable record named the item after its latest applied event
+    HELD_AFTER_RELEASE = "held_after_release"  # a live held copy the filter must have released (or never held)
     PRIVATE_MESSAGE = "private_message"
     NOT_PUBLIC = "not_public"
     CONTENT_TYPE_NOT_ENABLED = "content_type_not_enabled"  # the policy file disables the type
@@ -165,11 +211,16 @@ def read_policy(path: Path | None = None) -> Policy:
         tables = data.get("jurisdictions", {})
         if not isinstance(version, str) or type(minimum_age) is not int or not isinstance(types, list):
             raise TypeError("version, minimum_age or content_types has the wrong type")
+        if minimum_age not in MINIMUM_AGE_RANGE:
+            raise TypeError(f"minimum_age must be {MINIMUM_AGE_RANGE[0]} to {MINIMUM_AGE_RANGE[-1]}, not {minimum_age}")
         periods: dict[str, dt.timedelta] = {}
         for code, spec in tables.items():
             days = spec["notice_period_days"]
-            if type(days) is not int or days < 0:
-                raise TypeError(f"jurisdiction {code}: notice_period_days must be a whole number >= 0")
+            if type(days) is not int or days not in NOTICE_PERIOD_DAYS_RANGE:
+                raise TypeError(
+                    f"jurisdiction {code}: notice_period_days must be a whole number from "
+                    f"{NOTICE_PERIOD_DAYS_RANGE[0]} to {NOTICE_PERIOD_DAYS_RANGE[-1]}"
+                )
             periods[code] = dt.timedelta(days=days)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise VerifyError(f"cannot read policy {where}: {exc}") from exc
@@ -216,11 +267,13 @@ def _identifier(obj: Mapping[str, Any], name: str) -> str:
 
 
 def parse_timestamp(v: object) -> dt.datetime:
-    """An RFC 3339 UTC timestamp as the schemas allow it; digits beyond microseconds are dropped."""
+    """An RFC 3339 UTC timestamp as the schemas allow it, up to MAX_YEAR; digits beyond microseconds are dropped."""
     m = _TIMESTAMP.fullmatch(v) if type(v) is str else None
     if m is None:
         raise _Invalid
     year, month, day, hour, minute, second, fraction = m.groups()
+    if int(year) > MAX_YEAR:
+        raise _Invalid
     micro = int((fraction or "")[:6].ljust(6, "0"))
     try:
         return dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=UTC)
@@ -258,12 +311,13 @@ def _key_text(key: bytes | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Content:
-    """The latest valid event of one content item. `op` is `upsert` or `delete`."""
+    """One valid event of a content item. `op` is `upsert` or `delete`."""
 
     op: str
     event_id: str
     author_id: str
     at: dt.datetime  # broker timestamp of the event
+    event_time: dt.datetime  # when the change happened upstream: what orders an item's events
     partition: int = 0
     content_type: str = ""
     visibility: str = ""
@@ -277,11 +331,11 @@ def parse_content(key: bytes | None, value: bytes | None, at: dt.datetime, parti
     op = _one_of(obj, "op", frozenset({"upsert", "delete"}))
     content_id = _identifier(obj, "content_id")
     author_id = _identifier(obj, "author_id")
-    parse_timestamp(obj.get("event_time"))
+    event_time = parse_timestamp(obj.get("event_time"))
     if _key_text(key) != author_id:
         raise _Invalid
     if op == "delete":  # a delete's other fields are not looked at
-        return content_id, Content("delete", event_id, author_id, at, partition)
+        return content_id, Content("delete", event_id, author_id, at, event_time, partition)
     content_type = _one_of(obj, "content_type", _CONTENT_TYPES)
     _one_of(obj, "platform", _PLATFORMS)
     visibility = _one_of(obj, "visibility", _VISIBILITIES)
@@ -289,7 +343,42 @@ def parse_content(key: bytes | None, value: bytes | None, at: dt.datetime, parti
     _optional_string(obj, "text", 100_000)
     _optional_string(obj, "media_uri", 2048)
     _optional_string(obj, "language", 35, _LANGUAGE)
-    return content_id, Content("upsert", event_id, author_id, at, partition, content_type, visibility, created_at)
+    return content_id, Content(
+        "upsert", event_id, author_id, at, event_time, partition, content_type, visibility, created_at
+    )
+
+
+def item_named_by(key: bytes | None, value: bytes | None) -> tuple[str, str] | None:
+    """`(author, content id)` that an unreadable content record still names: its key and its `content_id`.
+
+    Only a key that is an identifier and a JSON object whose `content_id` is one name
+    an item; anything else names none.
+    """
+    author_id = _key_text(key)
+    if author_id is None or not 1 <= len(author_id) <= _ID_MAX:
+        return None
+    try:
+        return author_id, _identifier(_object(value), "content_id")
+    except _Invalid:
+        return None
+
+
+def split_held_key(key: bytes) -> tuple[str, str] | None:
+    """`(author, content id)` of a key of the filter's deferred changelog, or None if it is not one.
+
+    The key is the filter's item id (wire format of its own topic): the author's length
+    in UTF-8 bytes (2 bytes, big-endian), the author, then the content id.
+    """
+    n = int.from_bytes(key[:2], "big")
+    if len(key) < 2 or len(key) < 2 + n:
+        return None
+    try:
+        author_id, content_id = key[2 : 2 + n].decode("utf-8"), key[2 + n :].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not (1 <= len(author_id) <= _ID_MAX and 1 <= len(content_id) <= _ID_MAX):
+        return None
+    return author_id, content_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +403,8 @@ def parse_profile(account_id: str, value: bytes) -> Profile:
             birth = dt.date.fromisoformat(raw_birth)
         except ValueError:
             raise _Invalid from None
+        if birth.year > MAX_YEAR:
+            raise _Invalid
     country = obj.get("country")
     if country is not None and (type(country) is not str or _COUNTRY.fullmatch(country) is None):
         raise _Invalid
@@ -353,30 +444,93 @@ class Account:
 class InputCounts:
     content: int = 0
     content_invalid: int = 0
+    content_skipped: int = 0  # valid, but superseded or after a delete: they change nothing
     profiles: int = 0
     objections: int = 0
 
 
 @dataclass(slots=True)
-class State:
-    """Latest content event per content id and latest state per account; fed in offset order."""
+class Item:
+    """One item (an author's content id): its latest applied event, and an unreadable record since."""
 
+    latest: Content | None = None
+    # Broker time of an unreadable record naming the item after `latest`: the filter
+    # retracts the item and releases its held copy; only a later applied event undoes that.
+    unreadable_at: dt.datetime | None = None
+
+
+def applies(latest: Content | None, event: Content, memory: dt.timedelta = ITEM_MEMORY) -> bool:
+    """Whether `event` changes an item whose latest applied event is `latest` (contract: "Order per item").
+
+    The same event id is superseded; after a delete everything is; an older event
+    time is; an equal event time with another id applies (arrival order). The
+    filter forgets `latest` `memory` after applying it; here after its broker time.
+    """
+    if latest is None or event.at - latest.at > memory:
+        return True
+    if event.event_id == latest.event_id or latest.op == "delete":
+        return False
+    return event.event_time >= latest.event_time
+
+
+@dataclass(slots=True)
+class State:
+    """Each item's latest applied event and each account's latest state; fed in offset order.
+
+    Items are keyed like the filter's, by author and content id: `items[content id][author]`.
+    `contents` holds, per content id, the latest applied event of the item that changed
+    last (offset order within a partition, broker time across partitions): the one a
+    feed key names unless another author's item claims the same id.
+    """
+
+    items: dict[str, dict[str, Item]] = field(default_factory=dict)
     contents: dict[str, Content] = field(default_factory=dict)
     accounts: dict[str, Account] = field(default_factory=dict)
     counts: InputCounts = field(default_factory=InputCounts)
+    item_memory: dt.timedelta = ITEM_MEMORY
+
+    def _item(self, content_id: str, author_id: str) -> Item:
+        return self.items.setdefault(content_id, {}).setdefault(author_id, Item())
 
     def apply_content(self, key: bytes | None, value: bytes | None, at: dt.datetime, partition: int = 0) -> None:
         self.counts.content += 1
         try:
             content_id, content = parse_content(key, value, at, partition)
-        except _Invalid:  # a dead letter: it changes nothing
+        except _Invalid:  # a dead letter; the item it still names, if any, fails closed
             self.counts.content_invalid += 1
+            named = item_named_by(key, value)
+            if named is not None:
+                self._item(named[1], named[0]).unreadable_at = at
             return
+        item = self._item(content_id, content.author_id)
+        if not applies(item.latest, content, self.item_memory):
+            self.counts.content_skipped += 1
+            return
+        item.latest = content
+        item.unreadable_at = None
         known = self.contents.get(content_id)
         # Offset order decides within a partition. The same content id from two
         # partitions (two authors claiming it) has no offset order: the later stamp wins.
         if known is None or known.partition == partition or known.at <= at:
             self.contents[content_id] = content
+
+    def item_on_feed(self, content_id: str, claimed: object, key: bytes) -> tuple[str | None, Item | None]:
+        """The `(author, item)` a feed record of `content_id` stands for; `claimed` is its `author_pseudonym`.
+
+        With one author of the id, that one; with several, the one whose pseudonym the
+        record carries, else the item that changed last.
+        """
+        candidates = self.items.get(content_id)
+        if not candidates:
+            return None, None
+        if len(candidates) > 1:
+            for author_id, item in candidates.items():
+                if _is_pseudonym_of(claimed, author_id, key):
+                    return author_id, item
+            current = self.contents.get(content_id)
+            if current is not None:
+                return current.author_id, candidates[current.author_id]
+        return next(iter(candidates.items()))
 
     def apply_profile(self, key: bytes | None, value: bytes | None, at: dt.datetime) -> None:
         self.counts.profiles += 1
@@ -404,18 +558,32 @@ class State:
 
     def account_ids(self) -> set[str]:
         """Every raw account id the inputs mention."""
-        return set(self.accounts) | {c.author_id for c in self.contents.values()}
+        return set(self.accounts) | {author for by_author in self.items.values() for author in by_author}
 
 
 # --- the rule -----------------------------------------------------------------------
 
 
 def adult_from(birth: dt.date, age: int) -> dt.date:
-    """The day someone born on `birth` turns `age`; a 29 February birthday counts on 1 March in common years."""
+    """The day someone born on `birth` turns `age`; a 29 February birthday counts on 1 March in common years.
+
+    A day past the calendar's end (year 9999) is `date.max`: never, as far as the rule can tell.
+    """
+    year = birth.year + age
+    if year > dt.MAXYEAR:
+        return dt.date.max
     try:
-        return birth.replace(year=birth.year + age)
+        return birth.replace(year=year)
     except ValueError:
-        return dt.date(birth.year + age, 3, 1)
+        return dt.date(year, 3, 1)
+
+
+def notice_end(notified_at: dt.datetime, period: dt.timedelta) -> dt.datetime | None:
+    """When a notice period shown at `notified_at` ends; None past the calendar's end (it never does)."""
+    try:
+        return notified_at + period
+    except OverflowError:
+        return None
 
 
 def judge(
@@ -445,7 +613,8 @@ def judge(
         return Reason.JURISDICTION_NOT_ENABLED
     if profile.notified_at is None:
         return Reason.NOT_NOTIFIED
-    if now < profile.notified_at + period:
+    ends = notice_end(profile.notified_at, period)
+    if ends is None or now < ends:
         return Reason.NOTICE_PERIOD_RUNNING
     if profile.birth_date is None:
         return Reason.AGE_UNKNOWN
@@ -459,6 +628,15 @@ def judge(
 
 def pseudonym(key: bytes, account_id: str) -> str:
     return hmac.new(key, account_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _is_pseudonym_of(claimed: object, account_id: str, key: bytes) -> bool:
+    # compare_digest refuses non-ASCII strings: check the shape first.
+    return (
+        type(claimed) is str
+        and _PSEUDONYM.fullmatch(claimed) is not None
+        and hmac.compare_digest(claimed, pseudonym(key, account_id))
+    )
 
 
 # --- the comparison -----------------------------------------------------------------
@@ -487,6 +665,7 @@ class Report:
     inputs: InputCounts
     content_truncated: bool  # time retention removed content events: `unverifiable` replaces `unknown_content`
     feed_items: int = 0
+    held_items: int = 0  # live records on the filter's deferred changelog
     expected_eligible: int = 0
     violations: dict[Reason, Tally] = field(default_factory=lambda: {r: Tally() for r in VIOLATION_REASONS})
     losses: Tally = field(default_factory=Tally)
@@ -519,14 +698,25 @@ def _content_id_of_key(key: bytes) -> str:
 
 
 def _strings(value: object) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
+    """Every string inside a parsed JSON value, keys excepted.
+
+    A loop, not recursion: a feed value nested a thousand deep (orjson allows 1024)
+    would otherwise stop the verifier with a RecursionError.
+    """
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
+def _text(value: object) -> str:
+    # Never str() of a parsed value: the repr of a deeply nested list raises RecursionError.
+    return value if isinstance(value, str) else ""
 
 
 def compare(
@@ -539,11 +729,15 @@ def compare(
     grace_seconds: float = 0.0,
     content_truncated: bool = False,
     examples: int = DEFAULT_EXAMPLES,
+    held: Mapping[bytes, bytes] | None = None,
 ) -> Report:
-    """Diff the compacted feed (live values only) against the state. Pure."""
+    """Diff the compacted feed and the live held items (values only, no tombstones) against the state. Pure."""
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    report = Report(now, policy.version, grace_seconds, state.counts, content_truncated, feed_items=len(feed))
+    held = held if held is not None else {}
+    report = Report(
+        now, policy.version, grace_seconds, state.counts, content_truncated, feed_items=len(feed), held_items=len(held)
+    )
     recent = now - dt.timedelta(seconds=grace_seconds)
     account_ids = state.account_ids()
     by_pseudonym: dict[str, str] | None = None
@@ -551,54 +745,69 @@ def compare(
     def is_recent(*stamps: dt.datetime | None) -> bool:
         return grace_seconds > 0 and any(t is not None and t > recent for t in stamps)
 
+    def flag(reason: Reason, content_id: str, *stamps: dt.datetime | None) -> None:
+        if is_recent(*stamps):
+            report.pending.add(content_id, examples)
+        else:
+            report.violations[reason].add(content_id, examples)
+
     for key, value in feed.items():
         content_id = _content_id_of_key(key)
-        item = _feed_object(value)
-        content = state.contents.get(content_id)
-        author = content.author_id if content is not None else None
-        for problem in _minimisation_problems(item, author, account_ids, policy, pseudonym_key):
+        fields = _feed_object(value)
+        claimed = fields.get("author_pseudonym") if fields is not None else None
+        author, item = state.item_on_feed(content_id, claimed, pseudonym_key)
+        content = item.latest if item is not None else None
+        for problem in _minimisation_problems(
+            fields, content.author_id if content is not None else None, account_ids, policy, pseudonym_key
+        ):
             report.minimisation[problem].add(content_id, examples)
 
         if content is None:
             if not content_truncated:
                 report.violations[Reason.UNKNOWN_CONTENT].add(content_id, examples)
                 continue
+            if item is not None and item.unreadable_at is not None and author is not None:
+                if _is_pseudonym_of(claimed, author, pseudonym_key):
+                    flag(Reason.UNREADABLE_UPDATE, content_id, item.unreadable_at)
+                    continue
             # The content event aged out: judge what the feed record and the author's state still tell.
             if by_pseudonym is None:
                 by_pseudonym = {pseudonym(pseudonym_key, a): a for a, acc in state.accounts.items() if acc.profile}
-            fields = item if item is not None else {}
-            account_id = by_pseudonym.get(str(fields.get("author_pseudonym")))
+            fields = fields if fields is not None else {}
+            account_id = by_pseudonym.get(_text(fields.get("author_pseudonym")))
             account = state.accounts.get(account_id) if account_id is not None else None
             try:
                 created_at: dt.datetime | None = parse_timestamp(fields.get("created_at"))
             except _Invalid:
                 created_at = None
             # The feed does not carry the visibility; the item is taken as public as it claims.
-            reason = judge(str(fields.get("content_type")), "public", created_at, account, policy, now)
+            reason = judge(_text(fields.get("content_type")), "public", created_at, account, policy, now)
             if reason is Reason.ELIGIBLE:
                 report.unverifiable.add(content_id, examples)
-            elif is_recent(account.changed_at() if account is not None else None):
-                report.pending.add(content_id, examples)
             else:
-                report.violations[reason].add(content_id, examples)
+                flag(reason, content_id, account.changed_at() if account is not None else None)
             continue
 
+        assert item is not None
         account = state.accounts.get(content.author_id)
         if content.op == "delete":
             reason = Reason.CONTENT_DELETED
+        elif item.unreadable_at is not None:
+            reason = Reason.UNREADABLE_UPDATE
         else:
             reason = judge(content.content_type, content.visibility, content.created_at, account, policy, now)
         if reason is Reason.ELIGIBLE:
-            if item is not None and item.get("source_event_id") != content.event_id:
+            if fields is not None and fields.get("source_event_id") != content.event_id:
                 report.stale.add(content_id, examples)
-        elif is_recent(content.at, account.changed_at() if account is not None else None):
-            report.pending.add(content_id, examples)
         else:
-            report.violations[reason].add(content_id, examples)
+            flag(reason, content_id, content.at, item.unreadable_at, account.changed_at() if account else None)
+
+    for key, value in held.items():
+        _judge_held(state, key, value, policy, now, content_truncated, flag)
 
     for content_id, content in state.contents.items():
-        if content.op != "upsert":
-            continue
+        if content.op != "upsert" or state.items[content_id][content.author_id].unreadable_at is not None:
+            continue  # deleted, or retracted (and released) by the unreadable record since
         account = state.accounts.get(content.author_id)
         if judge(content.content_type, content.visibility, content.created_at, account, policy, now) is not (
             Reason.ELIGIBLE
@@ -610,8 +819,10 @@ def compare(
         assert account is not None and account.profile is not None and account.profile.notified_at is not None
         country = account.profile.country
         assert country is not None
+        ends = notice_end(account.profile.notified_at, policy.notice_periods[country])
+        assert ends is not None  # eligible: the notice period has ended
         # Due from the later of the upsert and the end of the notice period (a deferred decision).
-        due = max(content.at, account.profile.notified_at + policy.notice_periods[country])
+        due = max(content.at, ends)
         changed = account.changed_at()
         if due > recent:
             report.pending.add(content_id, examples)
@@ -620,6 +831,73 @@ def compare(
         else:
             report.losses.add(content_id, examples)
     return report
+
+
+def _judge_held(
+    state: State,
+    key: bytes,
+    value: bytes,
+    policy: Policy,
+    now: dt.datetime,
+    content_truncated: bool,
+    flag: Callable[..., None],
+) -> None:
+    """Flag a live held item the filter must have released: the contract's "Deferred decisions".
+
+    A held copy may stay only while it is the item's latest applied event, no unreadable
+    record named the item since, and the rule refuses it for its notice period alone
+    (or allows it: then it falls due and is published, or missing it is a loss).
+    """
+    names = split_held_key(key)
+    if names is None:
+        # Not an item id: name it without the author id the key may still contain.
+        flag(Reason.HELD_AFTER_RELEASE, "held-key-sha256:" + hashlib.sha256(key).hexdigest()[:16])
+        return
+    author_id, content_id = names
+    copy = _held_copy(author_id, content_id, value)
+    item = state.items.get(content_id, {}).get(author_id)
+    latest = item.latest if item is not None else None
+    account = state.accounts.get(author_id)
+    changed = account.changed_at() if account is not None else None
+    if copy is None:
+        flag(Reason.HELD_AFTER_RELEASE, content_id)
+        return
+    if latest is None:
+        if not content_truncated or (item is not None and item.unreadable_at is not None):
+            flag(Reason.HELD_AFTER_RELEASE, content_id, changed)
+            return
+        latest = copy  # its content events aged out: judge the copy itself
+    assert item is not None or latest is copy
+    unreadable_at = item.unreadable_at if item is not None else None
+    if latest.op != "upsert" or unreadable_at is not None or latest.event_id != copy.event_id:
+        flag(Reason.HELD_AFTER_RELEASE, content_id, latest.at, unreadable_at, changed)
+        return
+    reason = judge(latest.content_type, latest.visibility, latest.created_at, account, policy, now)
+    if reason not in (Reason.NOTICE_PERIOD_RUNNING, Reason.ELIGIBLE):
+        flag(Reason.HELD_AFTER_RELEASE, content_id, latest.at, changed, _notice_end_of(account, policy))
+
+
+def _held_copy(author_id: str, content_id: str, value: bytes) -> Content | None:
+    """The content event a deferred changelog value holds (`{"due_ms": ..., "content": {...}}`), if readable."""
+    obj = _feed_object(value)
+    held = obj.get("content") if obj is not None else None
+    if type(held) is not dict:
+        return None
+    try:
+        # A copy has no broker time of its own: the epoch, so it never counts as a recent change.
+        named, copy = parse_content(author_id.encode("utf-8"), orjson.dumps(held), _EPOCH)
+    except (_Invalid, orjson.JSONEncodeError):
+        return None
+    return copy if named == content_id else None
+
+
+def _notice_end_of(account: Account | None, policy: Policy) -> dt.datetime | None:
+    """When the author's notice period ends (a held item's release is due then), if it has one."""
+    profile = account.profile if account is not None else None
+    if profile is None or profile.notified_at is None or profile.country is None:
+        return None
+    period = policy.notice_periods.get(profile.country)
+    return None if period is None else notice_end(profile.notified_at, period)
 
 
 def _feed_object(value: bytes) -> dict[str, Any] | None:
@@ -676,10 +954,12 @@ def render(report: Report) -> str:
     verdict = "OK" if report.ok else "FAILED"
     lines = [
         f"training.feed verification at {_timestamp(report.checked_at)}, policy {report.policy_version}: {verdict}",
-        f"  inputs: {c.content} content events ({c.content_invalid} invalid, ignored), "
+        f"  inputs: {c.content} content events ({c.content_invalid} invalid, "
+        f"{c.content_skipped} superseded or after a delete), "
         f"{c.profiles} profile records, {c.objections} objection records"
         + ("; older content events are past retention" if report.content_truncated else ""),
-        f"  feed items: {report.feed_items}, expected eligible: {report.expected_eligible}"
+        f"  feed items: {report.feed_items}, held items: {report.held_items}, "
+        f"expected eligible: {report.expected_eligible}"
         + (f", grace {report.grace_seconds:g}s" if report.grace_seconds else ""),
         f"  violations: {report.violation_count}",
     ]
@@ -715,11 +995,13 @@ def to_json(report: Report) -> bytes:
             "inputs": {
                 "content_events": c.content,
                 "content_events_invalid": c.content_invalid,
+                "content_events_skipped": c.content_skipped,
                 "profile_records": c.profiles,
                 "objection_records": c.objections,
                 "content_truncated": report.content_truncated,
             },
             "feed_items": report.feed_items,
+            "held_items": report.held_items,
             "expected_eligible": report.expected_eligible,
             "violations": {
                 "count": report.violation_count,
@@ -811,8 +1093,13 @@ class VerifierMetrics:
 # --- the Kafka shell ----------------------------------------------------------------
 
 
-def _broker_time(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=UTC)
+# Producers choose a record's CreateTime: any 64-bit number, -1 when there is none.
+_LAST_BROKER_MS: Final = (dt.datetime(9999, 1, 1, tzinfo=UTC) - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def broker_time(ms: int) -> dt.datetime:
+    """A record's timestamp as a datetime, clamped to 1970..9999: no timestamp may make the verifier raise."""
+    return _EPOCH + dt.timedelta(milliseconds=min(max(ms, 0), _LAST_BROKER_MS))
 
 
 async def verify(
@@ -834,7 +1121,7 @@ async def verify(
         raise ValueError("now must be timezone-aware")
     policy = read_policy(settings.policy_path)
     try:
-        state, feed, truncated = await _read(settings)
+        state, feed, held, truncated = await _read(settings)
     except KafkaError as exc:
         raise VerifyError(f"cannot read the topics from {settings.bootstrap_servers}: {exc!r}") from exc
     return compare(
@@ -846,15 +1133,18 @@ async def verify(
         grace_seconds=grace_seconds,
         content_truncated=truncated,
         examples=examples,
+        held=held,
     )
 
 
-async def _read(settings: Settings) -> tuple[State, dict[bytes, bytes], bool]:
-    """The state of the inputs, the live feed, and whether retention removed content events."""
+async def _read(settings: Settings) -> tuple[State, dict[bytes, bytes], dict[bytes, bytes], bool]:
+    """The state of the inputs, the live feed, the live held items, and whether retention removed content events."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # the shell's dependency; the pure part needs no Kafka
 
     topics = settings.topics
-    counts = await _partition_counts(settings, [topics.feed, topics.content, topics.profiles, topics.objections])
+    counts = await _partition_counts(
+        settings, [topics.feed, topics.deferred, topics.content, topics.profiles, topics.objections]
+    )
     partitions = {name: [TopicPartition(name, p) for p in range(n)] for name, n in counts.items()}
     # No group: nothing is committed, and the filter's group never sees this reader.
     consumer = AIOKafkaConsumer(
@@ -867,37 +1157,41 @@ async def _read(settings: Settings) -> tuple[State, dict[bytes, bytes], bool]:
     )
     await consumer.start()
     try:
-        # The feed's end offsets first, the inputs' after: every feed record read was
-        # then caused by input records that are read too (no false unknown_content).
-        ends = dict(await consumer.end_offsets(partitions[topics.feed]))
+        # The outputs' end offsets first, the inputs' after: every feed and held record
+        # read was then caused by input records that are read too (no false
+        # unknown_content, no held item judged without the event it holds).
+        ends = dict(await consumer.end_offsets(partitions[topics.feed] + partitions[topics.deferred]))
         inputs = partitions[topics.content] + partitions[topics.profiles] + partitions[topics.objections]
         ends.update(await consumer.end_offsets(inputs))
         starts = await consumer.beginning_offsets(partitions[topics.content])
         truncated = any(offset > 0 for offset in starts.values())
 
-        state = State()
+        # A memory past timedelta's range (a setting of millions of years) is "never forget".
+        state = State(item_memory=dt.timedelta(days=min(settings.item_memory_days, dt.timedelta.max.days)))
         feed: dict[bytes, bytes] = {}
+        held: dict[bytes, bytes] = {}
         async for tp, records in _read_to_end(consumer, ends):
-            if tp.topic == topics.feed:
+            if tp.topic in (topics.feed, topics.deferred):
+                live = feed if tp.topic == topics.feed else held
                 for r in records:
                     if r.key is None:
                         continue  # a compacted topic refuses keyless records; nothing to judge
                     if r.value is None:
-                        feed.pop(r.key, None)
+                        live.pop(r.key, None)
                     else:
-                        feed[r.key] = r.value
+                        live[r.key] = r.value
             elif tp.topic == topics.content:
                 for r in records:
-                    state.apply_content(r.key, r.value, _broker_time(r.timestamp), tp.partition)
+                    state.apply_content(r.key, r.value, broker_time(r.timestamp), tp.partition)
             elif tp.topic == topics.profiles:
                 for r in records:
-                    state.apply_profile(r.key, r.value, _broker_time(r.timestamp))
+                    state.apply_profile(r.key, r.value, broker_time(r.timestamp))
             else:
                 for r in records:
-                    state.apply_objection(r.key, r.value, _broker_time(r.timestamp))
+                    state.apply_objection(r.key, r.value, broker_time(r.timestamp))
     finally:
         await consumer.stop()
-    return state, feed, truncated
+    return state, feed, held, truncated
 
 
 async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:

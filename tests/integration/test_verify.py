@@ -41,7 +41,7 @@ from .harness import (
     send_workload,
     unique_settings,
 )
-from .test_filter_scenario import objection, profile, upsert
+from .test_filter_scenario import objection, profile, ts, upsert
 
 pytestmark = pytest.mark.integration
 
@@ -191,6 +191,87 @@ async def test_verify_planted_feed_records_are_reported_with_reasons_and_fail(bo
     data = orjson.loads(json_path.read_bytes())
     assert data["violations"]["by_reason"][Reason.OBJECTED.value] == {"count": 1, "examples": ["c-obj"]}
     assert data["minimisation_problems"]["by_kind"]["fields"]["count"] == 1
+
+
+def delete(content_id: str, author: str) -> tuple[bytes, bytes]:
+    return author.encode(), js(
+        {
+            "event_id": f"d-{content_id}",
+            "op": "delete",
+            "content_id": content_id,
+            "author_id": author,
+            "event_time": "2026-11-28T09:15:00Z",
+        }
+    )
+
+
+async def test_verify_order_unreadable_updates_and_held_items_agree_with_worker_and_catch_plants(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    # a-br is in Brazil and was shown the notice just now: 30 days of notice period run.
+    shown = ts(dt.datetime.now(UTC))
+    await send_at(
+        settings,
+        settings.topics.profiles,
+        [profile("a-adult"), profile("a-br", country="BR", notified=shown)],
+        HOUR_AGO_MS,
+    )
+    unreadable = js({**orjson.loads(upsert("c-bad", "a-adult")[1]), "event_id": "e-c-bad-2", "visibility": "circle"})
+    await send(
+        settings,
+        settings.topics.content,
+        [
+            upsert("c-keep", "a-adult"),
+            upsert("c-del", "a-adult"),
+            delete("c-del", "a-adult"),
+            upsert("c-del", "a-adult"),  # a duplicate after the delete: skipped
+            upsert("c-del", "a-adult", event_id="e-c-del-2", event_time="2026-11-28T10:00:00Z"),  # deleted: skipped
+            upsert("c-bad", "a-adult"),
+            (b"a-adult", unreadable),  # a dead letter that still names c-bad: it leaves the feed
+            upsert("c-held", "a-br"),
+            upsert("c-held-2", "a-br"),
+        ],
+    )
+    async with running_worker(settings):
+        await content_consumed(settings)
+        report = await verify(settings)
+        assert report.ok, render(report)
+        assert (report.held_items, report.inputs.content_skipped, report.inputs.content_invalid) == (2, 2, 1)
+        held = {k: r.value for k, r in latest_by_key(await read_all(settings, settings.topics.deferred)).items()}
+        assert len(held) == 2 and all(v is not None for v in held.values())
+
+        # The objection releases both held items: tombstones on the deferred changelog.
+        await send(settings, settings.topics.objections, [objection("a-br", "objected")])
+        await send_markers(settings, "objection")
+        await content_consumed(settings)
+    report = await verify(settings)
+    assert report.ok and report.held_items == 0, render(report)
+    live = {k: r.json() for k, r in latest_by_key(await read_all(settings, settings.topics.feed)).items()}
+    assert {k for k, v in live.items() if v is not None} == {b"c-keep"}
+
+    # Written behind the filter's back: a deleted item, an item after its unreadable
+    # update, and the released held copies back on the deferred changelog.
+    good = live[b"c-keep"]
+    await send(
+        settings,
+        settings.topics.feed,
+        [
+            (c, js({**good, "content_id": c.decode(), "source_event_id": f"e-{c.decode()}"}))
+            for c in (b"c-del", b"c-bad")
+        ],
+    )
+    await send(settings, settings.topics.deferred, list(held.items()))
+    report = await verify(settings)
+
+    assert {r: sorted(e) for r, e in found(report).items()} == {
+        "content_deleted": ["c-del"],
+        "unreadable_update": ["c-bad"],
+        "held_after_release": ["c-held", "c-held-2"],
+    }, render(report)
+    assert report.held_items == 2 and report.exit_status == 1
+    assert "a-br" not in render(report) and "text of" not in render(report)
 
 
 async def test_verify_tombstoned_eligible_item_is_reported_as_loss(bootstrap: str, tmp_path: Path) -> None:
