@@ -22,6 +22,7 @@ import stream.engine
 from stream.config import Settings
 from stream.partitioning import partition_for
 from stream.state import item_id
+from stream.verify import render, verify
 
 from .harness import (
     Out,
@@ -59,6 +60,12 @@ def _delete(content_id: str, author: str, event_id: str, event_time: str) -> tup
     return author.encode(), js(
         {"event_id": event_id, "op": "delete", "content_id": content_id, "author_id": author, "event_time": event_time}
     )
+
+
+async def _verified(settings: Settings) -> None:
+    """The independent verifier finds nothing wrong and nothing missing (issue #16: zero after each)."""
+    report = await verify(settings)
+    assert (report.violation_count, report.losses.count) == (0, 0), render(report)
 
 
 def _live(feed: list[Out]) -> set[bytes | None]:
@@ -113,6 +120,7 @@ async def test_worker_schema_valid_dates_it_cannot_compute_with_are_dead_letters
     assert [d["reason"] for d in _decisions(decisions, "c-far-birth")] == ["account_unknown"]
     assert [d["reason"] for d in _decisions(decisions, "c-far-notice")] == ["account_unknown"]
     assert await read_all(settings, settings.topics.deferred) == []
+    await _verified(settings)
 
 
 async def test_worker_duplicate_or_late_event_never_puts_back_a_deleted_or_private_item(
@@ -169,6 +177,7 @@ async def test_worker_duplicate_or_late_event_never_puts_back_a_deleted_or_priva
     decisions = await read_all(settings, settings.topics.decisions)
     assert [d["action"] for d in _decisions(decisions, "c-del")][-1] == "skip"
     assert [d["action"] for d in _decisions(decisions, "c-priv")][-1] == "skip"
+    await _verified(settings)
 
 
 async def test_worker_unreadable_edit_or_delete_of_a_published_item_retracts_it(bootstrap: str, tmp_path: Path) -> None:
@@ -198,6 +207,7 @@ async def test_worker_unreadable_edit_or_delete_of_a_published_item_retracts_it(
         last = _decisions(decisions, content_id)[-1]
         assert (last["action"], last["cause"]) == ("retract", "unreadable_update")
         assert last["event_id"].startswith(f"{settings.topics.content}:0:")
+    await _verified(settings)
 
 
 def _delete_dict(content_id: str, author: str, *, event_id: str | None) -> dict[str, Any]:
@@ -245,6 +255,7 @@ async def test_worker_objection_or_account_deletion_releases_held_items_at_once(
     assert _decisions(decisions, "c-a-leaves")[-1]["reason"] == "account_unknown"
     assert _decisions(decisions, "c-a-moves")[-1]["reason"] == "jurisdiction_not_enabled"
     assert _live(await read_all(settings, settings.topics.feed)) == set()
+    await _verified(settings)
 
 
 async def test_worker_crash_after_feed_before_index_cannot_leave_an_item_the_next_owner_never_retracts(
@@ -279,6 +290,7 @@ async def test_worker_crash_after_feed_before_index_cannot_leave_an_item_the_nex
     async with running_worker(replace(settings)):
         await _drained(settings, "crash")
     assert _live(await read_all(settings, settings.topics.feed)) == set()
+    await _verified(settings)
 
 
 async def test_worker_dead_letter_of_a_huge_record_is_capped_and_the_partition_goes_on(
@@ -314,6 +326,7 @@ async def test_worker_dead_letter_of_a_huge_record_is_capped_and_the_partition_g
     assert of_key.key == hashlib.sha256(huge_key).hexdigest().encode()
     assert key_letter["omitted"] == ["key"] and key_letter["key_bytes"] == len(huge_key)
     assert base64.b64decode(key_letter["value"]) == b"{}"
+    await _verified(settings)
 
 
 async def test_worker_places_records_by_content_id_whatever_the_input_partition(bootstrap: str, tmp_path: Path) -> None:
@@ -333,6 +346,7 @@ async def test_worker_places_records_by_content_id_whatever_the_input_partition(
     assert placed == {c.encode(): partition_for(c.encode(), 4) for c in ids}
     assert set(placed.values()) - author_partition, "some ids must hash elsewhere for the test to mean anything"
     assert all(r.partition == partition_for(r.key or b"", 4) for r in decisions)
+    await _verified(settings)
 
 
 async def test_worker_record_that_raises_is_isolated_dead_lettered_and_the_partition_goes_on(
@@ -359,6 +373,7 @@ async def test_worker_record_that_raises_is_isolated_dead_lettered_and_the_parti
     assert _live(await read_all(settings, settings.topics.feed)) == {b"c-ok", b"c-next"}
     [letter] = [r.json() for r in await read_all(settings, settings.topics.dlq)]
     assert letter["reason"] == "processing_error" and "ZeroDivisionError" in letter["detail"]
+    await _verified(settings)
 
 
 async def test_worker_whose_batches_keep_failing_reports_itself_stuck_until_one_succeeds(
@@ -380,3 +395,4 @@ async def test_worker_whose_batches_keep_failing_reports_itself_stuck_until_one_
         await read_until(settings, settings.topics.feed, 1)
         await until(lambda: worker.is_ready)
         assert sample(worker, "eligibility_worker_stuck") == 0 and sample(worker, "eligibility_ready") == 1
+    await _verified(settings)
