@@ -73,11 +73,15 @@ def build(settings: Settings) -> faust.App:
         # default 4096, a full content buffer blocks Faust's whole fetch loop, the state agents too.
         stream_buffer_maxsize=65536,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    content_topic = app.topic(t.content, **raw)
-    profiles_topic = app.topic(t.profiles, **raw)
-    objections_topic = app.topic(t.objections, **raw)
-    outputs = {FEED: app.topic(t.feed, **raw), DECISIONS: app.topic(t.decisions, **raw), DLQ: app.topic(t.dlq, **raw)}
+
+    def raw_topic(name: str) -> faust.TopicT:
+        """A topic of bytes in and out: we decode and encode ourselves, as the worker does."""
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    content_topic = raw_topic(t.content)
+    profiles_topic = raw_topic(t.profiles)
+    objections_topic = raw_topic(t.objections)
+    outputs = {FEED: raw_topic(t.feed), DECISIONS: raw_topic(t.decisions), DLQ: raw_topic(t.dlq)}
     filt = DictFilter(load_policy(settings.policy_path), settings.pseudonym_key)
 
     targets: dict[tuple[str, int], int] = {}
@@ -96,7 +100,6 @@ def build(settings: Settings) -> faust.App:
                 "state loaded: %d profiles, %d objections; deciding content", len(filt.profiles), len(filt.objections)
             )
 
-    @app.task
     async def read_state_ends() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)  # for its metadata look-up
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
@@ -116,6 +119,10 @@ def build(settings: Settings) -> faust.App:
         targets_known.set()
         log.warning("state end offsets: %s", sorted(targets.items()))
         check_loaded()
+
+    # Registered by a call, not as a decorator: faust's `task` decorator is untyped and
+    # would make the function untyped for mypy.
+    app.task(read_state_ends)
 
     async def send_all(out: list[Output]) -> None:
         for kind, key, value in out:

@@ -169,7 +169,8 @@ def broker_process(bootstrap: str) -> psutil.Process | None:
     port = int(bootstrap.split(",")[0].rpartition(":")[2])
     with contextlib.suppress(psutil.Error):
         for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            # `laddr` is an empty tuple for a socket without an address.
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
                 return psutil.Process(conn.pid)
     return None
 

@@ -33,6 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -149,7 +150,7 @@ async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float =
     raise TimeoutError("worker not ready")
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     base = TopicNames()
     topics = TopicNames(**{f: f"bo{tag}.{getattr(base, f)}" for f in base.__dataclass_fields__})
@@ -253,16 +254,16 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     last_tombstone: dict[str, int] = {}
     leaks = 0
     for r in records:
-        c = owner.get(r.key)
-        if c is None or c.objected_at is None:
+        author = owner.get(r.key)
+        if author is None or author.objected_at is None:
             continue
         if r.value is None:
-            last_tombstone[c.account] = max(last_tombstone.get(c.account, 0), r.timestamp)
+            last_tombstone[author.account] = max(last_tombstone.get(author.account, 0), r.timestamp)
         else:
             item = orjson.loads(r.value)
-            assert pseudonym_of[item["author_pseudonym"]] is c
-            acked = dict(c.posts).get(r.key.decode())
-            if acked is not None and acked > c.objected_at:
+            assert pseudonym_of[item["author_pseudonym"]] is author
+            acked = dict(author.posts).get(r.key.decode())
+            if acked is not None and acked > author.objected_at:
                 leaks += 1
     latencies = [
         (last_tombstone[c.account] - c.objected_at) / 1000
@@ -294,8 +295,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def write(result: dict[str, object]) -> None:
-    verdict_p99 = "met" if float(result["p99_ms"]) <= 250 else "MISSED"  # type: ignore[arg-type]
+def write(result: dict[str, Any]) -> None:
+    verdict_p99 = "met" if float(result["p99_ms"]) <= 250 else "MISSED"
     verdict_leak = "met" if result["leaks"] == 0 else "MISSED"
     block = f"""{BEGIN}
 ## Objection propagation (issue 4)

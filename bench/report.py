@@ -154,7 +154,7 @@ def plot(r: dict[str, Any]) -> bool:
         return False
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     ax = axes[0][0]
-    chosen = target_drain(r) or (drains(r) or [None])[0]
+    chosen = target_drain(r) or next(iter(drains(r)), None)
     for kind, c in (chosen or {}).get("consumers", {}).items():
         series = c.get("output_per_second")
         if series:

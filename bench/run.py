@@ -138,8 +138,8 @@ async def drain_one(
     settings = run.settings(inputs, name)
     await run.create(settings)
     # Per-event Faust is slow: give it time for the state and the content, at >= 500 events/s.
-    per_second = 500 if kind == "faust" else 2000
-    timeout = max(180.0, (n_content + n_state) / per_second)
+    min_rate = 500 if kind == "faust" else 2000
+    timeout = max(180.0, (n_content + n_state) / min_rate)
     sys_cpu = common.SystemCpu()
     proc = common.start_process(kind, settings, run.scratch / "logs", suffix=f"-{name}")
     ps = psutil.Process(proc.pid)
@@ -564,7 +564,10 @@ async def latency_step(
     matched = len(samples)
 
     def summary(h: HdrHistogram) -> dict[str, Any]:
-        ms = lambda p: round(h.get_value_at_percentile(p) / 1000, 2)  # noqa: E731
+        def ms(percentile: float) -> float:
+            micros: int = h.get_value_at_percentile(percentile)
+            return round(micros / 1000, 2)
+
         return {
             "count": h.get_total_count(),
             "p50_ms": ms(50),
@@ -717,7 +720,10 @@ def _soak_summary(
     total_done = samples[-1].committed if samples else 0
     warm = next((s for s in processed if s.committed >= 0.1 * total_done), processed[0] if processed else None)
     after = [s for s in processed if warm is not None and s.t >= warm.t]
-    mib = lambda b: round(b / 2**20, 1)  # noqa: E731
+
+    def mib(size: int) -> float:
+        return round(size / 2**20, 1)
+
     soak = {
         "events_target": total,
         "events_processed": total_done,
@@ -810,7 +816,8 @@ async def bench_soak(args: argparse.Namespace, run: Run, results: dict[str, Any]
 
 def load_results() -> dict[str, Any]:
     if RESULTS.exists():
-        return json.loads(RESULTS.read_text())
+        results: dict[str, Any] = json.loads(RESULTS.read_text())
+        return results
     return {}
 
 
