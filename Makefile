@@ -41,6 +41,13 @@ check: install ## linters and strict mypy
 faults: check ## the fault-injection suite alone (also part of `make test`); rewrites docs/reliability.md
 	RELIABILITY_REPORT=1 $(PY) -m pytest tests/faults -v
 
+# By hand, never in `make test` or CI (about 12 minutes). Without the default
+# CHAOS_ARGS the docs are left alone: `make chaos CHAOS_ARGS="--minutes 1"` for a short try.
+CHAOS_ARGS ?= --docs docs/reliability.md
+chaos: install ## by hand, not in `make test`: 3 workers, 10 min of load, duplicates, reorders, a fault 20-40 s after the last, the verifier; rewrites its section of docs/reliability.md
+	scripts/kafka.sh start
+	$(PY) scripts/chaos.py $(CHAOS_ARGS)
+
 bench: install ## the benchmarks (docs/benchmarks.md); long: see bench/run.py for options
 	scripts/kafka.sh start
 	$(PY) -m bench all
@@ -56,4 +63,4 @@ clean: ## remove the virtualenv, local state and the broker's data
 	-scripts/kafka.sh reset
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install broker broker-stop run test check faults bench prometheus dashboards clean
+.PHONY: help install broker broker-stop run test check faults chaos bench prometheus dashboards clean
