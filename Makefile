@@ -35,11 +35,15 @@ test: check prometheus ## the whole suite: linters, strict mypy, unit, integrati
 	$(PY) -m pytest
 
 check: install ## linters and strict mypy
-	$(VENV)/bin/ruff check stream tests dashboards
+	$(VENV)/bin/ruff check stream tests dashboards bench scripts
+	$(VENV)/bin/ruff format --check stream tests dashboards bench scripts
 	$(VENV)/bin/mypy
 
-faults: check ## the fault-injection suite alone (also part of `make test`); rewrites docs/reliability.md
+# The fault-injection suite, then the model-based and fuzz tests with their long
+# hypothesis profile (many more examples and steps than the CI profile of `make test`).
+faults: check ## the fault-injection suite alone (also part of `make test`) and the long model/fuzz search; rewrites docs/reliability.md
 	RELIABILITY_REPORT=1 $(PY) -m pytest tests/faults -v
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest tests/unit/test_engine_model.py tests/unit/test_fuzz.py
 
 # By hand, never in `make test` or CI (about 12 minutes). Without the default
 # CHAOS_ARGS the docs are left alone: `make chaos CHAOS_ARGS="--minutes 1"` for a short try.
