@@ -34,10 +34,11 @@ run: install ## broker, topics, worker, a synthetic workload and live counts by 
 test: check prometheus ## the whole suite: linters, strict mypy, unit, integration and fault tests on a real broker
 	$(PY) -m pytest
 
-check: install ## linters and strict mypy
+check: install ## linters, strict mypy and the import contracts of the layout
 	$(VENV)/bin/ruff check stream tests dashboards bench scripts
 	$(VENV)/bin/ruff format --check stream tests dashboards bench scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The fault-injection suite, then the model-based and fuzz tests with their long
 # hypothesis profile (many more examples and steps than the CI profile of `make test`).

@@ -29,7 +29,7 @@ from aiokafka.partitioner import murmur2
 
 from bench.dictfilter import DECISIONS, DLQ, FEED, DictFilter, Output
 from stream.config import Settings
-from stream.policy import load_policy
+from stream.core.policy import load_policy
 
 log = logging.getLogger("bench.baseline_raw")
 

@@ -34,8 +34,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from stream.config import Settings, TopicNames
-from stream.generator import Record, TopicKind
-from stream.topics import create_topics
+from stream.runtime.topics import create_topics
+from stream.workload.generator import Record, TopicKind
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

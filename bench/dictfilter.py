@@ -1,12 +1,12 @@
 """The contract's rule over in-memory dicts: the decision core of both baselines.
 
-Same rule (`stream.policy.decide`), same decoders (`stream.codec`) and same record
-builders (`stream.records`) as the worker, so the three consumers must write the
+Same rule (`stream.core.policy.decide`), same decoders (`stream.core.codec`) and same record
+builders (`stream.core.records`) as the worker, so the three consumers must write the
 same feed; but state lives in Python dicts of decoded values (no RocksDB, no
 re-decoding of stored profiles or held items), and nothing here does I/O or knows Kafka.
 
 Handed the same records in the same order (a fetch's state records before its
-content, as `Engine.process` takes a batch), it writes what `stream/engine.py`
+content, as `Engine.process` takes a batch), it writes what `stream/core/engine.py`
 writes to the feed, the decisions and the dead letters, record for record;
 `tests/unit/test_dictfilter_parity.py` checks it on generated workloads:
 - order per item: each item's latest applied event is kept; that event again, an
@@ -37,9 +37,9 @@ from typing import NamedTuple
 
 import orjson
 
-from stream.codec import ID_MAX_LENGTH, Rejected, decode_content, decode_objection, decode_profile
-from stream.engine import InputRecord as Record  # the fields of a consumed record the filter reads
-from stream.models import (
+from stream.core.codec import ID_MAX_LENGTH, Rejected, decode_content, decode_objection, decode_profile
+from stream.core.engine import InputRecord as Record  # the fields of a consumed record the filter reads
+from stream.core.models import (
     ContentEvent,
     ContentType,
     Objection,
@@ -51,8 +51,8 @@ from stream.models import (
     SkipReason,
     Visibility,
 )
-from stream.policy import Policy, decide
-from stream.records import (
+from stream.core.policy import Policy, decide
+from stream.core.records import (
     RETRACT_CAUSE_OF_REASON,
     dead_letter_key,
     dead_letter_value,

@@ -2,7 +2,7 @@
 
 On this machine the generator, the reader, the broker and the worker under test share
 two cores, so every CPU-second the harness spends is queueing delay it adds to what
-it measures. `stream.generator.produce` (the CLI's generator) hands each record to
+it measures. `stream.workload.generator.produce` (the CLI's generator) hands each record to
 `AIOKafkaProducer.send`: a future, a partitioner call and an accumulator lookup per
 record, ~0.35 core at 3,000 events/s. Here a tick's due records are appended to
 per-partition batches that go out closed (one produce request per tick), uncompressed
@@ -32,7 +32,7 @@ from aiokafka.partitioner import murmur2
 
 from bench import common
 from stream.config import Settings
-from stream.generator import Labelled, RecordKind, TopicKind, Workload
+from stream.workload.generator import Labelled, RecordKind, TopicKind, Workload
 
 # A tick's due records leave together; a record waits at most this long for its tick
 # (and that wait counts in its latency). 5 ms is what the platform's own producers
@@ -81,7 +81,7 @@ def _second(unix_seconds: int) -> bytes:
 
 
 def workload_for(seed: int, accounts: int, rate: float, malformed_share: float = 0.005) -> Workload:
-    """The workload `stream.generator.produce` builds for a paced run (by default 0.5 % malformed)."""
+    """The workload `stream.workload.generator.produce` builds for a paced run (by default 0.5 % malformed)."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     step = dt.timedelta(seconds=1 / rate)
     run = f"{seed & 0xFFFF:x}{int(now.timestamp()):x}"  # re-runs on the same topics repeat no event id

@@ -43,7 +43,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from bench import load
 from bench.common import delete_topics, process_env
 from stream.config import DEV_PSEUDONYM_KEY, Settings, TopicNames
-from stream.topics import create_topics
+from stream.runtime.topics import create_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"

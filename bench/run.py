@@ -42,7 +42,7 @@ from hdrh.histogram import HdrHistogram
 from bench import common, load, profile, report
 from bench.common import Offsets, Run, Sample
 from stream.config import Settings
-from stream.generator import Record, TopicKind, Workload
+from stream.workload.generator import Record, TopicKind, Workload
 
 RESULTS = common.RESULTS_DIR / "results.json"
 

@@ -2,7 +2,7 @@
 
 Owns the two dashboards the stack provisions (dashboards/provisioning/): the SREs'
 overview and the compliance view. Every query reads only series that
-stream/metrics.py defines, through the Prometheus data source provisioned with uid
+stream/runtime/metrics.py defines, through the Prometheus data source provisioned with uid
 `prometheus`; tests/unit/test_dashboards.py checks both, and that the committed
 JSON is exactly what this file generates. tests/integration/test_prometheus.py
 runs every query against a real Prometheus scraping a real worker.
@@ -55,7 +55,7 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
 # The scrape job of deploy/prometheus/prometheus.yml.
 JOB = "eligibility-filter"
 
-# Objectives (README, stream/metrics.py): p99 of processing latency <= 50 ms; 99% of
+# Objectives (README, stream/runtime/metrics.py): p99 of processing latency <= 50 ms; 99% of
 # objections propagated to the feed within 250 ms. The latter's histogram has a bucket
 # boundary exactly at 0.25 s, so "share within the objective" is exact, not interpolated.
 PROCESSING_OBJECTIVE_S = 0.05
@@ -501,7 +501,7 @@ def overview() -> Dashboard:
             ids,
             "Store memory",
             "Memory RocksDB holds per worker: memtables and cached blocks, together within one budget "
-            "(64 MiB, of which at most 24 MiB memtables; stream/state.py). Flat once the budget is reached.",
+            "(64 MiB, of which at most 24 MiB memtables; stream/core/state.py). Flat once the budget is reached.",
             "bytes",
             [query("sum by (instance, part) (eligibility_store_memory_bytes)", "{{instance}} {{part}}")],
             span=8,

@@ -2,7 +2,7 @@
 
 Owns one long end-to-end check, run by hand and never in CI: on the local broker it
 creates uuid-named topics, starts several `python -m stream worker` processes in one
-consumer group, and for `--minutes` (10) drives a seeded workload (stream/generator.py:
+consumer group, and for `--minutes` (10) drives a seeded workload (stream/workload/generator.py:
 content, profile and objection changes, a small share of malformed records) at a
 modest rate, mixing in what an at-least-once, reordering upstream delivers:
 
@@ -19,7 +19,7 @@ then a start.
 
 At the end it restarts every worker, waits (on the group's committed offsets and the
 workers' own lag gauges, never on a fixed sleep) until all have caught up, runs the
-independent verifier (`stream.verify`), checks that every input record left a trace
+independent verifier (`stream.verifier.verify`), checks that every input record left a trace
 (a decision, a skip or a dead letter per record), and reports the figures. Exit
 status 1 on any violation, loss, minimisation problem, untraced input or worker that
 exits without a signal from the run; for each content id the verifier names, the
@@ -64,9 +64,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.codec import has_zstd
 
 from stream.config import DEV_PSEUDONYM_KEY, Settings, TopicNames
-from stream.generator import RecordKind, TopicKind, Workload
-from stream.topics import create_topics
-from stream.verify import Report, render, to_json, verify
+from stream.runtime.topics import create_topics
+from stream.verifier.verify import Report, render, to_json, verify
+from stream.workload.generator import RecordKind, TopicKind, Workload
 
 ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.UTC

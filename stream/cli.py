@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "verify":
             from pathlib import Path
 
-            from stream.verify import main_verify
+            from stream.verifier.verify import main_verify
 
             return main_verify(
                 settings,
@@ -112,8 +112,8 @@ def _worker(settings: Settings, level: str) -> int:
     _tune_malloc()
     import faust
 
-    from stream.app import build_app
-    from stream.topics import check_layout
+    from stream.runtime.app import build_app
+    from stream.runtime.topics import check_layout
 
     _use_event_loop(settings.event_loop)
     asyncio.run(check_layout(settings))
@@ -156,7 +156,7 @@ def _tune_malloc() -> None:
 
 
 async def _topics(settings: Settings, action: str) -> int:
-    from stream.topics import check_layout, create_topics
+    from stream.runtime.topics import check_layout, create_topics
 
     if action == "create":
         for name, outcome in (await create_topics(settings)).items():
@@ -167,7 +167,7 @@ async def _topics(settings: Settings, action: str) -> int:
 
 
 async def _generate(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.generator import produce
+    from stream.workload.generator import produce
 
     stats = await produce(
         settings,

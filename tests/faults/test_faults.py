@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from stream.config import DEV_PSEUDONYM_KEY, Settings
-from stream.generator import MalformedKind, Record, RecordKind, TopicKind, Workload
-from stream.verify import render, verify
+from stream.verifier.verify import render, verify
+from stream.workload.generator import MalformedKind, Record, RecordKind, TopicKind, Workload
 from tests.conftest import ROOT
 from tests.integration.harness import (
     content_consumed,

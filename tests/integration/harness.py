@@ -17,12 +17,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from stream.config import Settings, TopicNames
-from stream.engine import Engine
-from stream.generator import Record, TopicKind
-from stream.metrics import Metrics
-from stream.policy import load_policy
-from stream.topics import create_topics
-from stream.worker import FilterWorker
+from stream.core.engine import Engine
+from stream.core.policy import load_policy
+from stream.runtime.metrics import Metrics
+from stream.runtime.topics import create_topics
+from stream.runtime.worker import FilterWorker
+from stream.workload.generator import Record, TopicKind
 
 KEY = b"integration-test-key"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stream.policy import load_policy
+from stream.core.policy import load_policy
 
 from .harness import KEY, js, latest_by_key, make_topics, read_all, read_until, running_worker, send, unique_settings
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from stream.state import StateKind
-from stream.worker import FilterWorker
+from stream.core.state import StateKind
+from stream.runtime.worker import FilterWorker
 
 from .harness import committed, js, latest_by_key, make_topics, read_all, running_worker, send, unique_settings
 from .test_filter_scenario import objection, profile, upsert

@@ -25,9 +25,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from stream.config import Settings
-from stream.partitioning import partition_for
-from stream.verify import render, verify
-from stream.worker import FilterWorker
+from stream.core.partitioning import partition_for
+from stream.runtime.worker import FilterWorker
+from stream.verifier.verify import render, verify
 
 from .harness import (
     HOUR_AGO_MS,

@@ -23,8 +23,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from stream.config import Settings
-from stream.generator import TopicKind, Workload
-from stream.verify import Reason, Report, VerifyError, main_verify, render, verify
+from stream.verifier.verify import Reason, Report, VerifyError, main_verify, render, verify
+from stream.workload.generator import TopicKind, Workload
 
 from .harness import (
     HOUR_AGO_MS,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream.state import RocksPartitionStore, StateKind
+from stream.core.state import StateKind
+from stream.runtime.store import RocksPartitionStore
 
 from .harness import (
     committed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from stream.metrics import Metrics
+from stream.runtime.metrics import Metrics
 
 # Series Prometheus itself adds to every scrape target.
 SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})

@@ -81,7 +81,9 @@ def test_rules_name_only_metrics_defined_in_stream_metrics_or_recorded_here() ->
         names = metric_names_in(rule["expr"])
         assert names, rule
         unknown = names - defined_metric_names() - SYNTHETIC - recorded
-        assert not unknown, f"{rule.get('alert') or rule.get('record')}: {sorted(unknown)} not in stream/metrics.py"
+        assert not unknown, (
+            f"{rule.get('alert') or rule.get('record')}: {sorted(unknown)} not in stream/runtime/metrics.py"
+        )
 
 
 def test_rules_recorded_names_follow_level_metric_operation_convention() -> None:

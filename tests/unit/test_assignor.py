@@ -15,7 +15,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, Cons
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.assignor import CoPartitionedAssignor, Plan, assign_partition_numbers
+from stream.runtime.assignor import CoPartitionedAssignor, Plan, assign_partition_numbers
 
 INPUTS = ("content.events", "accounts.profiles", "accounts.objections")
 TOPICS = (*INPUTS, "other.topic")

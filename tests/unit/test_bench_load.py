@@ -8,11 +8,11 @@ import re
 import orjson
 
 from bench import load
-from stream.codec import decode_content, parse_timestamp
-from stream.generator import RecordKind, TopicKind
-from stream.models import ContentEvent
-from stream.policy import decide, load_policy
-from stream.records import decide_value
+from stream.core.codec import decode_content, parse_timestamp
+from stream.core.models import ContentEvent
+from stream.core.policy import decide, load_policy
+from stream.core.records import decide_value
+from stream.workload.generator import RecordKind, TopicKind
 
 
 def test_event_id_of_reads_stamped_content_and_its_decision_like_a_decoder() -> None:

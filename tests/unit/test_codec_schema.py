@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from stream import codec, records
-from stream.codec import Rejected
-from stream.models import (
+from stream.core import codec, records
+from stream.core.codec import Rejected
+from stream.core.models import (
     ContentEvent,
     ContentType,
     DeadLetterReason,

@@ -7,7 +7,7 @@ post-writes, commit. At a random point, possibly inside a send (each topic's bat
 or not, independently: Kafka makes no promise across partitions), the worker dies. Its
 successor keeps the store or starts without it, restores the changelogs from the
 simulated topics, replays the state topics and the uncommitted content as
-`stream/worker.py` does, and carries on. Once everything is consumed:
+`stream/runtime/worker.py` does, and carries on. Once everything is consumed:
 
 - every item on the compacted feed is one the final state allows, from its latest
   applied upsert (the contract's "What must never happen", judged by a few lines here
@@ -28,9 +28,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stream.config import TopicNames
-from stream.engine import BatchResult, Engine, OutputTopic, Produce
-from stream.policy import load_policy
-from stream.state import REEVALUATE_KEY, MemoryPartitionStore, StateKind
+from stream.core.engine import BatchResult, Engine, OutputTopic, Produce
+from stream.core.policy import load_policy
+from stream.core.state import REEVALUATE_KEY, StateKind
+from stream.runtime.store import MemoryPartitionStore
 
 TOPICS = TopicNames()
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)

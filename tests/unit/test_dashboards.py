@@ -2,7 +2,7 @@
 
 The committed JSON under dashboards/ must be byte-for-byte what dashboards/build.py
 writes (edit the code, not the JSON); every panel queries Prometheus; every metric a
-query names is one stream/metrics.py defines (a renamed metric would otherwise leave
+query names is one stream/runtime/metrics.py defines (a renamed metric would otherwise leave
 an empty panel that nobody notices). Whether each query returns data from a real
 worker is tests/integration/test_prometheus.py's job.
 
@@ -135,4 +135,4 @@ def test_dashboard_query_names_only_metrics_defined_in_stream_metrics(panel: str
     names = metric_names_in(expr)
     assert names, f"{panel}: no metric in {expr!r}"
     unknown = names - defined_metric_names() - SYNTHETIC
-    assert not unknown, f"{panel}: {sorted(unknown)} not defined by stream/metrics.py (Metrics.create)"
+    assert not unknown, f"{panel}: {sorted(unknown)} not defined by stream/runtime/metrics.py (Metrics.create)"

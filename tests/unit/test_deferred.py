@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import orjson
 
 from stream.config import TopicNames
-from stream.engine import BatchResult, Engine, OutputTopic
-from stream.models import Reason
-from stream.policy import load_policy
-from stream.state import EntryKind, MemoryPartitionStore, StateKind, item_id
+from stream.core.engine import BatchResult, Engine, OutputTopic
+from stream.core.models import Reason
+from stream.core.policy import load_policy
+from stream.core.state import EntryKind, StateKind, item_id
+from stream.runtime.store import MemoryPartitionStore
 
 TOPICS = TopicNames()
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)

@@ -9,7 +9,7 @@ them); the compacted feed, each content id's sequence of decision records (witho
 id, the order Kafka keeps (the topic is keyed by it): after an account change the
 engine visits the account's items in store-key order, `DictFilter` in insertion order.
 
-The workload is `stream.generator.Workload`'s, with what the generator never writes
+The workload is `stream.workload.generator.Workload`'s, with what the generator never writes
 added here: duplicates, reordered events, events with an equal `event_time`,
 unreadable updates of items already decided (some naming an item, some not, some
 with hostile ids), and more account changes (notice shown again, moves, unreadable
@@ -36,8 +36,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.dictfilter import DECISIONS, DLQ, FEED, DictFilter, Output
-from stream.engine import Engine, OutputTopic
-from stream.generator import TopicKind, Workload
+from stream.core.engine import Engine, OutputTopic
+from stream.workload.generator import TopicKind, Workload
 
 from .test_engine import NOW, POLICY, PSEUDONYM_KEY, TOPICS, FakeWorker, InRecord
 

@@ -1,10 +1,10 @@
-"""Unit tests of the batch engine (`stream.engine.Engine.process`), without Kafka.
+"""Unit tests of the batch engine (`stream.core.engine.Engine.process`), without Kafka.
 
-`FakeWorker` performs each `BatchResult` exactly as `stream/worker.py` does (write
+`FakeWorker` performs each `BatchResult` exactly as `stream/runtime/worker.py` does (write
 `pre_updates`, "send" `produce`, then write `post_updates` with `state_offsets`)
 against `MemoryPartitionStore`s, so scenarios can span several batches. Output
 records are decoded with orjson and compared as whole dicts, built here by hand from
-the contract rather than with `stream.records`, so a drift in either shows up.
+the contract rather than with `stream.core.records`, so a drift in either shows up.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.codec import decode_profile
 from stream.config import TopicNames
-from stream.engine import BatchResult, Engine, OutputTopic
-from stream.generator import RecordKind, TopicKind, Workload
-from stream.models import ContentType, DeadLetterReason, ObjectionStatus, Profile, Reason, RetractCause
-from stream.policy import Policy, load_policy
-from stream.state import (
-    MemoryPartitionStore,
+from stream.core.codec import decode_profile
+from stream.core.engine import BatchResult, Engine, OutputTopic
+from stream.core.models import ContentType, DeadLetterReason, ObjectionStatus, Profile, Reason, RetractCause
+from stream.core.policy import Policy, load_policy
+from stream.core.state import (
     StateKind,
     item_id,
     objection_key,
@@ -39,6 +37,8 @@ from stream.state import (
     published_key,
     published_prefix,
 )
+from stream.runtime.store import MemoryPartitionStore
+from stream.workload.generator import RecordKind, TopicKind, Workload
 
 UTC = dt.UTC
 POLICY = load_policy()

@@ -3,7 +3,7 @@
 A hypothesis `RuleBasedStateMachine` appends random inputs to simulated topics
 (profiles and objections, upserts and tombstones; content upserts, edits, deletes,
 exact duplicates, late and reordered events; unreadable records of every topic),
-lets two simulated workers poll them in the order `stream/worker.py` does, moves
+lets two simulated workers poll them in the order `stream/runtime/worker.py` does, moves
 the clock past notice periods and item memory, restarts a worker with its stores
 kept or wiped, and moves a partition between the workers. Each worker performs its
 batch results as the worker does (pre-writes, the records to the topics, post-writes
@@ -13,8 +13,8 @@ offsets, the state topics replayed (`recovering`), then held and published items
 judged by the final state (`reevaluate_published`).
 
 The model (`Model` below) is written from the contract and the issue #16 plan
-alone: like `stream/verify.py` it imports none of the rule's code (no
-`stream.policy`, `stream.engine` rules, `stream.records`, `stream.codec`); it
+alone: like `stream/verifier/verify.py` it imports none of the rule's code (no
+`stream.core.policy`, `stream.core.engine` rules, `stream.core.records`, `stream.core.codec`); it
 implements the rule, order per item, deletes being final, retractions, unreadable
 records failing closed and the holding and release of items itself. The inputs are
 built here as values, so the model never parses what the engine parses.
@@ -56,15 +56,10 @@ from hypothesis.stateful import (
 )
 
 from stream.config import TopicNames
-from stream.engine import BatchResult, Engine, OutputTopic
-from stream.policy import load_policy
-from stream.state import (
-    REEVALUATE_KEY,
-    MemoryPartitionStore,
-    StateKind,
-    item_id,
-    unpack_version,
-)
+from stream.core.engine import BatchResult, Engine, OutputTopic
+from stream.core.policy import load_policy
+from stream.core.state import REEVALUATE_KEY, StateKind, item_id, unpack_version
+from stream.runtime.store import MemoryPartitionStore
 
 UTC = dt.UTC
 TOPICS = TopicNames()

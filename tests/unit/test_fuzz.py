@@ -39,9 +39,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stream.config import TopicNames
-from stream.engine import BatchResult, Engine, OutputTopic
-from stream.policy import load_policy
-from stream.state import MemoryPartitionStore, item_id
+from stream.core.engine import BatchResult, Engine, OutputTopic
+from stream.core.policy import load_policy
+from stream.core.state import item_id
+from stream.runtime.store import MemoryPartitionStore
 
 from .test_codec_schema import _oracle
 

@@ -1,4 +1,4 @@
-"""Unit tests of the synthetic workload (`stream.generator`): no broker, no clock but the test's.
+"""Unit tests of the synthetic workload (`stream.workload.generator`): no broker, no clock but the test's.
 
 The pure part is checked against the contract with a small validator written here,
 independent of the generator; `produce()` runs against a fake producer that records
@@ -20,8 +20,9 @@ import orjson
 import pytest
 
 from stream.config import Settings, TopicNames
+from stream.core.models import ContentType, ObjectionStatus, Op, Platform, Visibility
 from stream.errors import DeliveryError
-from stream.generator import (
+from stream.workload.generator import (
     DEFAULT_MALFORMED_SHARE,
     GenerateStats,
     Labelled,
@@ -34,7 +35,6 @@ from stream.generator import (
     generate,
     produce,
 )
-from stream.models import ContentType, ObjectionStatus, Op, Platform, Visibility
 
 NOW = dt.datetime(2026, 11, 28, 9, 15, tzinfo=dt.UTC)
 ACCOUNTS = 2000

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from stream.metrics import Metrics
+from stream.runtime.metrics import Metrics
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -56,7 +56,7 @@ def test_metrics_every_label_value_initialised_at_startup() -> None:
 
 
 def test_metrics_observe_many_counts_exactly_like_observe() -> None:
-    from stream.metrics import LATENCY_BUCKETS, observe_many
+    from stream.runtime.metrics import LATENCY_BUCKETS, observe_many
 
     values = [0.0, 0.001, 0.0011, 0.05, 0.0500001, 3.0, 60.0, 61.0, 1e9] + [i / 997 for i in range(2000)]
     one, many = CollectorRegistry(), CollectorRegistry()

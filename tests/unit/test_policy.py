@@ -1,4 +1,4 @@
-"""Unit tests of the rule (`stream.policy.decide`) and of the policy file (`load_policy`).
+"""Unit tests of the rule (`stream.core.policy.decide`) and of the policy file (`load_policy`).
 
 Table-driven: each case's id is the `Reason` it expects or names the boundary it
 probes. No clock, no I/O beyond `tmp_path` policy files.
@@ -15,8 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from stream.errors import ConfigError
-from stream.models import (
+from stream.core.models import (
     ContentEvent,
     ContentType,
     Objection,
@@ -27,7 +26,8 @@ from stream.models import (
     Reason,
     Visibility,
 )
-from stream.policy import Decision, Jurisdiction, Policy, attains_age_on, decide, load_policy
+from stream.core.policy import Decision, Jurisdiction, Policy, attains_age_on, decide, load_policy
+from stream.errors import ConfigError
 
 UTC = dt.UTC
 POLICY = load_policy()
@@ -574,7 +574,7 @@ def test_load_policy_missing_file_raises_config_error(tmp_path: Path) -> None:
 
 def test_load_policy_packaged_unreadable_names_packaged_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # A package directory without policy.toml stands in for a broken installation.
-    monkeypatch.setattr("stream.policy.resources.files", lambda package: tmp_path)
+    monkeypatch.setattr("stream.core.policy.resources.files", lambda package: tmp_path)
 
     with pytest.raises(ConfigError, match=re.escape("cannot read policy packaged policy.toml")):
         load_policy()

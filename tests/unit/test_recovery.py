@@ -7,9 +7,10 @@ import datetime as dt
 import orjson
 import pytest
 
-from stream.engine import BatchResult, Engine, OutputTopic
-from stream.policy import load_policy
-from stream.state import REEVALUATE_KEY, MemoryPartitionStore
+from stream.core.engine import BatchResult, Engine, OutputTopic
+from stream.core.policy import load_policy
+from stream.core.state import REEVALUATE_KEY
+from stream.runtime.store import MemoryPartitionStore
 
 from .test_deferred import TOPICS, Rec
 

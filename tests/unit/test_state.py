@@ -10,21 +10,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rocksdict import Options
 
-from stream import state
-from stream.models import ObjectionStatus, Profile
-from stream.state import (
-    MEMORY_BUDGET_BYTES,
-    MEMTABLE_BUDGET_BYTES,
+from stream.core.models import ObjectionStatus, Profile
+from stream.core.state import (
     STORE_FORMAT,
     EntryKind,
-    RocksPartitionStore,
     StateKind,
-    memory_usage,
     pack_objection,
     pack_profile,
     unpack_objection,
     unpack_profile,
 )
+from stream.runtime import store as store_module
+from stream.runtime.store import MEMORY_BUDGET_BYTES, MEMTABLE_BUDGET_BYTES, RocksPartitionStore, memory_usage
 
 _UTC_TIMES = st.datetimes(
     min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1), timezones=st.just(dt.UTC)
@@ -104,7 +101,7 @@ def test_apply_without_waiting_refuses_a_write_stall_and_writes_nothing(
         options.set_disable_auto_compactions(True)
         return options
 
-    monkeypatch.setattr(state, "_options", stalling)
+    monkeypatch.setattr(store_module, "_options", stalling)
     store = RocksPartitionStore(tmp_path / "p")
     try:
         written = 0

@@ -10,14 +10,15 @@ from typing import Any, NamedTuple
 import pytest
 from aiokafka import TopicPartition
 
-import stream.worker
+import stream.runtime.worker
 from stream.config import Settings
-from stream.engine import Engine
+from stream.core.engine import Engine
+from stream.core.policy import load_policy
+from stream.core.state import StateKind
 from stream.errors import GateStallError
-from stream.metrics import Metrics
-from stream.policy import load_policy
-from stream.state import MemoryPartitionStore, RocksPartitionStore, StateKind
-from stream.worker import TOP_UP_AFTER_MS, TOP_UP_WAIT_MS, FilterWorker, _GiveUp
+from stream.runtime.metrics import Metrics
+from stream.runtime.store import MemoryPartitionStore, RocksPartitionStore
+from stream.runtime.worker import TOP_UP_AFTER_MS, TOP_UP_WAIT_MS, FilterWorker, _GiveUp
 
 PUBLISHED = Settings().topics.published
 DEFERRED = Settings().topics.deferred
@@ -302,7 +303,7 @@ class _SilentConsumer(_FakeConsumer):
 async def test_gate_fails_its_batch_when_state_partitions_stop_yielding_records(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(stream.worker, "GATE_STALL_SECONDS", 0.05)
+    monkeypatch.setattr(stream.runtime.worker, "GATE_STALL_SECONDS", 0.05)
     worker = _gating_worker(_SilentConsumer({P0: 3, O0: 3}, {}, stamps={C0: _just_fetched()}))
 
     with pytest.raises(GateStallError, match="2 state partitions got no record"):

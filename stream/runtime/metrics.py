@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream import __version__
-from stream.engine import BatchResult
-from stream.models import DeadLetterReason, Reason, RetractCause, SkipReason
+from stream.core.engine import BatchResult
+from stream.core.models import DeadLetterReason, Reason, RetractCause, SkipReason
 
 INPUTS = ("content", "profiles", "objections")
 OUTPUTS = ("feed", "decisions", "dlq", "deferred", "published", "items")

@@ -15,9 +15,9 @@ import datetime as dt
 import functools
 import hashlib
 
-from stream.codec import dumps
-from stream.models import Action, ContentEvent, DeadLetterReason, Reason, RetractCause, SkipReason
-from stream.policy import Decision
+from stream.core.codec import dumps
+from stream.core.models import Action, ContentEvent, DeadLetterReason, Reason, RetractCause, SkipReason
+from stream.core.policy import Decision
 
 
 @functools.lru_cache(maxsize=65536)

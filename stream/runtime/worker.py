@@ -36,21 +36,14 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from stream.assignor import CoPartitionedAssignor
 from stream.config import Settings
-from stream.engine import CHANGELOGS, BatchResult, Engine, InputRecord, OutputTopic, Produce
+from stream.core.engine import CHANGELOGS, BatchResult, Engine, InputRecord, OutputTopic, Produce
+from stream.core.partitioning import partition_for
+from stream.core.state import DEFERRED_PREFIX, REEVALUATE_KEY, EntryKind, PartitionStore, StateKind
 from stream.errors import DeliveryError, GateStallError
-from stream.metrics import Metrics, observe_many
-from stream.partitioning import partition_for
-from stream.state import (
-    DEFERRED_PREFIX,
-    REEVALUATE_KEY,
-    EntryKind,
-    PartitionStore,
-    RocksPartitionStore,
-    StateKind,
-    memory_usage,
-)
+from stream.runtime.assignor import CoPartitionedAssignor
+from stream.runtime.metrics import Metrics, observe_many
+from stream.runtime.store import RocksPartitionStore, memory_usage
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ from typing import Final, TypeVar
 
 import orjson
 
-from stream.errors import StreamError
-from stream.models import (
+from stream.core.models import (
     ContentEvent,
     ContentType,
     DeadLetterReason,
@@ -33,6 +32,7 @@ from stream.models import (
     Profile,
     Visibility,
 )
+from stream.errors import StreamError
 
 # Bounds from the schemas: big enough for any real record, small enough that a
 # runaway producer's megabyte string is a dead letter, not state or a feed record.

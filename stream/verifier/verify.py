@@ -36,8 +36,8 @@ What it checks, as the contract says it:
   nesting depth and record timestamp is data (`broker_time` clamps timestamps).
 
 Independence is the point: a bug in the filter must not be repeated here. This
-module must not import `stream.policy`, `stream.engine`, `stream.codec` or
-`stream.records` (nor `stream.models`): it parses the wire format with orjson and
+module must not import `stream.core.policy`, `stream.core.engine`, `stream.core.codec` or
+`stream.core.records` (nor `stream.core.models`): it parses the wire format with orjson and
 reads the policy TOML itself. It may use `stream.config` (settings, topic names)
 and `stream.errors` (the error root). The deferred changelog's key (the filter's
 item id: the author's length in UTF-8 bytes as 2 bytes big-endian, the author, the

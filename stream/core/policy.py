@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from stream.core.models import ContentEvent, ContentType, Objection, ObjectionStatus, Profile, Reason, Visibility
 from stream.errors import ConfigError
-from stream.models import ContentEvent, ContentType, Objection, ObjectionStatus, Profile, Reason, Visibility
 
 _UTC = dt.UTC
 

@@ -18,10 +18,10 @@ import mode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.config import Settings
-from stream.engine import Engine
-from stream.metrics import Metrics
-from stream.policy import load_policy
-from stream.worker import FilterWorker
+from stream.core.engine import Engine
+from stream.core.policy import load_policy
+from stream.runtime.metrics import Metrics
+from stream.runtime.worker import FilterWorker
 
 log = logging.getLogger(__name__)
 

@@ -1,34 +1,16 @@
-"""Per-partition state: profiles, objections, published and deferred items, offsets.
+"""The partition stores: RocksDB for the worker, a dict for tests and the benchmarks' baseline.
 
-Stores, never decides. One store per input partition number: the inputs are
-co-partitioned, so partition p of the content topic needs exactly the profiles and
-objections of partition p. The worker rebuilds a store from the compacted topics
-when it has none, and resumes from the stored offsets when it has one.
-
-Key scheme (bytes, so RocksDB orders them and an author's items share a prefix):
-  p:<account>                 what the rule reads of a profile, packed (`pack_profile`)
-  o:<account>                 the objection's status, packed (`pack_objection`)
-  i:<item>                    a published item: what a re-evaluation needs
-  d:<due ms, 8 bytes><item>   a deferred item, ordered by when it is due: raw content value
-  D:<item>                    the due time of a deferred item (to find and cancel it)
-  v:<item>                    the item's latest applied event and when to forget it (`pack_version`)
-  \\0offset:<kind>             next offset of each topic the store is restored from
-  \\0count:<kind>              number of entries of each kind (for the state gauge)
-  \\0format                     the layout version of the values above (`STORE_FORMAT`)
-where <item> is the author's UTF-8 length in 2 bytes, the author, then the content
-id: length-prefixed, so no id (NUL included) can forge another author's prefix.
+Both implement `stream.core.state.PartitionStore` over its key scheme; this module
+owns only storage: atomic batches, bookkeeping keys, RocksDB's tuning and memory.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
-import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple, Protocol, cast
+from typing import cast
 
 from rocksdict import (
     BlockBasedIndexType,
@@ -41,213 +23,16 @@ from rocksdict import (
     WriteOptions,
 )
 
-from stream.models import ObjectionStatus, Profile
-
-
-class StateKind(StrEnum):
-    """The compacted topics a partition store is restored from."""
-
-    PROFILES = "profiles"
-    OBJECTIONS = "objections"
-    PUBLISHED = "published"
-    DEFERRED = "deferred"
-    ITEMS = "items"
-
-
-class EntryKind(StrEnum):
-    """What the store counts, for the `eligibility_state_entries` gauge."""
-
-    PROFILES = "profiles"
-    OBJECTIONS = "objections"
-    PUBLISHED = "published"
-    DEFERRED = "deferred"
-    ITEMS = "items"
-
-
-def profile_key(account_id: str) -> bytes:
-    return b"p:" + account_id.encode()
-
-
-def objection_key(account_id: str) -> bytes:
-    return b"o:" + account_id.encode()
-
-
-def item_id(author_id: str, content_id: str = "") -> bytes:
-    author = author_id.encode()
-    return len(author).to_bytes(2, "big") + author + content_id.encode()
-
-
-def split_item_id(item: bytes) -> tuple[str, str]:
-    n = int.from_bytes(item[:2], "big")
-    return item[2 : 2 + n].decode(), item[2 + n :].decode()
-
-
-def published_prefix(author_id: str) -> bytes:
-    return PUBLISHED_PREFIX + item_id(author_id)
-
-
-def published_key(author_id: str, content_id: str) -> bytes:
-    return PUBLISHED_PREFIX + item_id(author_id, content_id)
-
-
-DEFERRED_PREFIX = b"d:"
-PUBLISHED_PREFIX = b"i:"
-# Set while a recovery replay's published items still await judgement by the final
-# state; a worker that finds it set (it crashed meanwhile) judges them all again.
-REEVALUATE_KEY = b"\x00reevaluate"
-
-
-def deferred_key(due_ms: int, item: bytes) -> bytes:
-    return DEFERRED_PREFIX + due_ms.to_bytes(8, "big") + item
-
-
-DEFERRED_DUE_PREFIX = b"D:"
-
-
-def deferred_due_key(item: bytes) -> bytes:
-    return DEFERRED_DUE_PREFIX + item
-
-
-def split_deferred_key(key: bytes) -> tuple[int, bytes]:
-    return int.from_bytes(key[2:10], "big"), key[10:]
-
-
-def deferred_due_prefix(author_id: str) -> bytes:
-    """The prefix of every `D:` key of one author's held items."""
-    return DEFERRED_DUE_PREFIX + item_id(author_id)
-
-
-VERSION_PREFIX = b"v:"
-
-
-class ItemVersion(NamedTuple):
-    """The latest event applied to an item (contract: "Order per item"), and when to forget it.
-
-    `partition` and `offset` place that event in `content.events`: a replayed record
-    the worker cannot read, found before it in the log, was handled before it and must
-    not undo it (see `engine._fail_item_closed`).
-    """
-
-    event_time_us: int
-    event_id: str
-    deleted: bool
-    expires_ms: int
-    partition: int
-    offset: int
-
-
-# event_time µs since the epoch, expires ms, deleted, content partition and offset; then the event id
-_VERSION = struct.Struct(">qq?iq")
-
-
-def pack_version(version: ItemVersion) -> bytes:
-    v = version
-    return _VERSION.pack(v.event_time_us, v.expires_ms, v.deleted, v.partition, v.offset) + v.event_id.encode()
-
-
-def unpack_version(raw: bytes) -> ItemVersion:
-    event_time_us, expires_ms, deleted, partition, offset = _VERSION.unpack_from(raw)
-    return ItemVersion(event_time_us, raw[_VERSION.size :].decode(), deleted, expires_ms, partition, offset)
-
-
-def micros(moment: dt.datetime) -> int:
-    """Microseconds since the Unix epoch, exactly (no float rounding)."""
-    delta = moment - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-_OFFSET_KEY = {kind: b"\x00offset:" + kind.value.encode() for kind in StateKind}
-_COUNT_KEY = {kind: b"\x00count:" + kind.value.encode() for kind in EntryKind}
-# Wall-clock time of the last write: a store untouched for longer than the topics'
-# tombstone retention may have missed a deletion and must be rebuilt.
-_TOUCHED_KEY = b"\x00touched_at"
-
-_FORMAT_KEY = b"\x00format"
-# Bumped whenever a stored value's layout changes: a store of another format is
-# rebuilt from the compacted topics rather than misread.
-STORE_FORMAT = b"4"
-
-Update = tuple[bytes, bytes | None]
-
-# -- stored values -------------------------------------------------------------------
-#
-# Profiles and objections are validated once, when they are applied, and stored as
-# the few fields the rule reads, packed: reading one back for every content event
-# is then a struct unpack, not a JSON parse and a schema check (docs/design.md).
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_PROFILE = struct.Struct(">iqq2s")  # birth date ordinal, notified_at µs, updated_at µs, country
-_NO_DATE = 0
-_NO_TIME = -(1 << 63)
-_NO_COUNTRY = b"\x00\x00"
-_OBJECTION_BYTE = {ObjectionStatus.OBJECTED: b"O", ObjectionStatus.WITHDRAWN: b"W"}
-
-
-def pack_profile(profile: Profile) -> bytes:
-    return _PROFILE.pack(
-        profile.birth_date.toordinal() if profile.birth_date is not None else _NO_DATE,
-        micros(profile.notified_at) if profile.notified_at is not None else _NO_TIME,
-        micros(profile.updated_at),
-        profile.country.encode("ascii") if profile.country is not None else _NO_COUNTRY,
-    )
-
-
-def unpack_profile(account_id: str, raw: bytes) -> Profile:
-    birth, notified, updated, country = _PROFILE.unpack(raw)
-    return Profile(
-        account_id=account_id,
-        birth_date=dt.date.fromordinal(birth) if birth != _NO_DATE else None,
-        country=country.decode("ascii") if country != _NO_COUNTRY else None,
-        notified_at=_EPOCH + dt.timedelta(microseconds=notified) if notified != _NO_TIME else None,
-        updated_at=_EPOCH + dt.timedelta(microseconds=updated),
-    )
-
-
-def pack_objection(status: ObjectionStatus) -> bytes:
-    return _OBJECTION_BYTE[status]
-
-
-def unpack_objection(raw: bytes) -> ObjectionStatus:
-    """The stored status; anything but a withdrawal reads as objected (fail closed)."""
-    return ObjectionStatus.WITHDRAWN if raw == b"W" else ObjectionStatus.OBJECTED
-
-
-class PartitionStore(Protocol):
-    """What the engine and the worker need from the state of one partition."""
-
-    def get(self, key: bytes) -> bytes | None: ...
-
-    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """The values of `keys`, in their order (None where absent)."""
-
-    def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) whose key starts with `prefix` (and sorts after `after`), in key order."""
-
-    def apply(
-        self,
-        updates: Iterable[Update],
-        offsets: Mapping[StateKind, int] | None = None,
-        counts: Mapping[EntryKind, int] | None = None,
-        *,
-        wait: bool = True,
-    ) -> bool:
-        """Write `updates` (None deletes), new next-offsets and count deltas atomically.
-
-        With `wait=False` a write that would have to wait (a RocksDB write stall) is
-        refused whole: nothing is written and the result is False.
-        """
-
-    def next_offset(self, kind: StateKind) -> int:
-        """The offset to resume `kind` from: 0 for a new store."""
-
-    def counts(self) -> dict[EntryKind, int]: ...
-
-    def touched_at(self) -> float | None: ...
-
-    def compatible(self) -> bool:
-        """False for a store written in another layout (`STORE_FORMAT`): rebuild it."""
-
-    def close(self) -> None: ...
+from stream.core.state import (
+    COUNT_KEY,
+    FORMAT_KEY,
+    OFFSET_KEY,
+    STORE_FORMAT,
+    TOUCHED_KEY,
+    EntryKind,
+    StateKind,
+    Update,
+)
 
 
 class _Base:
@@ -262,22 +47,22 @@ class _Base:
         raise NotImplementedError
 
     def next_offset(self, kind: StateKind) -> int:
-        raw = self.get(_OFFSET_KEY[kind])
+        raw = self.get(OFFSET_KEY[kind])
         return int(raw) if raw is not None else 0
 
     def counts(self) -> dict[EntryKind, int]:
         if self._counts is None:
-            self._counts = {kind: int(self.get(_COUNT_KEY[kind]) or b"0") for kind in EntryKind}
+            self._counts = {kind: int(self.get(COUNT_KEY[kind]) or b"0") for kind in EntryKind}
         return dict(self._counts)
 
     def touched_at(self) -> float | None:
-        raw = self.get(_TOUCHED_KEY)
+        raw = self.get(TOUCHED_KEY)
         return float(raw) if raw is not None else None
 
     def compatible(self) -> bool:
-        found = self.get(_FORMAT_KEY)
+        found = self.get(FORMAT_KEY)
         # A store that never recorded its format is new (nothing written yet) or older than the key.
-        return found == STORE_FORMAT or (found is None and self.get(_TOUCHED_KEY) is None)
+        return found == STORE_FORMAT or (found is None and self.get(TOUCHED_KEY) is None)
 
     def _bookkeeping(
         self, offsets: Mapping[StateKind, int] | None, counts: Mapping[EntryKind, int] | None
@@ -286,16 +71,16 @@ class _Base:
 
         The caller keeps the new counts only once the write succeeded.
         """
-        writes = [(_OFFSET_KEY[kind], str(offset).encode()) for kind, offset in (offsets or {}).items()]
+        writes = [(OFFSET_KEY[kind], str(offset).encode()) for kind, offset in (offsets or {}).items()]
         after = None
         if counts and any(counts.values()):
             after = self.counts()
             for k, d in counts.items():
                 if d:
                     after[k] = max(0, after[k] + d)
-                    writes.append((_COUNT_KEY[k], str(after[k]).encode()))
-        writes.append((_TOUCHED_KEY, repr(time.time()).encode()))
-        writes.append((_FORMAT_KEY, STORE_FORMAT))
+                    writes.append((COUNT_KEY[k], str(after[k]).encode()))
+        writes.append((TOUCHED_KEY, repr(time.time()).encode()))
+        writes.append((FORMAT_KEY, STORE_FORMAT))
         return writes, after
 
 

@@ -50,7 +50,8 @@ from typing import NamedTuple, Protocol, TypeVar
 
 import orjson
 
-from stream.codec import (
+from stream.config import TopicNames
+from stream.core.codec import (
     ID_MAX_LENGTH,
     Rejected,
     decode_content,
@@ -60,9 +61,8 @@ from stream.codec import (
     encode_content,
     format_timestamp,
 )
-from stream.codec import parse_timestamp as _parse_timestamp
-from stream.config import TopicNames
-from stream.models import (
+from stream.core.codec import parse_timestamp as _parse_timestamp
+from stream.core.models import (
     ContentEvent,
     ContentType,
     DeadLetterReason,
@@ -75,8 +75,8 @@ from stream.models import (
     SkipReason,
     Visibility,
 )
-from stream.policy import Policy, decide, decide_account, refuse_content
-from stream.records import (
+from stream.core.policy import Policy, decide, decide_account, refuse_content
+from stream.core.records import (
     RETRACT_CAUSE_OF_REASON,
     dead_letter_key,
     dead_letter_value,
@@ -85,7 +85,7 @@ from stream.records import (
     retract_value,
     skip_value,
 )
-from stream.state import (
+from stream.core.state import (
     DEFERRED_DUE_PREFIX,
     DEFERRED_PREFIX,
     PUBLISHED_PREFIX,

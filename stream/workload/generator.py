@@ -8,12 +8,12 @@ Two parts:
 - the pure part (`Workload`, `generate`): no clock, no I/O, no Kafka. "Now" is an
   argument and every choice comes from `random.Random(seed)`, so a seed and a
   `now` always give the same bytes. Values are encoded here with orjson in the
-  contract's wire format; this module does not use `stream.codec` on purpose,
+  contract's wire format; this module does not use `stream.core.codec` on purpose,
   because it must also write what the codec would refuse.
 - the shell (`produce`): sends a workload with aiokafka, open-loop paced. aiokafka
   is imported inside it so that the pure part stays importable without Kafka.
 
-It never decides eligibility and must not import `stream.policy`: the workload
+It never decides eligibility and must not import `stream.core.policy`: the workload
 only makes every branch of the rule occur.
 """
 
@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from stream.config import Settings
+from stream.core.models import ContentType, ObjectionStatus, Op, Platform, Visibility
 from stream.errors import DeliveryError
-from stream.models import ContentType, ObjectionStatus, Op, Platform, Visibility
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,237 @@
+"""Per-partition state as the engine sees it: the key scheme, the packed values and the store's interface.
+
+No I/O: the stores themselves (RocksDB, and a dict for tests) are in
+`stream.runtime.store`. One store per input partition number: the inputs are
+co-partitioned, so partition p of the content topic needs exactly the profiles and
+objections of partition p. The worker rebuilds a store from the compacted topics
+when it has none, and resumes from the stored offsets when it has one.
+
+Key scheme (bytes, so RocksDB orders them and an author's items share a prefix):
+  p:<account>                 what the rule reads of a profile, packed (`pack_profile`)
+  o:<account>                 the objection's status, packed (`pack_objection`)
+  i:<item>                    a published item: what a re-evaluation needs
+  d:<due ms, 8 bytes><item>   a deferred item, ordered by when it is due: its event's contract fields
+  D:<item>                    the due time of a deferred item (to find and cancel it)
+  v:<item>                    the item's latest applied event and when to forget it (`pack_version`)
+  \\0offset:<kind>             next offset of each topic the store is restored from
+  \\0count:<kind>              number of entries of each kind (for the state gauge)
+  \\0format                     the layout version of the values above (`STORE_FORMAT`)
+where <item> is the author's UTF-8 length in 2 bytes, the author, then the content
+id: length-prefixed, so no id (NUL included) can forge another author's prefix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from enum import StrEnum
+from typing import NamedTuple, Protocol
+
+from stream.core.models import ObjectionStatus, Profile
+
+
+class StateKind(StrEnum):
+    """The compacted topics a partition store is restored from."""
+
+    PROFILES = "profiles"
+    OBJECTIONS = "objections"
+    PUBLISHED = "published"
+    DEFERRED = "deferred"
+    ITEMS = "items"
+
+
+class EntryKind(StrEnum):
+    """What the store counts, for the `eligibility_state_entries` gauge."""
+
+    PROFILES = "profiles"
+    OBJECTIONS = "objections"
+    PUBLISHED = "published"
+    DEFERRED = "deferred"
+    ITEMS = "items"
+
+
+def profile_key(account_id: str) -> bytes:
+    return b"p:" + account_id.encode()
+
+
+def objection_key(account_id: str) -> bytes:
+    return b"o:" + account_id.encode()
+
+
+def item_id(author_id: str, content_id: str = "") -> bytes:
+    author = author_id.encode()
+    return len(author).to_bytes(2, "big") + author + content_id.encode()
+
+
+def split_item_id(item: bytes) -> tuple[str, str]:
+    n = int.from_bytes(item[:2], "big")
+    return item[2 : 2 + n].decode(), item[2 + n :].decode()
+
+
+def published_prefix(author_id: str) -> bytes:
+    return PUBLISHED_PREFIX + item_id(author_id)
+
+
+def published_key(author_id: str, content_id: str) -> bytes:
+    return PUBLISHED_PREFIX + item_id(author_id, content_id)
+
+
+DEFERRED_PREFIX = b"d:"
+PUBLISHED_PREFIX = b"i:"
+# Set while a recovery replay's published items still await judgement by the final
+# state; a worker that finds it set (it crashed meanwhile) judges them all again.
+REEVALUATE_KEY = b"\x00reevaluate"
+
+
+def deferred_key(due_ms: int, item: bytes) -> bytes:
+    return DEFERRED_PREFIX + due_ms.to_bytes(8, "big") + item
+
+
+DEFERRED_DUE_PREFIX = b"D:"
+
+
+def deferred_due_key(item: bytes) -> bytes:
+    return DEFERRED_DUE_PREFIX + item
+
+
+def split_deferred_key(key: bytes) -> tuple[int, bytes]:
+    return int.from_bytes(key[2:10], "big"), key[10:]
+
+
+def deferred_due_prefix(author_id: str) -> bytes:
+    """The prefix of every `D:` key of one author's held items."""
+    return DEFERRED_DUE_PREFIX + item_id(author_id)
+
+
+VERSION_PREFIX = b"v:"
+
+
+class ItemVersion(NamedTuple):
+    """The latest event applied to an item (contract: "Order per item"), and when to forget it.
+
+    `partition` and `offset` place that event in `content.events`: a replayed record
+    the worker cannot read, found before it in the log, was handled before it and must
+    not undo it (see `engine._fail_item_closed`).
+    """
+
+    event_time_us: int
+    event_id: str
+    deleted: bool
+    expires_ms: int
+    partition: int
+    offset: int
+
+
+# event_time µs since the epoch, expires ms, deleted, content partition and offset; then the event id
+_VERSION = struct.Struct(">qq?iq")
+
+
+def pack_version(version: ItemVersion) -> bytes:
+    v = version
+    return _VERSION.pack(v.event_time_us, v.expires_ms, v.deleted, v.partition, v.offset) + v.event_id.encode()
+
+
+def unpack_version(raw: bytes) -> ItemVersion:
+    event_time_us, expires_ms, deleted, partition, offset = _VERSION.unpack_from(raw)
+    return ItemVersion(event_time_us, raw[_VERSION.size :].decode(), deleted, expires_ms, partition, offset)
+
+
+def micros(moment: dt.datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (no float rounding)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+OFFSET_KEY = {kind: b"\x00offset:" + kind.value.encode() for kind in StateKind}
+COUNT_KEY = {kind: b"\x00count:" + kind.value.encode() for kind in EntryKind}
+# Wall-clock time of the last write: a store untouched for longer than the topics'
+# tombstone retention may have missed a deletion and must be rebuilt.
+TOUCHED_KEY = b"\x00touched_at"
+
+FORMAT_KEY = b"\x00format"
+# Bumped whenever a stored value's layout changes: a store of another format is
+# rebuilt from the compacted topics rather than misread.
+STORE_FORMAT = b"4"
+
+Update = tuple[bytes, bytes | None]
+
+# -- stored values -------------------------------------------------------------------
+#
+# Profiles and objections are validated once, when they are applied, and stored as
+# the few fields the rule reads, packed: reading one back for every content event
+# is then a struct unpack, not a JSON parse and a schema check (docs/design.md).
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_PROFILE = struct.Struct(">iqq2s")  # birth date ordinal, notified_at µs, updated_at µs, country
+_NO_DATE = 0
+_NO_TIME = -(1 << 63)
+_NO_COUNTRY = b"\x00\x00"
+_OBJECTION_BYTE = {ObjectionStatus.OBJECTED: b"O", ObjectionStatus.WITHDRAWN: b"W"}
+
+
+def pack_profile(profile: Profile) -> bytes:
+    return _PROFILE.pack(
+        profile.birth_date.toordinal() if profile.birth_date is not None else _NO_DATE,
+        micros(profile.notified_at) if profile.notified_at is not None else _NO_TIME,
+        micros(profile.updated_at),
+        profile.country.encode("ascii") if profile.country is not None else _NO_COUNTRY,
+    )
+
+
+def unpack_profile(account_id: str, raw: bytes) -> Profile:
+    birth, notified, updated, country = _PROFILE.unpack(raw)
+    return Profile(
+        account_id=account_id,
+        birth_date=dt.date.fromordinal(birth) if birth != _NO_DATE else None,
+        country=country.decode("ascii") if country != _NO_COUNTRY else None,
+        notified_at=_EPOCH + dt.timedelta(microseconds=notified) if notified != _NO_TIME else None,
+        updated_at=_EPOCH + dt.timedelta(microseconds=updated),
+    )
+
+
+def pack_objection(status: ObjectionStatus) -> bytes:
+    return _OBJECTION_BYTE[status]
+
+
+def unpack_objection(raw: bytes) -> ObjectionStatus:
+    """The stored status; anything but a withdrawal reads as objected (fail closed)."""
+    return ObjectionStatus.WITHDRAWN if raw == b"W" else ObjectionStatus.OBJECTED
+
+
+class PartitionStore(Protocol):
+    """What the engine and the worker need from the state of one partition."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The values of `keys`, in their order (None where absent)."""
+
+    def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with `prefix` (and sorts after `after`), in key order."""
+
+    def apply(
+        self,
+        updates: Iterable[Update],
+        offsets: Mapping[StateKind, int] | None = None,
+        counts: Mapping[EntryKind, int] | None = None,
+        *,
+        wait: bool = True,
+    ) -> bool:
+        """Write `updates` (None deletes), new next-offsets and count deltas atomically.
+
+        With `wait=False` a write that would have to wait (a RocksDB write stall) is
+        refused whole: nothing is written and the result is False.
+        """
+
+    def next_offset(self, kind: StateKind) -> int:
+        """The offset to resume `kind` from: 0 for a new store."""
+
+    def counts(self) -> dict[EntryKind, int]: ...
+
+    def touched_at(self) -> float | None: ...
+
+    def compatible(self) -> bool:
+        """False for a store written in another layout (`STORE_FORMAT`): rebuild it."""
+
+    def close(self) -> None: ...

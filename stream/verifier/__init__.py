@@ -1,0 +1,1 @@
+"""The independent compliance verifier: its own reading of the contract's rule; imports nothing of the filter."""
