@@ -387,3 +387,84 @@ def _out_of_range(dates: tuple[dt.date | None, ...], names: tuple[str, ...]) -> 
                 DeadLetterReason.OUT_OF_RANGE, f"field `{name}` is after year {MAX_YEAR}, beyond what the rule handles"
             )
     return None
+
+
+# -- our internal topics -------------------------------------------------------------
+#
+# The filter's own changelogs are read back only by the filter (and the deferred one
+# by the verifier, as a wire format): their values are written and read here, so one
+# module owns every JSON the filter puts on a topic.
+
+
+def encode_deferred(due_ms: int, content: bytes) -> bytes:
+    """A deferred changelog value: when the held item is due (epoch ms) and its copy (`encode_content`)."""
+    return orjson.dumps({"due_ms": due_ms, "content": orjson.Fragment(content)})
+
+
+def decode_deferred(value: bytes) -> tuple[int, bytes]:
+    """`(due ms, held copy)` of a deferred changelog value written by `encode_deferred`."""
+    data = orjson.loads(value)
+    return int(data["due_ms"]), orjson.dumps(data["content"])
+
+
+def encode_index(event: ContentEvent) -> bytes:
+    """A published index value: what deciding a published item again needs, without its text."""
+    assert event.content_type is not None and event.created_at is not None
+    return dumps(
+        {
+            "content_type": event.content_type.value,
+            "created_at": format_timestamp(event.created_at),
+            "event_id": event.event_id,
+        }
+    )
+
+
+def decode_index(author_id: str, content_id: str, raw: bytes) -> ContentEvent:
+    """The published item an index value stands for, as the public upsert the rule allowed."""
+    data = orjson.loads(raw)
+    created_at = parse_timestamp(data["created_at"])
+    return ContentEvent(
+        event_id=data["event_id"],
+        op=Op.UPSERT,
+        content_id=content_id,
+        author_id=author_id,
+        event_time=created_at,
+        content_type=ContentType(data["content_type"]),
+        visibility=Visibility.PUBLIC,
+        created_at=created_at,
+    )
+
+
+# -- what an unreadable record still names ---------------------------------------------
+
+
+def identifier_text(raw: object) -> str | None:
+    """`raw` as an identifier the contract allows (a string of 1 to ID_MAX_LENGTH characters), or None."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if type(raw) is not str or not 1 <= len(raw) <= ID_MAX_LENGTH:
+        return None
+    return raw
+
+
+def account_of_key(key: bytes | None) -> str | None:
+    """The account a state record's key names, if it is an id a readable record could carry."""
+    return identifier_text(key)
+
+
+def item_named_by(key: bytes | None, value: bytes | None) -> tuple[str, str] | None:
+    """The (author, content id) an unreadable content record still names: its key and `content_id`."""
+    author_id = identifier_text(key)
+    if author_id is None or value is None:
+        return None
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict:
+        return None
+    content_id = identifier_text(obj.get("content_id"))
+    return None if content_id is None else (author_id, content_id)

@@ -107,12 +107,51 @@ def deferred_due_prefix(author_id: str) -> bytes:
 VERSION_PREFIX = b"v:"
 
 
+def version_key(item: bytes) -> bytes:
+    """The key of an item's latest applied event (`v:<item>`)."""
+    return VERSION_PREFIX + item
+
+
+def published_item_key(item: bytes) -> bytes:
+    """The published index key of an item already made into an item id (`i:<item>`)."""
+    return PUBLISHED_PREFIX + item
+
+
+def item_of_key(prefix: bytes, key: bytes) -> bytes:
+    """The item id of a key under one of the per-item prefixes (`i:`, `D:`, `v:`)."""
+    return key[len(prefix) :]
+
+
+def pack_due(due_ms: int) -> bytes:
+    """The stored due time of a held item (the value of its `D:` key): epoch ms, 8 bytes big-endian."""
+    return due_ms.to_bytes(8, "big")
+
+
+def unpack_due(raw: bytes) -> int:
+    """A held item's due time (epoch ms) from the value of its `D:` key."""
+    return int.from_bytes(raw, "big")
+
+
+def entry_kind(key: bytes) -> EntryKind | None:
+    """What the `eligibility_state_entries` gauge counts a key as, or None for a key it does not count."""
+    return _KIND_OF_PREFIX.get(key[:2])
+
+
+_KIND_OF_PREFIX = {
+    b"p:": EntryKind.PROFILES,
+    b"o:": EntryKind.OBJECTIONS,
+    PUBLISHED_PREFIX: EntryKind.PUBLISHED,
+    DEFERRED_DUE_PREFIX: EntryKind.DEFERRED,
+    VERSION_PREFIX: EntryKind.ITEMS,
+}
+
+
 class ItemVersion(NamedTuple):
     """The latest event applied to an item (contract: "Order per item"), and when to forget it.
 
     `partition` and `offset` place that event in `content.events`: a replayed record
     the worker cannot read, found before it in the log, was handled before it and must
-    not undo it (see `engine._fail_item_closed`).
+    not undo it (see `order.ItemOrder.applied_after`).
     """
 
     event_time_us: int

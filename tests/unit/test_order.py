@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-import stream.core.engine
+import stream.core.accounts
+import stream.core.items
 from stream.core.engine import ITEM_MEMORY, Engine, OutputTopic
 from stream.core.models import DeadLetterReason, RetractCause, SkipReason
 from stream.core.state import StateKind, item_id
@@ -223,14 +224,14 @@ def test_record_whose_handling_raises_is_isolated_and_the_rest_of_the_batch_is_d
     worker: FakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker.run(content=[worker.content(_upsert("c-boom", "e-0", "2026-11-28T08:00:00Z"))])
-    real = stream.core.engine.decide_account
+    real = stream.core.items.decide_account
 
     def decide_account(event: Any, *args: Any) -> Any:
         if event.content_id == "c-boom":
             raise ZeroDivisionError
         return real(event, *args)
 
-    monkeypatch.setattr(stream.core.engine, "decide_account", decide_account)
+    monkeypatch.setattr(stream.core.items, "decide_account", decide_account)
     records = [
         worker.content(_upsert("c-1", "e-1", "2026-11-28T09:00:00Z")),
         worker.content(_upsert("c-boom", "e-2", "2026-11-28T09:00:00Z")),
@@ -251,7 +252,7 @@ def test_state_record_whose_handling_raises_fails_the_account_closed(
     def boom(*args: Any) -> Any:
         raise MemoryError
 
-    monkeypatch.setattr(stream.core.engine, "decode_objection", boom)
+    monkeypatch.setattr(stream.core.accounts, "decode_objection", boom)
     result = worker.run(state=[worker.objection(objection_value("withdrawn"))])
     assert result.dead_letters == {DeadLetterReason.PROCESSING_ERROR: 1}
     assert result.retractions == {RetractCause.OBJECTION: 1}  # counted as an objection: fail closed
@@ -262,8 +263,8 @@ def test_fail_closed_that_raises_too_fails_the_batch(worker: FakeWorker, monkeyp
     def boom(*args: Any) -> Any:
         raise ZeroDivisionError
 
-    monkeypatch.setattr(stream.core.engine, "decode_objection", boom)
-    monkeypatch.setattr(stream.core.engine.Engine, "_fail_account_closed", boom)
+    monkeypatch.setattr(stream.core.accounts, "decode_objection", boom)
+    monkeypatch.setattr(stream.core.accounts.AccountChanges, "_fail_closed", boom)
     with pytest.raises(ZeroDivisionError):
         worker.run(state=[worker.objection(objection_value())])
 

@@ -172,7 +172,7 @@ class World:
     def hold(
         self, content_id: str, author: str = "a-1", record: tuple[bytes, bytes] | None = None, due: dt.datetime = NOW
     ) -> World:
-        """A live record on the deferred changelog, as the filter writes it (`engine._defer`)."""
+        """A live record on the deferred changelog, as the filter writes it (`codec.encode_deferred`)."""
         raw = record[1] if record is not None else upsert(content_id, author)[1]
         due_ms = int(due.timestamp() * 1000)
         self.held[held_key(author, content_id)] = orjson.dumps({"due_ms": due_ms, "content": orjson.Fragment(raw)})

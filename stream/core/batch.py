@@ -1,0 +1,128 @@
+"""What the engine hands the shell for one batch: the records to send, the store writes, the counts.
+
+Owns the engine's result types (`BatchResult`, `Produce`, `OutputTopic`) and the
+fields of a consumed record it reads (`InputRecord`). The order in which the shell
+performs a result is in `engine`'s module docstring.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple, Protocol
+
+from stream.core.models import DeadLetterReason, Reason, RetractCause, SkipReason
+from stream.core.state import EntryKind, StateKind, Update
+
+
+class OutputTopic(StrEnum):
+    """The topics the engine writes to; the values are the metric's `output` label."""
+
+    FEED = "feed"
+    DECISIONS = "decisions"
+    DLQ = "dlq"
+    DEFERRED = "deferred"
+    PUBLISHED = "published"
+    ITEMS = "items"
+
+
+# Our changelogs: a record goes to the partition number of the input it came from,
+# since partition p's store is restored from partition p of each of them.
+CHANGELOGS = frozenset({OutputTopic.DEFERRED, OutputTopic.PUBLISHED, OutputTopic.ITEMS})
+
+
+class InputRecord(Protocol):
+    """The fields of a consumed Kafka record the engine reads (aiokafka's ConsumerRecord has them)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int: ...
+
+
+class Produce(NamedTuple):
+    """One record to send. A None value is a real Kafka tombstone.
+
+    `partition` is the input partition the record comes from. Changelog records
+    (`CHANGELOGS`) go to that partition number; the others go where Kafka's default
+    partitioner puts their key (the worker's `partitioning`), so a content id's
+    records stay on one partition however the inputs are partitioned.
+    A NamedTuple, not a frozen dataclass: two or three are built per event, and a
+    frozen dataclass's __init__ costs several times a tuple's.
+    """
+
+    topic: OutputTopic
+    key: bytes | None
+    value: bytes | None
+    partition: int
+
+
+class Isolated(NamedTuple):
+    """A record whose handling raised: dead-lettered and failed closed instead (for the log)."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: str
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Everything deciding one batch produced: records in send order, store writes around them, counts."""
+
+    # Sent and acknowledged before `produce`, and `last` after it (see the engine's module docstring).
+    first: list[Produce] = field(default_factory=list)
+    produce: list[Produce] = field(default_factory=list)
+    last: list[Produce] = field(default_factory=list)
+    pre_updates: dict[int, list[Update]] = field(default_factory=dict)
+    post_updates: dict[int, list[Update]] = field(default_factory=dict)
+    pre_counts: dict[int, Counter[EntryKind]] = field(default_factory=dict)
+    post_counts: dict[int, Counter[EntryKind]] = field(default_factory=dict)
+    state_offsets: dict[int, dict[StateKind, int]] = field(default_factory=dict)
+    decisions: Counter[Reason] = field(default_factory=Counter)
+    skips: Counter[SkipReason] = field(default_factory=Counter)
+    dead_letters: Counter[DeadLetterReason] = field(default_factory=Counter)
+    retractions: Counter[RetractCause] = field(default_factory=Counter)
+    released: int = 0
+    isolated: list[Isolated] = field(default_factory=list)
+    # Upstream event_time (s) of each content event decided, for the latency metric.
+    event_times: list[float] = field(default_factory=list)
+    # Broker append time (ms) of each `objected` record applied, for propagation latency.
+    objections: list[int] = field(default_factory=list)
+
+    def records(self) -> Iterator[Produce]:
+        """Every record of the batch, in the order they are sent."""
+        yield from self.first
+        yield from self.produce
+        yield from self.last
+
+
+def where(record: InputRecord) -> tuple[str, int, int]:
+    """Where a record is in the log: what isolating it remembers it by."""
+    return (record.topic, record.partition, record.offset)
+
+
+def state_event_id(record: InputRecord) -> str:
+    """The event id an audit record caused by a state record carries: its place in the log."""
+    return f"{record.topic}:{record.partition}:{record.offset}"
+
+
+def broker_time(record: InputRecord) -> dt.datetime:
+    """The record's broker timestamp as an aware datetime."""
+    return dt.datetime.fromtimestamp(record.timestamp / 1000, tz=dt.UTC)
+
+
+def epoch_ms(moment: dt.datetime) -> int:
+    """Milliseconds since the Unix epoch: how due times and expiries are stored."""
+    return int(moment.timestamp() * 1000)
