@@ -16,6 +16,28 @@ from stream.errors import ConfigError
 # The development key is public knowledge: it only makes local demos and tests run.
 DEV_PSEUDONYM_KEY = b"development-only-pseudonym-key"
 
+# The worker's limits other than the fetch's (`Settings.max_batch`, STREAM_MAX_BATCH,
+# which also bounds the content top-up that fills a batch). Each bounds the work of one
+# await, so that a long restore or pass still lets a rebalance or a stop through
+# between steps; none of them changes what is decided.
+# Records one read of a changelog takes while a partition's store is restored.
+RESTORE_READ_RECORDS = 5000
+# Records one read of lagging state partitions takes in the freshness gate.
+GATE_READ_RECORDS = 5000
+# Records one read of lagging state partitions takes in the recovery replay.
+REPLAY_READ_RECORDS = 5000
+# Held and published items one step of the re-evaluation pass after a replay judges.
+REEVALUATE_STEP_ITEMS = 5000
+# Held items of a partition decided again at each look for due ones; the rest wait
+# for the next look (`DUE_PERIOD_SECONDS` in `stream.runtime.deferrals`).
+DUE_STEP_ITEMS = 5000
+# How long the loop's fetch waits when nothing is buffered: the loop's tick on an idle
+# stream, at which due items, gauges and paced commits are looked after.
+POLL_WAIT_MS = 200
+# How long a read of state partitions known to lag (gate, replay, restore) waits for
+# records before the loop looks again whether to go on (a rebalance, a stop, a stall).
+LAGGING_READ_WAIT_MS = 500
+
 
 @dataclass(frozen=True, slots=True)
 class TopicNames:

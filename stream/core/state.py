@@ -274,3 +274,15 @@ class PartitionStore(Protocol):
         """False for a store written in another layout (`STORE_FORMAT`): rebuild it."""
 
     def close(self) -> None: ...
+
+
+def deferred_due_ms(key: bytes) -> int:
+    """When the held item of a `d:` key is due (epoch ms), without reading its item id."""
+    start = len(DEFERRED_PREFIX)
+    return int.from_bytes(key[start : start + 8], "big")
+
+
+def earliest_due_ms(store: PartitionStore) -> int | None:
+    """When the first of a store's held items is due (epoch ms), or None when it holds none."""
+    first = next(store.scan(DEFERRED_PREFIX), None)
+    return None if first is None else deferred_due_ms(first[0])

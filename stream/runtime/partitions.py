@@ -1,0 +1,71 @@
+"""The partitions this worker holds and their open stores: opened on assignment, closed on revocation.
+
+A store is opened from `STREAM_DATA_DIR/state/partition-<p>` and rebuilt from the
+compacted topics when it cannot be trusted (idle too long, or of another layout).
+What is in a store, and how it is brought up to date, is not this module's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from stream.core.state import PartitionStore
+from stream.runtime.store import RocksPartitionStore
+
+log = logging.getLogger(__name__)
+
+# A store untouched for longer than this may have missed a tombstone that Kafka's
+# compaction already removed (topics are created with delete.retention.ms = 7 days),
+# so it is rebuilt from the beginning of the compacted topics instead of resumed.
+STORE_MAX_IDLE_SECONDS = 12 * 3600
+
+
+class HeldPartitions:
+    """`stores` is the live mapping every part reads; only this class adds or removes stores."""
+
+    def __init__(self, data_dir: Path, *, wall_clock: Callable[[], float] = time.time) -> None:
+        self._root = data_dir / "state"
+        self._wall_clock = wall_clock
+        self.stores: dict[int, PartitionStore] = {}
+        self.assigned: frozenset[int] = frozenset()
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Hold exactly `partitions`: close the stores of the others, open the missing ones."""
+        held = frozenset(partitions)
+        for p in list(self.stores):
+            if p not in held:
+                self.stores.pop(p).close()
+        for p in held:
+            if p not in self.stores:
+                self.stores[p] = self.open(p)
+        self.assigned = held
+
+    def open(self, partition: int) -> PartitionStore:
+        """Open partition `partition`'s store, rebuilt empty if it was idle too long or is of another layout."""
+        path = self.path(partition)
+        store = RocksPartitionStore(path)
+        touched = store.touched_at()
+        idle = self._wall_clock() - (touched or 0)
+        stale = touched is not None and idle > STORE_MAX_IDLE_SECONDS
+        if stale or not store.compatible():
+            log.warning(
+                "state of partition %d %s: rebuilding from the compacted topics",
+                partition,
+                f"idle for {idle / 3600:.0f} h" if stale else "is of an older layout",
+            )
+            store.close()
+            RocksPartitionStore.destroy(path)
+            store = RocksPartitionStore(path)
+        return store
+
+    def path(self, partition: int) -> Path:
+        return self._root / f"partition-{partition}"
+
+    def close(self) -> None:
+        """Close every store (the partitions stay assigned until the next assignment)."""
+        for store in self.stores.values():
+            store.close()
+        self.stores.clear()

@@ -1,0 +1,86 @@
+"""Readiness and the replay policy (stream/runtime/health.py), and giving a batch up (interrupt.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.runtime.health import RETRY_BACKOFF_SECONDS, STUCK_AFTER_FAILURES, Health, Replays
+from stream.runtime.interrupt import GiveUp, Interruption
+from stream.runtime.metrics import Metrics
+
+
+def _gauge(metrics: Metrics, name: str) -> float | None:
+    return metrics.registry.get_sample_value(name)
+
+
+def test_health_caught_up_and_not_stuck_is_ready() -> None:
+    metrics = Metrics.create()
+    health = Health(metrics)
+
+    health.set_ready(True)
+
+    assert health.is_ready and _gauge(metrics, "eligibility_ready") == 1
+
+
+def test_replays_back_off_grows_to_its_last_step_and_the_worker_is_stuck_after_three() -> None:
+    metrics = Metrics.create()
+    health = Health(metrics)
+    health.set_ready(True)
+    replays = Replays(health, metrics)
+
+    delays = [replays.failed(RuntimeError("refused")) for _ in range(len(RETRY_BACKOFF_SECONDS) + 1)]
+
+    assert delays == [*RETRY_BACKOFF_SECONDS, RETRY_BACKOFF_SECONDS[-1]]
+    assert health.stuck and health.ready and not health.is_ready
+    assert _gauge(metrics, "eligibility_worker_stuck") == 1 and _gauge(metrics, "eligibility_ready") == 0
+    assert _gauge(metrics, "eligibility_batch_replays_total") == len(delays)
+
+
+def test_replays_fewer_failures_than_the_limit_not_stuck() -> None:
+    metrics = Metrics.create()
+    health = Health(metrics)
+    replays = Replays(health, metrics)
+
+    for _ in range(STUCK_AFTER_FAILURES - 1):
+        replays.failed(RuntimeError("refused"))
+
+    assert not health.stuck and _gauge(metrics, "eligibility_worker_stuck") == 0
+
+
+def test_replays_success_after_failures_clears_stuck_and_restarts_the_back_off() -> None:
+    metrics = Metrics.create()
+    health = Health(metrics)
+    health.set_ready(True)
+    replays = Replays(health, metrics)
+    for _ in range(STUCK_AFTER_FAILURES):
+        replays.failed(RuntimeError("refused"))
+
+    replays.succeeded()
+
+    assert health.is_ready and replays.failures == 0
+    assert _gauge(metrics, "eligibility_ready") == 1 and _gauge(metrics, "eligibility_worker_stuck") == 0
+    assert replays.failed(RuntimeError("again")) == RETRY_BACKOFF_SECONDS[0]
+
+
+def test_interruption_rebalance_interrupts_until_it_ends() -> None:
+    interruption = Interruption()
+    interruption.check()  # nothing begun: goes on
+
+    interruption.rebalance_started()
+    assert interruption.interrupted
+    with pytest.raises(GiveUp, match="rebalance started"):
+        interruption.check()
+
+    interruption.rebalance_ended()
+    assert not interruption.interrupted
+
+
+def test_interruption_stop_is_for_good() -> None:
+    interruption = Interruption()
+
+    interruption.stop()
+    interruption.rebalance_ended()
+
+    assert interruption.stopping and interruption.interrupted
+    with pytest.raises(GiveUp, match="stopping"):
+        interruption.check()

@@ -1,0 +1,58 @@
+"""The held partitions and their stores (stream/runtime/partitions.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from stream.core.state import StateKind
+from stream.runtime.partitions import STORE_MAX_IDLE_SECONDS, HeldPartitions
+from stream.runtime.store import RocksPartitionStore
+
+
+def test_open_store_of_an_older_layout_is_rebuilt_not_misread(tmp_path: Path) -> None:
+    held = HeldPartitions(tmp_path)
+    old = RocksPartitionStore(held.path(0))
+    old.apply([(b"p:a-1", b'{"account_id": "a-1"}')], {StateKind.PROFILES: 7})
+    old._db.delete(b"\x00format")  # noqa: SLF001, RUF100  # as written before the layout was recorded
+    old.close()
+
+    store = held.open(0)
+    try:
+        assert store.compatible()
+        assert store.get(b"p:a-1") is None and store.next_offset(StateKind.PROFILES) == 0  # rebuilt from scratch
+    finally:
+        store.close()
+
+
+def test_open_store_idle_too_long_is_rebuilt_and_a_recent_one_resumed(tmp_path: Path) -> None:
+    written = RocksPartitionStore(HeldPartitions(tmp_path).path(0))
+    written.apply([(b"p:a-1", b"x")], {StateKind.PROFILES: 7})
+    written.close()
+
+    resumed = HeldPartitions(tmp_path).open(0)
+    try:
+        assert resumed.next_offset(StateKind.PROFILES) == 7
+    finally:
+        resumed.close()
+
+    later = HeldPartitions(tmp_path, wall_clock=lambda: time.time() + STORE_MAX_IDLE_SECONDS + 60)
+    rebuilt = later.open(0)
+    try:
+        assert rebuilt.next_offset(StateKind.PROFILES) == 0
+    finally:
+        rebuilt.close()
+
+
+def test_assign_closes_revoked_stores_and_opens_new_ones(tmp_path: Path) -> None:
+    held = HeldPartitions(tmp_path)
+    held.assign([0, 1])
+    kept = held.stores[1]
+
+    held.assign([1, 2])
+    try:
+        assert held.assigned == frozenset({1, 2}) and sorted(held.stores) == [1, 2]
+        assert held.stores[1] is kept  # a partition held on is not reopened
+    finally:
+        held.close()
+    assert held.stores == {}
