@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-import stream.core.engine
+import stream.core.items
 from stream.config import Settings
 from stream.core.partitioning import partition_for
 from stream.core.state import item_id
@@ -356,14 +356,14 @@ async def test_worker_record_that_raises_is_isolated_dead_lettered_and_the_parti
     await make_topics(settings)
     await send(settings, settings.topics.profiles, [profile("a-gb")])
     await send(settings, settings.topics.content, [upsert("c-ok", "a-gb")])
-    real = stream.core.engine.decide_account
+    real = stream.core.items.decide_account
 
     def decide_account(event: Any, *args: Any) -> Any:
         if event.content_id == "c-boom":
             raise ZeroDivisionError("a bug nobody imagined")
         return real(event, *args)
 
-    monkeypatch.setattr(stream.core.engine, "decide_account", decide_account)
+    monkeypatch.setattr(stream.core.items, "decide_account", decide_account)
     async with running_worker(settings) as worker:
         await read_until(settings, settings.topics.feed, 1)
         await send(settings, settings.topics.content, [upsert("c-boom", "a-gb"), upsert("c-next", "a-gb")])

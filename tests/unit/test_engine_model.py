@@ -13,7 +13,7 @@ offsets, the state topics replayed (`recovering`), then held and published items
 judged by the final state (`reevaluate_published`).
 
 The model (`Model` below) is written from the contract and the issue #16 plan
-alone: like `stream/verifier/verify.py` it imports none of the rule's code (no
+alone: like `stream/verifier/` it imports none of the rule's code (no
 `stream.core.policy`, `stream.core.engine` rules, `stream.core.records`, `stream.core.codec`); it
 implements the rule, order per item, deletes being final, retractions, unreadable
 records failing closed and the holding and release of items itself. The inputs are

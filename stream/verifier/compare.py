@@ -1,0 +1,353 @@
+"""The comparison: every difference between the feed (and the held items) and the verifier's rule. Pure.
+
+`compare` reads the state the inputs built, the compacted feed and the live held
+items, and returns a `Report`: violations, losses, minimisation problems, and what
+is reported without failing (excused, pending, stale, unverifiable).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+from stream.verifier.inputs import Invalid, held_copy, json_object, key_text, parse_timestamp, split_held_key
+from stream.verifier.rule import (
+    PSEUDONYM,
+    VIOLATION_REASONS,
+    Policy,
+    Reason,
+    is_pseudonym_of,
+    judge,
+    notice_end,
+    notice_end_of,
+    pseudonym,
+)
+from stream.verifier.state import InputCounts, State
+
+DEFAULT_EXAMPLES: Final = 10
+# Broker timestamps are producer clocks (CreateTime), and records on different
+# topics may be appended in another order than they were stamped: a state change
+# stamped up to this long before an upsert may still have reached the filter after it.
+CLOCK_SLACK: Final = dt.timedelta(seconds=1)
+
+
+class Problem(StrEnum):
+    """What is wrong with a feed value under data minimisation."""
+
+    NOT_JSON = "not_json"  # not a UTF-8 JSON object
+    FIELDS = "fields"  # not exactly the contract's field set
+    PSEUDONYM_FORMAT = "pseudonym_format"  # not 64 lower-case hex digits
+    PSEUDONYM_MISMATCH = "pseudonym_mismatch"  # not HMAC-SHA256(key, author of the content)
+    RAW_ACCOUNT_ID = "raw_account_id"  # a field value equals a known account id
+    JURISDICTION = "jurisdiction"  # not an enabled jurisdiction
+
+
+FEED_FIELDS: Final = frozenset(
+    {
+        "content_id",
+        "content_type",
+        "platform",
+        "author_pseudonym",
+        "created_at",
+        "text",
+        "media_uri",
+        "language",
+        "jurisdiction",
+        "policy_version",
+        "decided_at",
+        "source_event_id",
+    }
+)
+
+
+# --- the comparison -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Tally:
+    """A count and the first few content ids counted."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, content_id: str, limit: int) -> None:
+        self.count += 1
+        if len(self.examples) < limit:
+            self.examples.append(content_id)
+
+
+@dataclass(slots=True)
+class Report:
+    """Every difference between the feed and the verifier's rule, as counts and content-id examples."""
+
+    checked_at: dt.datetime
+    policy_version: str
+    grace_seconds: float
+    inputs: InputCounts
+    content_truncated: bool  # time retention removed content events: `unverifiable` replaces `unknown_content`
+    feed_items: int = 0
+    held_items: int = 0  # live records on the filter's deferred changelog
+    expected_eligible: int = 0
+    violations: dict[Reason, Tally] = field(default_factory=lambda: {r: Tally() for r in VIOLATION_REASONS})
+    losses: Tally = field(default_factory=Tally)
+    excused: Tally = field(default_factory=Tally)  # missing, but the author's state changed since the upsert
+    pending: Tally = field(default_factory=Tally)  # a difference younger than the grace
+    stale: Tally = field(default_factory=Tally)  # on the feed from an older upsert than the latest
+    unverifiable: Tally = field(default_factory=Tally)
+    minimisation: dict[Problem, Tally] = field(default_factory=lambda: {p: Tally() for p in Problem})
+
+    @property
+    def violation_count(self) -> int:
+        return sum(t.count for t in self.violations.values())
+
+    @property
+    def minimisation_count(self) -> int:
+        return sum(t.count for t in self.minimisation.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.violation_count == 0 and self.losses.count == 0 and self.minimisation_count == 0
+
+    @property
+    def exit_status(self) -> int:
+        return 0 if self.ok else 1
+
+
+def _content_id_of_key(key: bytes) -> str:
+    text = key_text(key)
+    return text if text is not None else "0x" + key.hex()
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string inside a parsed JSON value, keys excepted.
+
+    A loop, not recursion: a feed value nested a thousand deep (orjson allows 1024)
+    would otherwise stop the verifier with a RecursionError.
+    """
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
+def _text(value: object) -> str:
+    # Never str() of a parsed value: the repr of a deeply nested list raises RecursionError.
+    return value if isinstance(value, str) else ""
+
+
+def compare(
+    state: State,
+    feed: Mapping[bytes, bytes],
+    policy: Policy,
+    *,
+    pseudonym_key: bytes,
+    now: dt.datetime,
+    grace_seconds: float = 0.0,
+    content_truncated: bool = False,
+    examples: int = DEFAULT_EXAMPLES,
+    held: Mapping[bytes, bytes] | None = None,
+) -> Report:
+    """Diff the compacted feed and the live held items (values only, no tombstones) against the state. Pure."""
+    if now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    held = held if held is not None else {}
+    report = Report(
+        now, policy.version, grace_seconds, state.counts, content_truncated, feed_items=len(feed), held_items=len(held)
+    )
+    comparison = _Comparison(state, policy, pseudonym_key, report, examples)
+    for key, value in feed.items():
+        comparison.feed_item(key, value)
+    for key, value in held.items():
+        _judge_held(state, key, value, policy, now, content_truncated, comparison.flag)
+    comparison.missing(feed)
+    return report
+
+
+class _Comparison:
+    """One run of `compare`: what it reads, and the report it fills in."""
+
+    def __init__(self, state: State, policy: Policy, pseudonym_key: bytes, report: Report, examples: int) -> None:
+        self.state = state
+        self.policy = policy
+        self.key = pseudonym_key
+        self.report = report
+        self.examples = examples
+        self.now = report.checked_at
+        self.recent = self.now - dt.timedelta(seconds=report.grace_seconds)
+        self.account_ids = state.account_ids()
+        self._by_pseudonym: dict[str, str] | None = None
+
+    def is_recent(self, *stamps: dt.datetime | None) -> bool:
+        """Whether a cause of a difference is younger than the grace: the filter may not have caught up."""
+        return self.report.grace_seconds > 0 and any(t is not None and t > self.recent for t in stamps)
+
+    def flag(self, reason: Reason, content_id: str, *stamps: dt.datetime | None) -> None:
+        """Count a violation, or a pending difference if any of its causes (`stamps`) is recent."""
+        if self.is_recent(*stamps):
+            self.report.pending.add(content_id, self.examples)
+        else:
+            self.report.violations[reason].add(content_id, self.examples)
+
+    def feed_item(self, key: bytes, value: bytes) -> None:
+        """Judge one live feed record: its minimisation, and whether the rule allows its item."""
+        report, examples = self.report, self.examples
+        content_id = _content_id_of_key(key)
+        fields = json_object(value)
+        claimed = fields.get("author_pseudonym") if fields is not None else None
+        author, item = self.state.item_on_feed(content_id, claimed, self.key)
+        content = item.latest if item is not None else None
+        author_id = content.author_id if content is not None else None
+        for problem in _minimisation_problems(fields, author_id, self.account_ids, self.policy, self.key):
+            report.minimisation[problem].add(content_id, examples)
+        if content is None:
+            if not report.content_truncated:
+                report.violations[Reason.UNKNOWN_CONTENT].add(content_id, examples)
+            elif (
+                item is not None
+                and item.unreadable_at is not None
+                and author is not None
+                and is_pseudonym_of(claimed, author, self.key)
+            ):
+                self.flag(Reason.UNREADABLE_UPDATE, content_id, item.unreadable_at)
+            else:
+                self._aged_out(content_id, fields if fields is not None else {})
+            return
+        assert item is not None
+        account = self.state.accounts.get(content.author_id)
+        if content.op == "delete":
+            reason = Reason.CONTENT_DELETED
+        elif item.unreadable_at is not None:
+            reason = Reason.UNREADABLE_UPDATE
+        else:
+            reason = judge(content.content_type, content.visibility, content.created_at, account, self.policy, self.now)
+        if reason is Reason.ELIGIBLE:
+            if fields is not None and fields.get("source_event_id") != content.event_id:
+                report.stale.add(content_id, examples)
+        else:
+            self.flag(reason, content_id, content.at, item.unreadable_at, account.changed_at() if account else None)
+
+    def _aged_out(self, content_id: str, fields: dict[str, Any]) -> None:
+        """A feed item whose content events aged out: judge what its record and the author's state still tell."""
+        if self._by_pseudonym is None:
+            accounts = self.state.accounts
+            self._by_pseudonym = {pseudonym(self.key, a): a for a, acc in accounts.items() if acc.profile}
+        account_id = self._by_pseudonym.get(_text(fields.get("author_pseudonym")))
+        account = self.state.accounts.get(account_id) if account_id is not None else None
+        try:
+            created_at: dt.datetime | None = parse_timestamp(fields.get("created_at"))
+        except Invalid:
+            created_at = None
+        # The feed does not carry the visibility; the item is taken as public as it claims.
+        reason = judge(_text(fields.get("content_type")), "public", created_at, account, self.policy, self.now)
+        if reason is Reason.ELIGIBLE:
+            self.report.unverifiable.add(content_id, self.examples)
+        else:
+            self.flag(reason, content_id, account.changed_at() if account is not None else None)
+
+    def missing(self, feed: Mapping[bytes, bytes]) -> None:
+        """Every item the rule allows that is not on the feed: a loss, or excused, or pending."""
+        report, examples, state = self.report, self.examples, self.state
+        for content_id, content in state.contents.items():
+            if content.op != "upsert" or state.items[content_id][content.author_id].unreadable_at is not None:
+                continue  # deleted, or retracted (and released) by the unreadable record since
+            account = state.accounts.get(content.author_id)
+            reason = judge(content.content_type, content.visibility, content.created_at, account, self.policy, self.now)
+            if reason is not Reason.ELIGIBLE:
+                continue
+            report.expected_eligible += 1
+            if content_id.encode("utf-8") in feed:
+                continue
+            assert account is not None and account.profile is not None and account.profile.notified_at is not None
+            country = account.profile.country
+            assert country is not None
+            ends = notice_end(account.profile.notified_at, self.policy.notice_periods[country])
+            assert ends is not None  # eligible: the notice period has ended
+            # Due from the later of the upsert and the end of the notice period (a deferred decision).
+            due = max(content.at, ends)
+            changed = account.changed_at()
+            if due > self.recent:
+                report.pending.add(content_id, examples)
+            elif changed is not None and changed >= content.at - CLOCK_SLACK:
+                report.excused.add(content_id, examples)
+            else:
+                report.losses.add(content_id, examples)
+
+
+def _judge_held(
+    state: State,
+    key: bytes,
+    value: bytes,
+    policy: Policy,
+    now: dt.datetime,
+    content_truncated: bool,
+    flag: Callable[..., None],
+) -> None:
+    """Flag a live held item the filter must have released: the contract's "Deferred decisions".
+
+    A held copy may stay only while it is the item's latest applied event, no unreadable
+    record named the item since, and the rule refuses it for its notice period alone
+    (or allows it: then it falls due and is published, or missing it is a loss).
+    """
+    names = split_held_key(key)
+    if names is None:
+        # Not an item id: name it without the author id the key may still contain.
+        flag(Reason.HELD_AFTER_RELEASE, "held-key-sha256:" + hashlib.sha256(key).hexdigest()[:16])
+        return
+    author_id, content_id = names
+    copy = held_copy(author_id, content_id, value)
+    item = state.items.get(content_id, {}).get(author_id)
+    latest = item.latest if item is not None else None
+    account = state.accounts.get(author_id)
+    changed = account.changed_at() if account is not None else None
+    if copy is None:
+        flag(Reason.HELD_AFTER_RELEASE, content_id)
+        return
+    if latest is None:
+        if not content_truncated or (item is not None and item.unreadable_at is not None):
+            flag(Reason.HELD_AFTER_RELEASE, content_id, changed)
+            return
+        latest = copy  # its content events aged out: judge the copy itself
+    assert item is not None or latest is copy
+    unreadable_at = item.unreadable_at if item is not None else None
+    if latest.op != "upsert" or unreadable_at is not None or latest.event_id != copy.event_id:
+        flag(Reason.HELD_AFTER_RELEASE, content_id, latest.at, unreadable_at, changed)
+        return
+    reason = judge(latest.content_type, latest.visibility, latest.created_at, account, policy, now)
+    if reason not in (Reason.NOTICE_PERIOD_RUNNING, Reason.ELIGIBLE):
+        flag(Reason.HELD_AFTER_RELEASE, content_id, latest.at, changed, notice_end_of(account, policy))
+
+
+def _minimisation_problems(
+    item: dict[str, Any] | None,
+    author_id: str | None,
+    account_ids: set[str],
+    policy: Policy,
+    pseudonym_key: bytes,
+) -> Iterable[Problem]:
+    if item is None:
+        yield Problem.NOT_JSON
+        return
+    if item.keys() != FEED_FIELDS:
+        yield Problem.FIELDS
+    value = item.get("author_pseudonym")
+    if type(value) is not str or PSEUDONYM.fullmatch(value) is None:
+        yield Problem.PSEUDONYM_FORMAT
+    elif author_id is not None and not hmac.compare_digest(value, pseudonym(pseudonym_key, author_id)):
+        yield Problem.PSEUDONYM_MISMATCH
+    # `text` is the author's own words: a comment that happens to equal some account
+    # id is not a leak by the filter, and flagging it would page someone for nothing.
+    if any(s in account_ids for name, v in item.items() if name != "text" for s in _strings(v)):
+        yield Problem.RAW_ACCOUNT_ID
+    jurisdiction = item.get("jurisdiction")
+    if type(jurisdiction) is not str or jurisdiction not in policy.notice_periods:
+        yield Problem.JURISDICTION
