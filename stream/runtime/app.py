@@ -72,6 +72,13 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
                     "drain did not finish in %.0fs; exiting, the last batch will be replayed", settings.shutdown_timeout
                 )
 
+    _add_pages(app, worker, metrics)
+    return app, worker
+
+
+def _add_pages(app: faust.App, worker: FilterWorker, metrics: Metrics) -> None:
+    """The web pages: `/metrics` for Prometheus, `/healthz` (alive) and `/ready` (ready and not stuck)."""
+
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
@@ -87,5 +94,3 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
         # Stuck: batches keep failing and are replayed; it holds its partitions but makes no progress.
         status = "stuck" if worker.stuck else "not ready"
         return web.json({"status": status, "partitions": sorted(worker.assigned)}, status=503)
-
-    return app, worker
