@@ -28,6 +28,20 @@ MMAP_THRESHOLD_BYTES = 128 << 10
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one operator command; its exit status (2 for a StreamError, 130 when interrupted)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(Settings.from_env(), args)
+    except StreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The commands and their options."""
     parser = argparse.ArgumentParser(prog="python -m stream", description=__doc__)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,37 +71,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     watch.add_argument("--interval", type=float, default=2.0)
     watch.add_argument("--from-beginning", action="store_true")
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = Settings.from_env()
-        if args.command == "worker":
-            return _worker(settings, args.log_level)
-        if args.command == "topics":
-            return asyncio.run(_topics(settings, args.action))
-        if args.command == "generate":
-            return asyncio.run(_generate(settings, args))
-        if args.command == "verify":
-            from pathlib import Path
+    return parser
 
-            from stream.verifier.verify import main_verify
 
-            return main_verify(
-                settings,
-                Path(args.json) if args.json else None,
-                args.once,
-                args.interval,
-                port=args.port,
-                grace_seconds=args.grace,
-                examples=args.examples,
-            )
-        if args.command == "watch":
-            return asyncio.run(_watch(settings, args.interval, args.from_beginning))
-    except StreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the parsed command with the settings read once."""
+    if args.command == "worker":
+        return _worker(settings, args.log_level)
+    if args.command == "topics":
+        return asyncio.run(_topics(settings, args.action))
+    if args.command == "generate":
+        return asyncio.run(_generate(settings, args))
+    if args.command == "verify":
+        from pathlib import Path
+
+        from stream.verifier.verify import main_verify
+
+        return main_verify(
+            settings,
+            Path(args.json) if args.json else None,
+            args.once,
+            args.interval,
+            port=args.port,
+            grace_seconds=args.grace,
+            examples=args.examples,
+        )
+    if args.command == "watch":
+        return asyncio.run(_watch(settings, args.interval, args.from_beginning))
     return 0
 
 

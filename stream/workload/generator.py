@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -239,6 +239,28 @@ class _Item(NamedTuple):
     language: str | None
 
 
+def _profile_value(account: str, p: _Profile) -> bytes:
+    """An `accounts.profiles` value in the contract's wire format."""
+    return orjson.dumps(
+        {
+            "account_id": account,
+            "birth_date": p.birth_date,
+            "country": p.country,
+            "notified_at": p.notified_at,
+            "updated_at": p.updated_at,
+        },
+        option=_OPT,
+    )
+
+
+def _objection_value(account: str, status: ObjectionStatus, at: dt.datetime, source: str, request_id: str) -> bytes:
+    """An `accounts.objections` value in the contract's wire format."""
+    return orjson.dumps(
+        {"account_id": account, "status": status, "at": at, "source": source, "request_id": request_id},
+        option=_OPT,
+    )
+
+
 class Workload:
     """A deterministic synthetic workload; a seed and `now` always give the same records.
 
@@ -342,26 +364,6 @@ class Workload:
             updated = now - dt.timedelta(seconds=rng.randrange(60, 900 * 86_400))
         return _Profile(birth, country, notified, updated)
 
-    @staticmethod
-    def _profile_value(account: str, p: _Profile) -> bytes:
-        return orjson.dumps(
-            {
-                "account_id": account,
-                "birth_date": p.birth_date,
-                "country": p.country,
-                "notified_at": p.notified_at,
-                "updated_at": p.updated_at,
-            },
-            option=_OPT,
-        )
-
-    @staticmethod
-    def _objection_value(account: str, status: ObjectionStatus, at: dt.datetime, source: str, request_id: str) -> bytes:
-        return orjson.dumps(
-            {"account_id": account, "status": status, "at": at, "source": source, "request_id": request_id},
-            option=_OPT,
-        )
-
     # --- public iterators ---------------------------------------------------------
 
     def setup(self) -> Iterator[Labelled]:
@@ -369,16 +371,17 @@ class Workload:
         for account, profile in zip(self.account_ids, self._profiles, strict=True):
             yield Labelled(
                 RecordKind.PROFILE,
-                Record(TopicKind.PROFILES, account.encode(), self._profile_value(account, profile)),
+                Record(TopicKind.PROFILES, account.encode(), _profile_value(account, profile)),
             )
         for n, (i, (status, at, source)) in enumerate(sorted(self._objections.items())):
             account = self.account_ids[i]
-            value = self._objection_value(account, status, at, source, f"r-{self.run}-s{n:06d}")
+            value = _objection_value(account, status, at, source, f"r-{self.run}-s{n:06d}")
             yield Labelled(RecordKind.OBJECTION, Record(TopicKind.OBJECTIONS, account.encode(), value))
 
     def stream(self, count: int | None) -> Iterator[Labelled]:
         """`count` content records (None = no end), with state changes interleaved."""
-        return _Stream(self).run(count)
+        start = _Start(self._stream_seed, self._profiles, self._objections, self._author_pool)
+        return _Stream(self, start).run(count)
 
     def labelled(self, count: int | None) -> Iterator[Labelled]:
         """The whole workload: `setup()` then `stream(count)`."""
@@ -403,14 +406,29 @@ def generate(
     return Workload(seed=seed, accounts=accounts, now=now, malformed_share=malformed_share).records(count)
 
 
-class _Stream:
-    """The mutable state of one pass over the content stream; lives only inside `stream()`."""
+class _Start(NamedTuple):
+    """What a pass over the stream starts from: the workload's drawn population and the stream's seed."""
 
-    def __init__(self, w: Workload) -> None:
+    seed: int
+    profiles: tuple[_Profile, ...]
+    objections: dict[int, tuple[ObjectionStatus, dt.datetime, str]]
+    author_pool: tuple[int, ...]
+
+
+class _Stream:
+    """The mutable state of one pass over the content stream; lives only inside `stream()`.
+
+    The content events are made here; state changes (`_objection_change`,
+    `_profile_change`, `_account_deletion`) and malformed records (`_malformed`) are
+    functions of their own over this state.
+    """
+
+    def __init__(self, w: Workload, start: _Start) -> None:
         self.w = w
-        self.rng = random.Random(w._stream_seed)  # noqa: S311 - see Workload.__init__
-        self.profiles = [_Profile(p.birth_date, p.country, p.notified_at, p.updated_at) for p in w._profiles]
-        self.objections = {i: status for i, (status, _, _) in w._objections.items()}
+        self.rng = random.Random(start.seed)  # noqa: S311 - see Workload.__init__
+        self.profiles = [_Profile(p.birth_date, p.country, p.notified_at, p.updated_at) for p in start.profiles]
+        self.objections = {i: status for i, (status, _, _) in start.objections.items()}
+        self.author_pool = start.author_pool
         self.deleted: set[int] = set()
         self.deleted_ids: set[str] = set()
         self.recent: list[_Item] = []
@@ -445,7 +463,7 @@ class _Stream:
         self.content_n += 1
         return f"c-{self.w.run}-{self.content_n:09d}"
 
-    def _request_id(self) -> str:
+    def request_id(self) -> str:
         self.request_n += 1
         return f"r-{self.w.run}-{self.request_n:06d}"
 
@@ -457,15 +475,15 @@ class _Stream:
         n = 0
         while count is None or n < count:
             if rnd() < _P_OBJECTION_CHANGE:
-                yield self._objection_change()
+                yield _objection_change(self)
             if rnd() < _P_PROFILE_CHANGE:
-                yield self._profile_change()
+                yield _profile_change(self)
             if rnd() < _P_ACCOUNT_DELETION:
-                deletion = self._account_deletion()
+                deletion = _account_deletion(self)
                 if deletion is not None:
                     yield deletion
             if rnd() < malformed_share:
-                yield self._malformed()
+                yield _malformed(self)
             else:
                 yield self._content()
             n += 1
@@ -473,8 +491,8 @@ class _Stream:
 
     # content ---------------------------------------------------------------------
 
-    def _pick_author(self) -> int:
-        pool = self.w._author_pool
+    def pick_author(self) -> int:
+        pool = self.author_pool
         for _ in range(8):
             i = pool[int(self.rng.random() * len(pool))]
             if i not in self.deleted:
@@ -574,102 +592,107 @@ class _Stream:
                     _KIND_UPSERT,
                     Record(_TOPIC_CONTENT, edited.author.encode(), orjson.dumps(value, option=_OPT)),
                 )
-        item, value = self._new_author_item()
+        item, value = self.new_author_item()
         self._remember(item)
         return Labelled(_KIND_UPSERT, Record(_TOPIC_CONTENT, item.author.encode(), orjson.dumps(value, option=_OPT)))
 
-    def _new_author_item(self) -> tuple[_Item, dict[str, Any]]:
-        i = -1 if self.rng.random() < _P_UNKNOWN_AUTHOR else self._pick_author()
+    def new_author_item(self) -> tuple[_Item, dict[str, Any]]:
+        i = -1 if self.rng.random() < _P_UNKNOWN_AUTHOR else self.pick_author()
         if i < 0:
             author = self.w.unknown_ids[int(self.rng.random() * len(self.w.unknown_ids))]
             return self._new_item(author, None)
         return self._new_item(self.w.account_ids[i], self.profiles[i].country)
 
-    # malformed -------------------------------------------------------------------
 
-    def _malformed(self) -> Labelled:
-        rng = self.rng
-        kind = _MALFORMED_KINDS[int(rng.random() * len(_MALFORMED_KINDS))]
-        item, value = self._new_author_item()  # a fresh item, never remembered for edits
-        key = item.author.encode()
-        raw: bytes
-        if kind is MalformedKind.GARBAGE_BYTES:
-            # 0xFF never occurs in UTF-8, so this is not even text.
-            raw = b"\xff\xfe" + rng.randbytes(rng.randint(1, 64))
-        elif kind is MalformedKind.NOT_AN_OBJECT:
-            raw = rng.choice((b"null", b"42", b'"upsert"', b"true", b"[]", orjson.dumps([value], option=_OPT)))
+# --- malformed records and state changes: functions over a pass's state ------------------
+
+
+def _malformed(s: _Stream) -> Labelled:
+    """A content record broken in one of the `MalformedKind` ways, for a fresh item."""
+    rng = s.rng
+    kind = _MALFORMED_KINDS[int(rng.random() * len(_MALFORMED_KINDS))]
+    item, value = s.new_author_item()  # a fresh item, never remembered for edits
+    key = item.author.encode()
+    raw: bytes
+    if kind is MalformedKind.GARBAGE_BYTES:
+        # 0xFF never occurs in UTF-8, so this is not even text.
+        raw = b"\xff\xfe" + rng.randbytes(rng.randint(1, 64))
+    elif kind is MalformedKind.NOT_AN_OBJECT:
+        raw = rng.choice((b"null", b"42", b'"upsert"', b"true", b"[]", orjson.dumps([value], option=_OPT)))
+    else:
+        if kind is MalformedKind.MISSING_FIELD:
+            del value[rng.choice(_REQUIRED_UPSERT_FIELDS)]
+        elif kind is MalformedKind.WRONG_TYPE:
+            name = rng.choice(tuple(_WRONG_TYPES))
+            value[name] = _WRONG_TYPES[name]
+        elif kind is MalformedKind.UNKNOWN_ENUM:
+            name = rng.choice(tuple(_UNKNOWN_ENUMS))
+            value[name] = _UNKNOWN_ENUMS[name]
+        elif kind is MalformedKind.KEY_MISMATCH:
+            other = s.w.account_ids[int(rng.random() * len(s.w.account_ids))]
+            key = other.encode() if other != item.author else (item.author + "-x").encode()
+        elif kind is MalformedKind.BAD_TIMESTAMP:
+            value[rng.choice(("event_time", "created_at"))] = rng.choice(_BAD_TIMESTAMPS)
+        raw = orjson.dumps(value, option=_OPT)
+    return Labelled(RecordKind.MALFORMED, Record(TopicKind.CONTENT, key, raw), kind)
+
+
+def _objection_change(s: _Stream) -> Labelled:
+    """An objection made, withdrawn or cleared (a tombstone) by an active author."""
+    rng = s.rng
+    objected = [i for i, status in s.objections.items() if status is ObjectionStatus.OBJECTED]
+    r = rng.random()
+    if objected and r < 0.3:
+        i = rng.choice(objected)
+        status = ObjectionStatus.WITHDRAWN
+    elif s.objections and r < 0.4:
+        # A cleared record (tombstone) means the same as `withdrawn`.
+        i = rng.choice(list(s.objections))
+        del s.objections[i]
+        account = s.w.account_ids[i]
+        return Labelled(RecordKind.OBJECTION_TOMBSTONE, Record(TopicKind.OBJECTIONS, account.encode(), None))
+    else:
+        # Objectors are drawn from active authors, so their objection has items to retract.
+        i = max(0, s.pick_author())
+        status = ObjectionStatus.OBJECTED
+    s.objections[i] = status
+    account = s.w.account_ids[i]
+    value = _objection_value(account, status, s.clock, rng.choice(_SOURCES), s.request_id())
+    return Labelled(RecordKind.OBJECTION, Record(TopicKind.OBJECTIONS, account.encode(), value))
+
+
+def _profile_change(s: _Stream) -> Labelled:
+    """A profile update: a notice shown, a corrected birth date, or a move."""
+    rng = s.rng
+    i = max(0, s.pick_author())
+    p = s.profiles[i]
+    today = s.clock.date()
+    r = rng.random()
+    if p.notified_at is None or r < 0.3:  # the notice is shown now
+        p.notified_at = s.clock
+    elif r < 0.55:  # a corrected birth date, sometimes making an adult a minor
+        if rng.random() < 0.5:
+            p.birth_date = _years_before(today, rng.randint(13, 17)) - dt.timedelta(days=rng.randrange(365))
         else:
-            if kind is MalformedKind.MISSING_FIELD:
-                del value[rng.choice(_REQUIRED_UPSERT_FIELDS)]
-            elif kind is MalformedKind.WRONG_TYPE:
-                name = rng.choice(tuple(_WRONG_TYPES))
-                value[name] = _WRONG_TYPES[name]
-            elif kind is MalformedKind.UNKNOWN_ENUM:
-                name = rng.choice(tuple(_UNKNOWN_ENUMS))
-                value[name] = _UNKNOWN_ENUMS[name]
-            elif kind is MalformedKind.KEY_MISMATCH:
-                other = self.w.account_ids[int(rng.random() * len(self.w.account_ids))]
-                key = other.encode() if other != item.author else (item.author + "-x").encode()
-            elif kind is MalformedKind.BAD_TIMESTAMP:
-                value[rng.choice(("event_time", "created_at"))] = rng.choice(_BAD_TIMESTAMPS)
-            raw = orjson.dumps(value, option=_OPT)
-        return Labelled(RecordKind.MALFORMED, Record(TopicKind.CONTENT, key, raw), kind)
+            p.birth_date = _years_before(today, rng.randint(19, 70))
+    elif r < 0.8:  # a move, in or out of an enabled jurisdiction
+        p.country = rng.choice(("GB", "BR", *_EU, *_ELSEWHERE))
+    else:
+        p.country = None if rng.random() < 0.3 else p.country
+    p.updated_at = s.clock
+    account = s.w.account_ids[i]
+    return Labelled(RecordKind.PROFILE, Record(TopicKind.PROFILES, account.encode(), _profile_value(account, p)))
 
-    # state changes ---------------------------------------------------------------
 
-    def _objection_change(self) -> Labelled:
-        rng = self.rng
-        objected = [i for i, s in self.objections.items() if s is ObjectionStatus.OBJECTED]
-        r = rng.random()
-        if objected and r < 0.3:
-            i = rng.choice(objected)
-            status = ObjectionStatus.WITHDRAWN
-        elif self.objections and r < 0.4:
-            # A cleared record (tombstone) means the same as `withdrawn`.
-            i = rng.choice(list(self.objections))
-            del self.objections[i]
-            account = self.w.account_ids[i]
-            return Labelled(RecordKind.OBJECTION_TOMBSTONE, Record(TopicKind.OBJECTIONS, account.encode(), None))
-        else:
-            # Objectors are drawn from active authors, so their objection has items to retract.
-            i = max(0, self._pick_author())
-            status = ObjectionStatus.OBJECTED
-        self.objections[i] = status
-        account = self.w.account_ids[i]
-        value = self.w._objection_value(account, status, self.clock, rng.choice(_SOURCES), self._request_id())
-        return Labelled(RecordKind.OBJECTION, Record(TopicKind.OBJECTIONS, account.encode(), value))
-
-    def _profile_change(self) -> Labelled:
-        rng = self.rng
-        i = max(0, self._pick_author())
-        p = self.profiles[i]
-        today = self.clock.date()
-        r = rng.random()
-        if p.notified_at is None or r < 0.3:  # the notice is shown now
-            p.notified_at = self.clock
-        elif r < 0.55:  # a corrected birth date, sometimes making an adult a minor
-            if rng.random() < 0.5:
-                p.birth_date = _years_before(today, rng.randint(13, 17)) - dt.timedelta(days=rng.randrange(365))
-            else:
-                p.birth_date = _years_before(today, rng.randint(19, 70))
-        elif r < 0.8:  # a move, in or out of an enabled jurisdiction
-            p.country = rng.choice(("GB", "BR", *_EU, *_ELSEWHERE))
-        else:
-            p.country = None if rng.random() < 0.3 else p.country
-        p.updated_at = self.clock
-        account = self.w.account_ids[i]
-        return Labelled(
-            RecordKind.PROFILE, Record(TopicKind.PROFILES, account.encode(), self.w._profile_value(account, p))
-        )
-
-    def _account_deletion(self) -> Labelled | None:
-        i = self._pick_author()
-        if i < 0:
-            return None
-        self.deleted.add(i)
-        account = self.w.account_ids[i]
-        self.deleted_ids.add(account)
-        return Labelled(RecordKind.ACCOUNT_DELETED, Record(TopicKind.PROFILES, account.encode(), None))
+def _account_deletion(s: _Stream) -> Labelled | None:
+    """An account deleted (a profile tombstone); None when no live author was drawn."""
+    i = s.pick_author()
+    if i < 0:
+        return None
+    s.deleted.add(i)
+    account = s.w.account_ids[i]
+    s.deleted_ids.add(account)
+    return Labelled(RecordKind.ACCOUNT_DELETED, Record(TopicKind.PROFILES, account.encode(), None))
 
 
 _MALFORMED_KINDS = tuple(MalformedKind)
@@ -778,10 +801,6 @@ async def produce(
     whatever the broker's latency); None sends as fast as the broker takes them.
     Raises `DeliveryError` when the broker does not acknowledge a record.
     """
-    from aiokafka import AIOKafkaProducer  # the shell's dependency; the pure part needs no Kafka
-    from aiokafka.codec import has_zstd
-    from tqdm import tqdm
-
     if count is not None and count < 0:
         raise ValueError("count must not be negative")
     if rate is not None and rate <= 0:
@@ -792,10 +811,6 @@ async def produce(
     # topics must not repeat event ids, which the filter may take for duplicates.
     run = f"{seed & 0xFFFF:x}{int(now.timestamp()):x}"
     workload = Workload(seed=seed, accounts=accounts, now=now, malformed_share=malformed_share, step=step, run=run)
-    compression = settings.compression
-    if compression == "zstd" and not has_zstd():
-        log.warning("generator: zstd is not available, sending uncompressed")
-        compression = None
     topics = {
         TopicKind.CONTENT: settings.topics.content,
         TopicKind.PROFILES: settings.topics.profiles,
@@ -803,13 +818,7 @@ async def produce(
     }
     stats = GenerateStats()
     started = time.monotonic()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        acks="all",
-        linger_ms=settings.linger_ms,
-        compression_type=compression,
-        max_batch_size=256 * 1024,
-    )
+    producer = _producer(settings)
     sender = _Sender(producer, topics, stats)
 
     def stopped() -> bool:
@@ -826,44 +835,8 @@ async def produce(
     )
     try:
         await producer.start()
-        with tqdm(total=accounts, unit="rec", desc="profiles", disable=not progress) as bar:
-            for item in workload.setup():
-                if stopped():
-                    break
-                await sender.send(item)
-                if item.kind is RecordKind.PROFILE:
-                    bar.update()
-            await sender.flush()
-
-        loop = asyncio.get_running_loop()
-        interval = 1 / rate if rate else 0.0
-        with tqdm(total=count, unit="ev", desc="content", disable=not progress) as bar:
-            stream = workload.stream(count)  # builds its precomputed pools: before the schedule starts
-            t0 = loop.time()
-            sent = 0
-            unreported = 0
-            for item in stream:
-                if stopped():
-                    break
-                if item.record.topic is TopicKind.CONTENT:
-                    if interval:
-                        delay = t0 + sent * interval - loop.time()
-                        while delay > _MIN_SLEEP and not stopped():
-                            if unreported:
-                                bar.update(unreported)
-                                unreported = 0
-                            await asyncio.sleep(min(delay, _MAX_SLEEP))
-                            delay = t0 + sent * interval - loop.time()
-                        if stopped():
-                            break
-                    sent += 1
-                    unreported += 1
-                    if unreported >= _PROGRESS_EVERY:
-                        bar.update(unreported)
-                        unreported = 0
-                await sender.send(item)
-            await sender.flush()
-            bar.update(unreported)
+        await _send_setup(workload, sender, progress, stopped)
+        await _send_stream(workload, sender, count, rate, progress, stopped)
     finally:
         await producer.stop()
         stats.elapsed_seconds = time.monotonic() - started
@@ -877,3 +850,77 @@ async def produce(
         stats.elapsed_seconds,
     )
     return stats
+
+
+def _producer(settings: Settings) -> Any:
+    """An aiokafka producer for the workload, acknowledged by all replicas; not started."""
+    from aiokafka import AIOKafkaProducer  # the shell's dependency; the pure part needs no Kafka
+    from aiokafka.codec import has_zstd
+
+    compression = settings.compression
+    if compression == "zstd" and not has_zstd():
+        log.warning("generator: zstd is not available, sending uncompressed")
+        compression = None
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        linger_ms=settings.linger_ms,
+        compression_type=compression,
+        max_batch_size=256 * 1024,
+    )
+
+
+async def _send_setup(workload: Workload, sender: _Sender, progress: bool, stopped: Callable[[], bool]) -> None:
+    """Send every profile and the initial objections, and wait until the broker acknowledged them."""
+    from tqdm import tqdm
+
+    with tqdm(total=workload.accounts, unit="rec", desc="profiles", disable=not progress) as bar:
+        for item in workload.setup():
+            if stopped():
+                break
+            await sender.send(item)
+            if item.kind is RecordKind.PROFILE:
+                bar.update()
+        await sender.flush()
+
+
+async def _send_stream(
+    workload: Workload,
+    sender: _Sender,
+    count: int | None,
+    rate: float | None,
+    progress: bool,
+    stopped: Callable[[], bool],
+) -> None:
+    """Send the content stream, each content record at its open-loop time when `rate` is set."""
+    from tqdm import tqdm
+
+    loop = asyncio.get_running_loop()
+    interval = 1 / rate if rate else 0.0
+    with tqdm(total=count, unit="ev", desc="content", disable=not progress) as bar:
+        stream = workload.stream(count)  # builds its precomputed pools: before the schedule starts
+        t0 = loop.time()
+        sent = 0
+        unreported = 0
+        for item in stream:
+            if stopped():
+                break
+            if item.record.topic is TopicKind.CONTENT:
+                if interval:
+                    delay = t0 + sent * interval - loop.time()
+                    while delay > _MIN_SLEEP and not stopped():
+                        if unreported:
+                            bar.update(unreported)
+                            unreported = 0
+                        await asyncio.sleep(min(delay, _MAX_SLEEP))
+                        delay = t0 + sent * interval - loop.time()
+                    if stopped():
+                        break
+                sent += 1
+                unreported += 1
+                if unreported >= _PROGRESS_EVERY:
+                    bar.update(unreported)
+                    unreported = 0
+            await sender.send(item)
+        await sender.flush()
+        bar.update(unreported)

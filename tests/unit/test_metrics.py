@@ -16,17 +16,13 @@ def _exported() -> dict[str, set[str]]:
     """Metric family name -> label names, as a scrape shows the name."""
     registry = CollectorRegistry()
     metrics = Metrics.create(registry, policy_version="v")
-    labels_of = {
-        m._name: set(m._labelnames) - {"le"}  # declared labels, even of a gauge with no sample yet
-        for m in (getattr(metrics, f) for f in metrics.__dataclass_fields__)
-        if hasattr(m, "_labelnames")
-    }
+    # `create` initialises every label value but the lag's (its partitions come with an
+    # assignment): one sample, so the scrape shows its label names too.
+    metrics.consumer_lag.labels(input="content", partition="0").set(0)
     families: dict[str, set[str]] = {}
     for family in registry.collect():
         suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
-        families[family.name + suffix] = labels_of.get(family.name, set()) or {
-            k for sample in family.samples for k in sample.labels if k != "le"
-        }
+        families[family.name + suffix] = {k for sample in family.samples for k in sample.labels if k != "le"}
     return families
 
 
@@ -74,3 +70,21 @@ def test_metrics_observe_many_counts_exactly_like_observe() -> None:
 
     assert samples(one) == samples(many)
     assert samples(one)[("h_count", ())] == len(values)
+
+
+def test_metrics_histogram_cells_are_the_buckets_and_sum_prometheus_client_counts() -> None:
+    """Fails if a prometheus_client release renames or reshapes the internals `HistogramCells` reads."""
+    from prometheus_client import Histogram
+
+    from stream.runtime.metrics import LATENCY_BUCKETS, HistogramCells
+
+    histogram = Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=CollectorRegistry())
+    for value in (0.001, 0.3, 0.3, 100.0):
+        histogram.observe(value)
+    cells = HistogramCells(histogram)
+    assert list(cells.bounds) == [*LATENCY_BUCKETS, float("inf")]
+    assert len(cells.buckets) == len(cells.bounds)
+    per_bucket = [bucket.get() for bucket in cells.buckets]
+    assert per_bucket[0] == 1 and per_bucket[LATENCY_BUCKETS.index(0.5)] == 2 and per_bucket[-1] == 1
+    assert sum(per_bucket) == 4
+    assert cells.sum.get() == 0.001 + 0.3 + 0.3 + 100.0
