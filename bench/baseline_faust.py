@@ -56,6 +56,7 @@ def _rec(message: Any) -> _Rec:
 
 
 def build(settings: Settings) -> faust.App:
+    """The baseline: the same decisions as a plain Faust agent with Faust's own tables."""
     t = settings.topics
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -161,6 +162,7 @@ def build(settings: Settings) -> faust.App:
 
 
 def main() -> int:
+    """Run the Faust baseline worker until stopped."""
     settings = Settings.from_env()
     app = build(settings)
     faust.Worker(app, loglevel="warning").execute_from_commandline()

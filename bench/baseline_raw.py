@@ -70,6 +70,7 @@ class _BatchProducer:
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
+    """The baseline loop: consume, decide with `DictFilter`, produce, commit; until `stop` is set."""
     t = settings.topics
     filt = DictFilter(load_policy(settings.policy_path), settings.pseudonym_key)
     consumer = AIOKafkaConsumer(
@@ -161,6 +162,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main() -> int:
+    """Run the raw aiokafka baseline until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
 

@@ -45,6 +45,7 @@ INPUT_FIELDS = ("content", "profiles", "objections")
 
 
 def topic_names(topics: TopicNames) -> list[str]:
+    """Every topic name of `topics`, inputs, outputs and changelogs."""
     return [getattr(topics, f.name) for f in dataclasses.fields(TopicNames)]
 
 
@@ -101,6 +102,7 @@ class Run:
         return Settings(**values)
 
     async def create(self, settings: Settings) -> None:
+        """Create the topics of `settings` and remember them for deletion."""
         await create_topics(settings)
         self.created.update(topic_names(settings.topics))
 
@@ -147,6 +149,7 @@ async def delete_topics(bootstrap: str, names: list[str], *, prefix: str | None 
 
 
 def broker_answers(bootstrap: str) -> bool:
+    """Whether something accepts TCP connections at the first bootstrap address."""
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2):
@@ -156,6 +159,7 @@ def broker_answers(bootstrap: str) -> bool:
 
 
 def ensure_broker(bootstrap: str) -> None:
+    """Start the local broker (scripts/kafka.sh) unless one answers."""
     if broker_answers(bootstrap):
         return
     print(f"no broker at {bootstrap}: starting scripts/kafka.sh", flush=True)
@@ -166,6 +170,7 @@ def ensure_broker(bootstrap: str) -> None:
 
 
 def broker_process(bootstrap: str) -> psutil.Process | None:
+    """The process listening on the broker's port, for its CPU and memory, if it can be found."""
     port = int(bootstrap.split(",")[0].rpartition(":")[2])
     with contextlib.suppress(psutil.Error):
         for conn in psutil.net_connections(kind="tcp"):
@@ -199,6 +204,8 @@ def kafka_version(bootstrap: str) -> str:
 
 @dataclass
 class Loaded:
+    """What a load step sent: records per topic and how long it took."""
+
     counts: dict[str, int]
     seconds: float
 
@@ -283,10 +290,12 @@ class Offsets:
         await self._admin.close()
 
     async def end(self) -> int:
+        """The content topic's end offsets, summed."""
         ends = await self._consumer.end_offsets(self.tps)
         return sum(ends.values())
 
     async def committed(self, group: str) -> int:
+        """The group's committed content offsets, summed (0 before its first commit)."""
         try:
             offsets = await self._admin.list_consumer_group_offsets(group, partitions=self.tps)
         except Exception:  # the group may not exist yet (coordinator not loaded): nothing committed
@@ -298,6 +307,7 @@ class Offsets:
 
 
 def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -331,6 +341,8 @@ COMMANDS = {
 
 @dataclass
 class Proc:
+    """A started worker or baseline process, with its log."""
+
     popen: subprocess.Popen[bytes]
     started: float  # time.time() just before the process was started
     log: Path
@@ -338,9 +350,11 @@ class Proc:
 
     @property
     def pid(self) -> int:
+        """The process id."""
         return self.popen.pid
 
     def tail(self, chars: int = 3000) -> str:
+        """The end of the process's log, for a failure message."""
         try:
             return self.log.read_text(errors="replace")[-chars:]
         except OSError:
@@ -348,6 +362,7 @@ class Proc:
 
 
 def start_process(kind: str, settings: Settings, log_dir: Path, *, suffix: str = "") -> Proc:
+    """Start a worker or baseline (`kind`) with `settings` in the environment, logging to `log_dir`."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{kind}{suffix}.log"
@@ -372,6 +387,7 @@ def stop_process(proc: Proc, timeout: float = 30.0) -> float:
 
 
 def http_status(url: str) -> int:
+    """The HTTP status of a GET of `url` (0 when nothing answers)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
             return int(response.status)
@@ -389,6 +405,7 @@ STALL_SECONDS = 90.0
 
 
 def http_get(url: str) -> bytes:
+    """The body of a GET of `url` (empty when nothing answers)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
             return bytes(response.read())
@@ -408,6 +425,7 @@ def inputs_consumed(port: int) -> float | None:
 
 
 def py_spy_dump(pid: int) -> str:
+    """The stacks of every thread of process `pid`, by py-spy, for a run that stalls."""
     exe = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
     try:
         out = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)  # noqa: S603
@@ -448,12 +466,15 @@ async def wait_ready(proc: Proc, timeout: float) -> float:
 
 
 def cpu_seconds(p: psutil.Process) -> float:
+    """User plus system CPU seconds the process has used."""
     t = p.cpu_times()
     return float(t.user + t.system)
 
 
 @dataclass
 class Sample:
+    """One sample of progress and resource use during a run."""
+
     t: float  # time.time()
     committed: int  # the group's committed content offsets, summed
     end: int  # the content topic's end offsets, summed
@@ -462,6 +483,7 @@ class Sample:
 
 
 async def sample(offsets: Offsets, group: str, proc: psutil.Process | None) -> Sample:
+    """Take a `Sample` now: committed and end offsets, and the process's CPU and memory."""
     cpu, rss = 0.0, 0
     if proc is not None:
         with contextlib.suppress(psutil.Error):
@@ -476,6 +498,8 @@ async def sample(offsets: Offsets, group: str, proc: psutil.Process | None) -> S
 
 @dataclass
 class Out:
+    """One output record as read back, for checking the feed."""
+
     key: bytes | None
     value: bytes | None
     timestamp: int  # ms
@@ -552,6 +576,7 @@ def feed_set(records: Iterable[Out]) -> set[tuple[bytes | None, bytes | None]]:
 
 
 def compacted(records: Iterable[Out]) -> dict[bytes | None, bytes | None]:
+    """What a compacted topic holds once compacted: each key's last value (tombstones included)."""
     view: dict[bytes | None, bytes | None] = {}
     for r in records:  # read partition by partition in offset order: the last one wins
         view[r.key] = r.value
@@ -562,6 +587,7 @@ def compacted(records: Iterable[Out]) -> dict[bytes | None, bytes | None]:
 
 
 def cpu_model() -> str:
+    """The CPU's model name, for the results' machine description."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -570,6 +596,7 @@ def cpu_model() -> str:
 
 
 def machine(bootstrap: str) -> dict[str, Any]:
+    """The machine and the versions a run measured, recorded beside its results."""
     from importlib.metadata import version
 
     import aiokafka
@@ -640,6 +667,7 @@ class SystemCpu:
         self._load_start = os.getloadavg()
 
     def result(self) -> dict[str, Any]:
+        """CPU use and load since this was created."""
         end = psutil.cpu_times()
         busy = (sum(end) - end.idle - getattr(end, "iowait", 0)) - (
             sum(self._start) - self._start.idle - getattr(self._start, "iowait", 0)
@@ -667,6 +695,7 @@ async def running(
 
 
 def chunks(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
+    """`it` in lists of up to `n` items."""
     while True:
         block = [x for _, x in zip(range(n), it, strict=False)]
         if not block:

@@ -93,6 +93,8 @@ class _Held(NamedTuple):
 
 
 class DictFilter:
+    """The filter's decisions with plain dicts and no changelogs: the baselines' engine, kept in step with `Engine`."""
+
     def __init__(self, policy: Policy, pseudonym_key: bytes) -> None:
         self.policy = policy
         self.key = pseudonym_key
@@ -105,6 +107,7 @@ class DictFilter:
     # -- state ---------------------------------------------------------------------
 
     def apply_profile(self, record: Record, now: dt.datetime, out: list[Output]) -> None:
+        """Apply a profile record; retract what the rule now refuses and decide held items again."""
         decoded = decode_profile(record.key, record.value)
         if isinstance(decoded, Rejected):
             self._dead_letter(record, decoded, now, out)
@@ -123,6 +126,7 @@ class DictFilter:
             self._reevaluate(account, record, RetractCause.ACCOUNT_CHANGED, now, out)
 
     def apply_objection(self, record: Record, now: dt.datetime, out: list[Output]) -> None:
+        """Apply an objection record; retract what the rule now refuses and decide held items again."""
         decoded = decode_objection(record.key, record.value)
         if isinstance(decoded, Rejected):
             self._dead_letter(record, decoded, now, out)
@@ -172,6 +176,7 @@ class DictFilter:
     # -- content -------------------------------------------------------------------
 
     def decide_content(self, record: Record, now: dt.datetime, out: list[Output]) -> None:
+        """Decide a content record: dead letter, skip (order per item), or the rule's decision."""
         event = decode_content(record.key, record.value)
         if isinstance(event, Rejected):
             self._dead_letter(record, event, now, out)

@@ -50,6 +50,8 @@ PREBUILT_MAX = 500_000
 
 @dataclass(slots=True)
 class Paced:
+    """Counts of an open-loop paced send, and how far behind its schedule it fell."""
+
     content: int = 0  # stamped content records sent (upserts)
     other: int = 0  # state changes, deletes and malformed records sent in between
     behind_max_seconds: float = 0.0  # how far the sender fell behind its schedule at worst
@@ -69,7 +71,8 @@ def event_id_of(value: bytes) -> bytes:
     return value[start : value.index(b'"', start)]
 
 
-def _stamp(value: bytes, at: float) -> bytes:
+def stamp(value: bytes, at: float) -> bytes:
+    """Add `gen_sent_at` (the scheduled send time `at`, RFC 3339 µs) to a JSON object value without parsing it."""
     whole = int(at)
     return b'%s,"gen_sent_at":"%s.%06dZ"}' % (value[:-1], _second(whole), int((at - whole) * 1_000_000))
 
@@ -141,7 +144,7 @@ async def paced(
                     sent += 1
                 if item.kind is RecordKind.UPSERT and value is not None:
                     at = wall0 + (sent - 1) * interval
-                    value = _stamp(value, at)
+                    value = stamp(value, at)
                     stats.content += 1
                     if on_sent is not None:
                         on_sent(event_id_of(value), at)

@@ -52,6 +52,8 @@ BEGIN, END = "<!-- objections:begin -->", "<!-- objections:end -->"
 
 @dataclass
 class Canary:
+    """An account whose posts are published, then objected to: its retractions are timed."""
+
     account: str
     posts: list[tuple[str, int]] = field(default_factory=list)  # (content id, ack time ms)
     objected_at: int | None = None  # broker append time of the objection (ms)
@@ -151,6 +153,7 @@ async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float =
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure objection propagation against a worker on fresh topics; the figures as a dict."""
     tag = uuid.uuid4().hex[:8]
     base = TopicNames()
     topics = TopicNames(**{f: f"bo{tag}.{getattr(base, f)}" for f in base.__dataclass_fields__})
@@ -296,6 +299,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write(result: dict[str, Any]) -> None:
+    """Write the result into its section of docs/benchmarks.md."""
     verdict_p99 = "met" if float(result["p99_ms"]) <= 250 else "MISSED"
     verdict_leak = "met" if result["leaks"] == 0 else "MISSED"
     block = f"""{BEGIN}
@@ -341,6 +345,7 @@ def _sustainable_rate() -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.objections`: run, print and record the objection benchmark."""
     parser = argparse.ArgumentParser(prog="python -m bench.objections")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     parser.add_argument("--objections", type=int, default=220)

@@ -65,6 +65,7 @@ def _frames(stack: str) -> list[str]:
 
 
 def summarise(path: Path, top: int = 25) -> dict[str, Any]:
+    """The top functions by own and total samples of a py-spy speedscope profile."""
     if not path.exists():
         return {"error": f"{path} missing (py-spy failed? see the run's logs/py-spy.log)"}
     self_time: Counter[str] = Counter()

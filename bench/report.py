@@ -75,6 +75,7 @@ def target_drain(r: dict[str, Any], baseline: str | None = None) -> dict[str, An
 
 
 def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """One row per objective: what it is, the target, the measured figure and the verdict."""
     rows: list[tuple[str, str, str, str]] = []
 
     def verdict(ok: bool | None) -> str:
@@ -145,6 +146,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def plot(r: dict[str, Any]) -> bool:
+    """Draw the latency and throughput figures; False when matplotlib is not available."""
     try:
         import matplotlib
 
@@ -219,6 +221,7 @@ def plot(r: dict[str, Any]) -> bool:
 
 
 def render(r: dict[str, Any]) -> None:
+    """Write docs/benchmarks.md's generated sections from a results dict."""
     meta = r.get("meta", {})
     m = meta.get("machine", {})
     lines: list[str] = []
@@ -604,6 +607,7 @@ def render(r: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    """Render the report from bench/results/results.json."""
     import json
 
     render(json.loads((Path(__file__).parent / "results" / "results.json").read_text()))

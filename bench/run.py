@@ -76,6 +76,7 @@ OBJECTOR_SHARE = 0.02
 
 
 def log(msg: str) -> None:
+    """Print a progress line with the wall-clock time."""
     print(f"[{dt.datetime.now(dt.UTC).strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
@@ -134,6 +135,7 @@ async def drain_one(
     name: str | None = None,
     pyspy_out: Path | None = None,
 ) -> dict[str, Any]:
+    """Pre-load a backlog, start one worker kind and time how long it takes to drain it."""
     name = name or kind
     settings = run.settings(inputs, name)
     await run.create(settings)
@@ -326,6 +328,7 @@ async def startup(run: Run, settings: Settings, *, restarts: int = 3) -> dict[st
 
 
 async def bench_drain(args: argparse.Namespace, run: Run, results: dict[str, Any]) -> None:
+    """The drain benchmark: the filter and the baselines on the same pre-loaded backlog."""
     inputs = run.inputs("drain")
     log(f"drain: pre-loading {args.accounts:,} accounts and {args.events:,} content events (tag {run.tag})")
     await run.create(run.settings(inputs, "worker"))
@@ -425,6 +428,7 @@ def _slope(points: list[tuple[float, float]]) -> float:
 async def rate_step(
     settings: Settings, off: Offsets, ps: psutil.Process, rate: int, seconds: int, accounts: int, seed: int
 ) -> dict[str, Any]:
+    """Offer `rate` events/s for `seconds` and measure whether the worker keeps up."""
     workload = load.workload_for(seed, accounts, rate)
     await load.setup(settings, workload)
     before = await off.end()
@@ -625,6 +629,7 @@ def worker_histograms(port: int) -> dict[str, Any]:
 
 
 async def bench_rate(args: argparse.Namespace, run: Run, results: dict[str, Any]) -> None:
+    """The sustainable rate (a ladder of steps) and the latency at a fixed rate below it."""
     if args.command != "latency":
         await _rate_ladder(args, run, results)
     sustainable = args.latency_rate * 2 if args.latency_rate else results.get("rate", {}).get("sustainable")
@@ -746,6 +751,7 @@ def _soak_summary(
 
 
 async def bench_soak(args: argparse.Namespace, run: Run, results: dict[str, Any]) -> None:
+    """The soak: a long run at a steady rate, watching memory, lag and latency for drift."""
     inputs = run.inputs("soak")
     settings = run.settings(inputs, "worker-soak")
     await run.create(settings)
@@ -815,6 +821,7 @@ async def bench_soak(args: argparse.Namespace, run: Run, results: dict[str, Any]
 
 
 def load_results() -> dict[str, Any]:
+    """The results recorded so far (empty on a fresh start)."""
     if RESULTS.exists():
         results: dict[str, Any] = json.loads(RESULTS.read_text())
         return results
@@ -822,11 +829,13 @@ def load_results() -> dict[str, Any]:
 
 
 def save(results: dict[str, Any]) -> None:
+    """Record the results (bench/results/results.json)."""
     common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1, default=str))
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    """Run the chosen benchmarks and record their results."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     common.ensure_broker(bootstrap)
     results = {} if args.fresh else load_results()
@@ -907,6 +916,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m bench`: parse the options and run."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -23,7 +23,7 @@ from stream.errors import StreamError
 
 log = logging.getLogger("stream")
 
-# Blocks at least this large are mapped and unmapped on their own (see _tune_malloc).
+# Blocks at least this large are mapped and unmapped on their own (see tune_malloc).
 MMAP_THRESHOLD_BYTES = 128 << 10
 
 
@@ -101,7 +101,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _use_event_loop(name: str) -> None:
+def use_event_loop(name: str) -> None:
     """Choose the worker's event loop, before any exists: `uvloop` (default) or `asyncio`.
 
     As Faust's `mode.loop.use("uvloop")` does, by the event loop policy (set here
@@ -119,13 +119,13 @@ def _use_event_loop(name: str) -> None:
 
 
 def _worker(settings: Settings, level: str) -> int:
-    _tune_malloc()
+    tune_malloc()
     import faust
 
     from stream.runtime.app import build_app
     from stream.runtime.topics import check_layout
 
-    _use_event_loop(settings.event_loop)
+    use_event_loop(settings.event_loop)
     asyncio.run(check_layout(settings))
     app, _ = build_app(settings)
     worker = faust.Worker(app, loglevel=level)
@@ -137,7 +137,7 @@ def _worker(settings: Settings, level: str) -> int:
     return 0
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """Keep glibc's malloc from holding on to memory the worker has freed.
 
     - Arenas capped at two (unless MALLOC_ARENA_MAX says otherwise): glibc gives

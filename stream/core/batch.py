@@ -38,17 +38,28 @@ class InputRecord(Protocol):
     """The fields of a consumed Kafka record the engine reads (aiokafka's ConsumerRecord has them)."""
 
     @property
-    def topic(self) -> str: ...
+    def topic(self) -> str:
+        """The topic the record was consumed from."""
+
     @property
-    def partition(self) -> int: ...
+    def partition(self) -> int:
+        """Its partition."""
+
     @property
-    def offset(self) -> int: ...
+    def offset(self) -> int:
+        """Its offset in that partition."""
+
     @property
-    def key(self) -> bytes | None: ...
+    def key(self) -> bytes | None:
+        """Its key bytes (None: no key)."""
+
     @property
-    def value(self) -> bytes | None: ...
+    def value(self) -> bytes | None:
+        """Its value bytes (None: a tombstone)."""
+
     @property
-    def timestamp(self) -> int: ...
+    def timestamp(self) -> int:
+        """Its broker timestamp, ms since the epoch."""
 
 
 class Produce(NamedTuple):

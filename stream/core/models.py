@@ -12,11 +12,15 @@ from enum import StrEnum
 
 
 class Op(StrEnum):
+    """What a content event does to its item: `op`."""
+
     UPSERT = "upsert"
     DELETE = "delete"
 
 
 class ContentType(StrEnum):
+    """The kind of content an item is: `content_type`."""
+
     POST = "post"
     COMMENT = "comment"
     PHOTO = "photo"
@@ -25,17 +29,23 @@ class ContentType(StrEnum):
 
 
 class Platform(StrEnum):
+    """Where the item was posted: `platform`."""
+
     FACEBOOK = "facebook"
     INSTAGRAM = "instagram"
 
 
 class Visibility(StrEnum):
+    """Who may see the item upstream: `visibility`; only `public` can be eligible."""
+
     PUBLIC = "public"
     FRIENDS = "friends"
     PRIVATE = "private"
 
 
 class ObjectionStatus(StrEnum):
+    """An account's objection to training: `status` on `accounts.objections`."""
+
     OBJECTED = "objected"
     WITHDRAWN = "withdrawn"
 
@@ -61,6 +71,8 @@ class Reason(StrEnum):
 
 
 class Action(StrEnum):
+    """What an audit record on the decisions topic records: `action`."""
+
     DECIDE = "decide"
     RETRACT = "retract"
     SKIP = "skip"
@@ -76,6 +88,8 @@ class SkipReason(StrEnum):
 
 
 class RetractCause(StrEnum):
+    """Why a published item left the feed: `cause` of a retract record and the metric label."""
+
     OBJECTION = "objection"
     ACCOUNT_DELETED = "account_deleted"
     ACCOUNT_CHANGED = "account_changed"

@@ -26,12 +26,16 @@ MAX_NOTICE_PERIOD_DAYS = 3650
 
 @dataclass(frozen=True, slots=True)
 class Jurisdiction:
+    """A jurisdiction the policy enables, with its notice period."""
+
     code: str
     notice_period: dt.timedelta
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
+    """The policy in force (`policy.toml`), read once at start-up: what the rule is parameterised by."""
+
     version: str
     content_types: frozenset[ContentType]
     minimum_age: int

@@ -52,28 +52,34 @@ class EntryKind(StrEnum):
 
 
 def profile_key(account_id: str) -> bytes:
+    """The key of an account's packed profile (`p:`)."""
     return b"p:" + account_id.encode()
 
 
 def objection_key(account_id: str) -> bytes:
+    """The key of an account's objection status (`o:`)."""
     return b"o:" + account_id.encode()
 
 
 def item_id(author_id: str, content_id: str = "") -> bytes:
+    """An item's id: the author's length-prefixed UTF-8 then the content id (no content id: the author's prefix)."""
     author = author_id.encode()
     return len(author).to_bytes(2, "big") + author + content_id.encode()
 
 
 def split_item_id(item: bytes) -> tuple[str, str]:
+    """`(author, content id)` of an item id."""
     n = int.from_bytes(item[:2], "big")
     return item[2 : 2 + n].decode(), item[2 + n :].decode()
 
 
 def published_prefix(author_id: str) -> bytes:
+    """The prefix of every published index key of one author."""
     return PUBLISHED_PREFIX + item_id(author_id)
 
 
 def published_key(author_id: str, content_id: str) -> bytes:
+    """The published index key of an item (`i:`)."""
     return PUBLISHED_PREFIX + item_id(author_id, content_id)
 
 
@@ -85,6 +91,7 @@ REEVALUATE_KEY = b"\x00reevaluate"
 
 
 def deferred_key(due_ms: int, item: bytes) -> bytes:
+    """The key of a held item's copy (`d:`), ordered by when it is due."""
     return DEFERRED_PREFIX + due_ms.to_bytes(8, "big") + item
 
 
@@ -92,10 +99,12 @@ DEFERRED_DUE_PREFIX = b"D:"
 
 
 def deferred_due_key(item: bytes) -> bytes:
+    """The key of a held item's due time (`D:`), to find and cancel it."""
     return DEFERRED_DUE_PREFIX + item
 
 
 def split_deferred_key(key: bytes) -> tuple[int, bytes]:
+    """`(due ms, item id)` of a `d:` key."""
     return int.from_bytes(key[2:10], "big"), key[10:]
 
 
@@ -167,11 +176,13 @@ _VERSION = struct.Struct(">qq?iq")
 
 
 def pack_version(version: ItemVersion) -> bytes:
+    """An item's latest applied event as stored under its `v:` key (and sent on the items changelog)."""
     v = version
     return _VERSION.pack(v.event_time_us, v.expires_ms, v.deleted, v.partition, v.offset) + v.event_id.encode()
 
 
 def unpack_version(raw: bytes) -> ItemVersion:
+    """The latest applied event a `v:` value holds."""
     event_time_us, expires_ms, deleted, partition, offset = _VERSION.unpack_from(raw)
     return ItemVersion(event_time_us, raw[_VERSION.size :].decode(), deleted, expires_ms, partition, offset)
 
@@ -210,6 +221,7 @@ _OBJECTION_BYTE = {ObjectionStatus.OBJECTED: b"O", ObjectionStatus.WITHDRAWN: b"
 
 
 def pack_profile(profile: Profile) -> bytes:
+    """What the rule reads of a profile, packed for the `p:` key."""
     return _PROFILE.pack(
         profile.birth_date.toordinal() if profile.birth_date is not None else _NO_DATE,
         micros(profile.notified_at) if profile.notified_at is not None else _NO_TIME,
@@ -219,6 +231,7 @@ def pack_profile(profile: Profile) -> bytes:
 
 
 def unpack_profile(account_id: str, raw: bytes) -> Profile:
+    """The profile a `p:` value holds, as the rule reads it."""
     birth, notified, updated, country = _PROFILE.unpack(raw)
     return Profile(
         account_id=account_id,
@@ -230,6 +243,7 @@ def unpack_profile(account_id: str, raw: bytes) -> Profile:
 
 
 def pack_objection(status: ObjectionStatus) -> bytes:
+    """An objection status as one byte for the `o:` key."""
     return _OBJECTION_BYTE[status]
 
 
@@ -241,7 +255,8 @@ def unpack_objection(raw: bytes) -> ObjectionStatus:
 class PartitionStore(Protocol):
     """What the engine and the worker need from the state of one partition."""
 
-    def get(self, key: bytes) -> bytes | None: ...
+    def get(self, key: bytes) -> bytes | None:
+        """The value of `key`, or None when absent."""
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The values of `keys`, in their order (None where absent)."""
@@ -266,14 +281,17 @@ class PartitionStore(Protocol):
     def next_offset(self, kind: StateKind) -> int:
         """The offset to resume `kind` from: 0 for a new store."""
 
-    def counts(self) -> dict[EntryKind, int]: ...
+    def counts(self) -> dict[EntryKind, int]:
+        """The number of entries of each counted kind (for the state gauge)."""
 
-    def touched_at(self) -> float | None: ...
+    def touched_at(self) -> float | None:
+        """Wall-clock time of the last write (None for a new store): a stale store is rebuilt."""
 
     def compatible(self) -> bool:
         """False for a store written in another layout (`STORE_FORMAT`): rebuild it."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the store; it is not used again."""
 
 
 def deferred_due_ms(key: bytes) -> int:

@@ -76,6 +76,7 @@ class Tally:
     examples: list[str] = field(default_factory=list)
 
     def add(self, content_id: str, limit: int) -> None:
+        """Count `content_id`, keeping it as an example while fewer than `limit` are kept."""
         self.count += 1
         if len(self.examples) < limit:
             self.examples.append(content_id)
@@ -103,18 +104,22 @@ class Report:
 
     @property
     def violation_count(self) -> int:
+        """Feed or held items the rule refuses, over every reason."""
         return sum(t.count for t in self.violations.values())
 
     @property
     def minimisation_count(self) -> int:
+        """Feed values breaking data minimisation, over every kind."""
         return sum(t.count for t in self.minimisation.values())
 
     @property
     def ok(self) -> bool:
+        """No violation, no loss and no minimisation problem (the rest does not fail a run)."""
         return self.violation_count == 0 and self.losses.count == 0 and self.minimisation_count == 0
 
     @property
     def exit_status(self) -> int:
+        """The command's exit status: 0 when `ok`, else 1."""
         return 0 if self.ok else 1
 
 

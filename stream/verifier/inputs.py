@@ -92,6 +92,7 @@ def _one_of(obj: Mapping[str, Any], name: str, allowed: frozenset[str]) -> str:
 
 
 def key_text(key: bytes | None) -> str | None:
+    """A record key as text, or None when there is none or it is not UTF-8."""
     if key is None:
         return None
     try:
@@ -174,6 +175,8 @@ def split_held_key(key: bytes) -> tuple[str, str] | None:
 
 @dataclass(frozen=True, slots=True)
 class Profile:
+    """What the rule reads of a valid profile."""
+
     birth_date: dt.date | None
     country: str | None
     notified_at: dt.datetime | None
@@ -229,6 +232,7 @@ def held_copy(author_id: str, content_id: str, value: bytes) -> Content | None:
 
 
 def json_object(value: bytes) -> dict[str, Any] | None:
+    """A value parsed as a JSON object, or None when it is not one."""
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError:

@@ -119,6 +119,7 @@ class VerifierMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> VerifierMetrics:
+        """The gauges in `registry` (a new one by default), every label value initialised at zero."""
         r = registry if registry is not None else CollectorRegistry()
         m = cls(
             registry=r,
@@ -159,6 +160,7 @@ class VerifierMetrics:
         return m
 
     def update(self, report: Report) -> None:
+        """Set every gauge from the last run's report."""
         for reason, tally in report.violations.items():
             self.violations.labels(reason=reason.value).set(tally.count)
         for problem, tally in report.minimisation.items():

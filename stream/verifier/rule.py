@@ -164,11 +164,13 @@ def judge(
 
 
 def pseudonym(key: bytes, account_id: str) -> str:
+    """HMAC-SHA256 of the account id under the pseudonym key, hex: what the feed must carry."""
     return hmac.new(key, account_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def is_pseudonym_of(claimed: object, account_id: str, key: bytes) -> bool:
     # compare_digest refuses non-ASCII strings: check the shape first.
+    """Whether `claimed` is the account's pseudonym (any JSON value is accepted and compared safely)."""
     return (
         type(claimed) is str
         and PSEUDONYM.fullmatch(claimed) is not None

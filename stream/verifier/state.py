@@ -35,12 +35,15 @@ class Account:
     objection_at: dt.datetime | None = None
 
     def changed_at(self) -> dt.datetime | None:
+        """Broker time of the account's latest profile or objection record, tombstones included."""
         stamps = [t for t in (self.profile_at, self.objection_at) if t is not None]
         return max(stamps) if stamps else None
 
 
 @dataclass(slots=True)
 class InputCounts:
+    """How many input records the verifier read, by kind."""
+
     content: int = 0
     content_invalid: int = 0
     content_skipped: int = 0  # valid, but superseded or after a delete: they change nothing
@@ -92,6 +95,7 @@ class State:
         return self.items.setdefault(content_id, {}).setdefault(author_id, Item())
 
     def apply_content(self, key: bytes | None, value: bytes | None, at: dt.datetime, partition: int = 0) -> None:
+        """Apply one `content.events` record: the item's latest applied event, or an unreadable record naming it."""
         self.counts.content += 1
         try:
             content_id, content = parse_content(key, value, at, partition)
@@ -132,6 +136,7 @@ class State:
         return next(iter(candidates.items()))
 
     def apply_profile(self, key: bytes | None, value: bytes | None, at: dt.datetime) -> None:
+        """Apply one `accounts.profiles` record; an unreadable one leaves the account unknown (fail closed)."""
         self.counts.profiles += 1
         account_id = key_text(key)
         if not account_id:
@@ -144,6 +149,7 @@ class State:
             account.profile = None
 
     def apply_objection(self, key: bytes | None, value: bytes | None, at: dt.datetime) -> None:
+        """Apply one `accounts.objections` record; an unreadable one counts as an objection (fail closed)."""
         self.counts.objections += 1
         account_id = key_text(key)
         if not account_id:

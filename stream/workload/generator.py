@@ -99,6 +99,7 @@ class GenerateStats:
     elapsed_seconds: float = 0.0
 
     def add(self, item: Labelled) -> None:
+        """Count one generated (or sent) record."""
         self.by_topic[item.record.topic] += 1
         self.by_kind[item.kind] += 1
         if item.malformed is not None:
@@ -111,6 +112,7 @@ class GenerateStats:
 
     @property
     def total(self) -> int:
+        """Every record generated (or sent), all topics."""
         return sum(self.by_topic.values())
 
 

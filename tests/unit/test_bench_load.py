@@ -23,7 +23,7 @@ def test_event_id_of_reads_stamped_content_and_its_decision_like_a_decoder() -> 
         kind, key, value = item.record
         if kind is not TopicKind.CONTENT or item.kind is not RecordKind.UPSERT or value is None or key is None:
             continue
-        stamped = load._stamp(value, 1_700_000_000.25)
+        stamped = load.stamp(value, 1_700_000_000.25)
         expected = orjson.loads(stamped)["event_id"].encode()
         assert load.event_id_of(stamped) == expected
         event = decode_content(key, stamped)
@@ -37,7 +37,7 @@ def test_event_id_of_reads_stamped_content_and_its_decision_like_a_decoder() -> 
 
 def test_stamp_writes_the_scheduled_time_as_rfc3339_microseconds() -> None:
     for at in (1_700_000_000.25, 1_700_000_059.999999, 1_700_000_060.0, 1_790_000_000.123456):
-        stamped = orjson.loads(load._stamp(b'{"event_id":"e"}', at))
+        stamped = orjson.loads(load.stamp(b'{"event_id":"e"}', at))
         assert stamped["event_id"] == "e"
         sent = parse_timestamp(stamped["gen_sent_at"])
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamped["gen_sent_at"])

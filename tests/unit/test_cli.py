@@ -31,7 +31,7 @@ def libc(monkeypatch: pytest.MonkeyPatch) -> _FakeLibc:
 
 
 def test_malloc_caps_arenas_and_fixes_the_mmap_threshold(libc: _FakeLibc) -> None:
-    cli._tune_malloc()
+    cli.tune_malloc()
 
     # M_ARENA_MAX = -8, M_MMAP_THRESHOLD = -3 (glibc's malloc.h)
     assert libc.calls == [(-8, 2), (-3, cli.MMAP_THRESHOLD_BYTES)]
@@ -50,7 +50,7 @@ def test_malloc_leaves_what_the_operator_set(
 ) -> None:
     monkeypatch.setenv(name, value)
 
-    cli._tune_malloc()
+    cli.tune_malloc()
 
     assert libc.calls == kept
 
@@ -68,7 +68,7 @@ def test_worker_runs_on_the_event_loop_it_was_set_to(name: str, loop_type: type)
         return type(asyncio.get_running_loop())
 
     try:
-        cli._use_event_loop(name)
+        cli.use_event_loop(name)
         assert issubclass(asyncio.run(running()), loop_type)
     finally:
         asyncio.set_event_loop_policy(None)

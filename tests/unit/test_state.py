@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from rocksdict import Options
+from rocksdict import Options, Rdict
 
 from stream.core.models import ObjectionStatus, Profile
 from stream.core.state import (
@@ -60,7 +60,12 @@ def test_store_records_its_layout_and_an_older_one_is_not_compatible(tmp_path: P
 
     old = RocksPartitionStore(tmp_path / "old")
     old.apply([], {StateKind.PROFILES: 1})
-    old._db.delete(b"\x00format")  # as written before the layout was recorded: offsets, no format
+    old.close()
+    # As written before the layout was recorded: offsets, no format (RocksDB itself, not the store, removes it).
+    db = Rdict(str(tmp_path / "old"))
+    db.delete(b"\x00format")
+    db.close()
+    old = RocksPartitionStore(tmp_path / "old")
     assert not old.compatible()
     old.close()
 
