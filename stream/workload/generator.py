@@ -813,27 +813,17 @@ async def produce(
     # topics must not repeat event ids, which the filter may take for duplicates.
     run = f"{seed & 0xFFFF:x}{int(now.timestamp()):x}"
     workload = Workload(seed=seed, accounts=accounts, now=now, malformed_share=malformed_share, step=step, run=run)
-    topics = {
-        TopicKind.CONTENT: settings.topics.content,
-        TopicKind.PROFILES: settings.topics.profiles,
-        TopicKind.OBJECTIONS: settings.topics.objections,
-    }
     stats = GenerateStats()
     started = time.monotonic()
     producer = _producer(settings)
-    sender = _Sender(producer, topics, stats)
+    sender = _Sender(producer, _topic_names(settings), stats)
 
     def stopped() -> bool:
         return stop is not None and stop.is_set()
 
     log.info(
         "generator: run=%s seed=%d accounts=%d count=%s rate=%s malformed_share=%.4f",
-        run,
-        seed,
-        accounts,
-        count,
-        rate,
-        malformed_share,
+        *(run, seed, accounts, count, rate, malformed_share),
     )
     try:
         await producer.start()
@@ -844,14 +834,19 @@ async def produce(
         stats.elapsed_seconds = time.monotonic() - started
     log.info(
         "generator: done run=%s content=%d profiles=%d objections=%d malformed=%d elapsed=%.1fs",
-        run,
-        stats.content,
-        stats.by_topic[TopicKind.PROFILES],
-        stats.by_topic[TopicKind.OBJECTIONS],
-        stats.by_kind[RecordKind.MALFORMED],
-        stats.elapsed_seconds,
+        *(run, stats.content, stats.by_topic[TopicKind.PROFILES], stats.by_topic[TopicKind.OBJECTIONS]),
+        *(stats.by_kind[RecordKind.MALFORMED], stats.elapsed_seconds),
     )
     return stats
+
+
+def _topic_names(settings: Settings) -> dict[TopicKind, str]:
+    """Where each kind of generated record goes: the topic names come from the settings."""
+    return {
+        TopicKind.CONTENT: settings.topics.content,
+        TopicKind.PROFILES: settings.topics.profiles,
+        TopicKind.OBJECTIONS: settings.topics.objections,
+    }
 
 
 def _producer(settings: Settings) -> Any:
