@@ -41,6 +41,8 @@ LAGGING_READ_WAIT_MS = 500
 
 @dataclass(frozen=True, slots=True)
 class TopicNames:
+    """The names of every topic the filter reads and writes; each can be renamed by its STREAM_TOPIC_* variable."""
+
     content: str = "content.events"
     profiles: str = "accounts.profiles"
     objections: str = "accounts.objections"
@@ -59,6 +61,7 @@ class TopicNames:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TopicNames:
+        """The names, each from its STREAM_TOPIC_* variable where set, else the contract's."""
         defaults = cls()
         return cls(
             content=env.get("STREAM_TOPIC_CONTENT_EVENTS", defaults.content),
@@ -73,6 +76,7 @@ class TopicNames:
         )
 
     def inputs(self) -> tuple[str, str, str]:
+        """The three input topics: content, profiles, objections (co-partitioned)."""
         return (self.content, self.profiles, self.objections)
 
     def changelogs(self) -> tuple[str, str, str]:
@@ -82,6 +86,8 @@ class TopicNames:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Every setting of a worker, read once from the environment (README, "Configuration")."""
+
     bootstrap_servers: str = "localhost:9092"
     data_dir: Path = Path("./data")
     pseudonym_key: bytes = field(default=DEV_PSEUDONYM_KEY, repr=False)
@@ -104,6 +110,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from `env` (the process environment by default); a bad value raises ConfigError."""
         env = os.environ if env is None else env
         dev_mode = _flag(env, "STREAM_DEV_MODE")
         return cls(

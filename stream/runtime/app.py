@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
+    """The composition root: policy, metrics, engine and worker, hosted by a Faust app with its web pages."""
     policy = load_policy(settings.policy_path)
     metrics = Metrics.create(policy_version=policy.version)
     engine = Engine(

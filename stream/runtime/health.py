@@ -33,6 +33,7 @@ class Health:
         return self.ready and not self.stuck
 
     def set_ready(self, ready: bool) -> None:
+        """Record whether every assigned partition has caught up; `/ready` also needs the worker not stuck."""
         self.ready = ready
         self._metrics.ready.set(1 if self.is_ready else 0)
 
@@ -57,6 +58,7 @@ class Replays:
         return self._failures
 
     def succeeded(self) -> None:
+        """A batch succeeded: the failure count starts again and the worker is no longer stuck."""
         if self._failures:
             log.info("a batch succeeded after %d failed attempts; no longer stuck", self._failures)
             self._failures = 0

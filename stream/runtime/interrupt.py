@@ -22,6 +22,7 @@ class Interruption:
 
     @property
     def stopping(self) -> bool:
+        """True once the worker was asked to stop."""
         return self._stopping
 
     @property
@@ -30,12 +31,15 @@ class Interruption:
         return self._stopping or self._rebalancing
 
     def stop(self) -> None:
+        """Ask the batch in hand to give up at its next wait: the worker is stopping."""
         self._stopping = True
 
     def rebalance_started(self) -> None:
+        """A rebalance began: waits for records give up so the revocation is not blocked."""
         self._rebalancing = True
 
     def rebalance_ended(self) -> None:
+        """The rebalance is over: waits for records go on again."""
         self._rebalancing = False
 
     def check(self) -> None:

@@ -62,6 +62,7 @@ class HeldPartitions:
         return store
 
     def path(self, partition: int) -> Path:
+        """The directory of a partition's store under the data directory."""
         return self._root / f"partition-{partition}"
 
     def close(self) -> None:

@@ -53,6 +53,7 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
         self._metrics = metrics
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        """Let the batch in hand finish and commit (or give up, uncommitted) before the partitions move; not ready."""
         # Waiting for the lock lets the batch in hand finish and commit first (or,
         # if it is waiting for records, give up: see `Interruption`).
         self._interruption.rebalance_started()
@@ -61,6 +62,7 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
             self._health.set_ready(False)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """Hold the assigned partitions (stores opened, kept ones closed), seek their state; recovery runs next."""
         async with self._lock:
             await self._cycle.drain("the assignment")  # no write of an earlier batch may land in a store closed here
             self._held.assign(tp.partition for tp in assigned)

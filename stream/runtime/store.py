@@ -91,12 +91,15 @@ class MemoryPartitionStore(_Base):
         self._data: dict[bytes, bytes] = {}
 
     def get(self, key: bytes) -> bytes | None:
+        """The value of `key`, or None."""
         return self._data.get(key)
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The values of `keys`, in their order (None where absent)."""
         return [self._data.get(key) for key in keys]
 
     def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under `prefix` (after `after`), in key order."""
         for key in sorted(k for k in self._data if k.startswith(prefix) and (after is None or k > after)):
             yield key, self._data[key]
 
@@ -108,6 +111,7 @@ class MemoryPartitionStore(_Base):
         *,
         wait: bool = True,
     ) -> bool:
+        """Write updates, offsets and count deltas at once (see PartitionStore.apply)."""
         bookkeeping, after = self._bookkeeping(offsets, counts)
         for key, value in updates:
             if value is None:
@@ -120,6 +124,7 @@ class MemoryPartitionStore(_Base):
         return True
 
     def close(self) -> None:
+        """Nothing to release: the data lives in this object."""
         pass
 
 
@@ -206,10 +211,12 @@ class RocksPartitionStore(_Base):
         self._db = Rdict(str(path), options)
 
     def get(self, key: bytes) -> bytes | None:
+        """The value of `key`, or None (through the shared block cache)."""
         value: bytes | None = self._db.get(key)
         return value
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The values of `keys` in one MultiGet, in their order (None where absent)."""
         # One RocksDB MultiGet: its lookups share the walk through memtables, filters
         # and blocks and one crossing into rocksdict (~30 % cheaper per key than `get`
         # in a loop, several times cheaper than gets between the engine's other work).
@@ -218,6 +225,7 @@ class RocksPartitionStore(_Base):
         return cast("list[bytes | None]", self._db.get(list(keys)))  # a list of keys: a list of values
 
     def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under `prefix` (after `after`), in key order, from one iterator."""
         it = self._db.iter()
         it.seek(prefix if after is None else after)
         while it.valid():
@@ -236,6 +244,7 @@ class RocksPartitionStore(_Base):
         *,
         wait: bool = True,
     ) -> bool:
+        """Write updates, offsets and count deltas in one WriteBatch (see PartitionStore.apply)."""
         batch = WriteBatch(raw_mode=True)
         for key, value in updates:
             if value is None:
@@ -259,8 +268,10 @@ class RocksPartitionStore(_Base):
         return True
 
     def close(self) -> None:
+        """Close the database; its files stay for the next open."""
         self._db.close()
 
     @staticmethod
     def destroy(path: Path) -> None:
+        """Delete a store's files (a rebuild starts from nothing)."""
         shutil.rmtree(path, ignore_errors=True)

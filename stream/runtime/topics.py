@@ -25,6 +25,8 @@ _DAY_MS = 24 * 3600 * 1000
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
+    """One topic to create: its name and its configs (cleanup policy, retention)."""
+
     name: str
     configs: dict[str, str]
 

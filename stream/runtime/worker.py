@@ -110,14 +110,17 @@ class FilterWorker:
 
     @property
     def assigned(self) -> frozenset[int]:
+        """The partition numbers this worker holds now."""
         return self._held.assigned
 
     @property
     def consumer(self) -> AIOKafkaConsumer | None:
+        """The started consumer, or None before start and after stop."""
         return None if self._parts is None else self._parts.consumer
 
     @property
     def producer(self) -> AIOKafkaProducer | None:
+        """The started producer, or None before start and after stop."""
         return None if self._parts is None else self._parts.producer
 
     # -- lifecycle -----------------------------------------------------------------
