@@ -62,7 +62,7 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
             self._health.set_ready(False)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        """Hold the assigned partitions (stores opened, kept ones closed), seek their state; recovery runs next."""
+        """Hold exactly the assigned partitions (stores of others closed), seek their state; recovery runs next."""
         async with self._lock:
             await self._cycle.drain("the assignment")  # no write of an earlier batch may land in a store closed here
             self._held.assign(tp.partition for tp in assigned)
