@@ -23,7 +23,7 @@ from typing import NamedTuple
 from stream.config import TopicNames
 from stream.core.engine import BatchResult, Engine, InputRecord
 from stream.core.state import PartitionStore, StateKind
-from stream.runtime.metrics import Metrics, observe_many
+from stream.runtime.metrics import Metrics, Stage, observe_many
 from stream.runtime.offsets import ContentCommits, changelog_offsets
 from stream.runtime.sender import OutputSender, Sent
 from stream.runtime.writer import StoreWriter, Write
@@ -80,7 +80,7 @@ class BatchCycle:
         started = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
         result = self._engine.process(self._stores, state, content, now, recovering=recovering)
-        self.stage("decide", started)
+        self.stage(Stage.DECIDE, started)
         begun = await self._start(result)
         tail = self._finish(result, begun, content, started)
         if overlap:
@@ -116,7 +116,7 @@ class BatchCycle:
         except Exception as exc:  # the one place a failed tail is caught: it is replayed
             log.warning("the last batch before %s failed (%s); it is replayed", before, type(exc).__name__)
 
-    def stage(self, stage: str, started: float) -> float:
+    def stage(self, stage: Stage, started: float) -> float:
         """Observe the time since `started` as `stage` of the batch; return now, the next stage's start."""
         now = time.perf_counter()
         self._metrics.stage_seconds.labels(stage=stage).observe(now - started)
@@ -142,16 +142,16 @@ class BatchCycle:
         acked = await self._sender.deliver(result, begun.first)
         changelogs = changelog_offsets(acked, self._stores, self._changelog_kinds)
         report_isolated(result)
-        writing = self.stage("produce", producing)
+        writing = self.stage(Stage.PRODUCE, producing)
         post = _post_writes(result, changelogs)
         if post:
             await self._writer.write(post)
         committing = time.perf_counter()
-        self._metrics.stage_seconds.labels(stage="store").observe(committing - writing + begun.pre_seconds)
+        self._metrics.stage_seconds.labels(stage=Stage.STORE).observe(committing - writing + begun.pre_seconds)
         acked_at = time.time()
         if content:
             await self._commits.mark_done(content)
-            self.stage("commit", committing)
+            self.stage(Stage.COMMIT, committing)
             observe_many(self._metrics.broker_latency, (max(0.0, acked_at - r.timestamp / 1000) for r in content))
         self._observe(result, acked_at, started)
 

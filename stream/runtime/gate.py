@@ -19,7 +19,7 @@ from stream.errors import GateStallError
 from stream.runtime.intake import Intake
 from stream.runtime.interrupt import Interruption
 from stream.runtime.leaders import LeaderOf
-from stream.runtime.metrics import Metrics
+from stream.runtime.metrics import Metrics, Stage
 
 # The gate fails its batch when the state partitions it waits for yield no record for
 # this long (a broker that answers but no longer serves them).
@@ -100,7 +100,7 @@ class FreshnessGate:
             self._interruption.check()
             lagging = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
             if not lagging:
-                self._metrics.stage_seconds.labels(stage="gate").observe(time.perf_counter() - started)
+                self._metrics.stage_seconds.labels(stage=Stage.GATE).observe(time.perf_counter() - started)
                 return state, content
             if self._clock() - progressed > self._stall_seconds:
                 # A gate that waits for ever would hold the batch, and the worker would look

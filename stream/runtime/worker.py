@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.config import POLL_WAIT_MS, Settings
 from stream.core.engine import Engine, InputRecord
+from stream.core.state import PartitionStore
 from stream.runtime.assignor import CoPartitionedAssignor
 from stream.runtime.cycle import BatchCycle
 from stream.runtime.deferrals import DeferralTimer
@@ -112,6 +113,10 @@ class FilterWorker:
     def assigned(self) -> frozenset[int]:
         """The partition numbers this worker holds now."""
         return self._held.assigned
+
+    def store(self, partition: int) -> PartitionStore | None:
+        """The store of a partition this worker holds (its state and stored offsets), or None."""
+        return self._stores.get(partition)
 
     @property
     def consumer(self) -> AIOKafkaConsumer | None:

@@ -33,8 +33,7 @@ def _delete(content_id: str, author: str) -> tuple[bytes, bytes]:
 
 async def _caught_up(worker: FilterWorker, settings_ends: dict[TopicPartition, int], content_topic: str) -> bool:
     for tp, end in settings_ends.items():
-        # The worker's own durable offsets; FilterWorker has no public accessor for its stores.
-        store = worker._stores.get(tp.partition)  # noqa: SLF001
+        store = worker.store(tp.partition)  # the worker's own durable offsets
         if store is None:
             return False
         if tp.topic != content_topic and store.next_offset(StateKind.OBJECTIONS) < end:
