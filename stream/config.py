@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from stream.errors import ConfigError
 
@@ -84,6 +86,98 @@ class TopicNames:
         return (self.published, self.deferred, self.items)
 
 
+class SecurityProtocol(StrEnum):
+    """How every client talks to the brokers (KAFKA_SECURITY_PROTOCOL); the values are Kafka's."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the connection is encrypted (SSL or SASL_SSL)."""
+        return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+
+    @property
+    def uses_sasl(self) -> bool:
+        """Whether the client authenticates with SASL (SASL_PLAINTEXT or SASL_SSL)."""
+        return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+
+
+class SaslMechanism(StrEnum):
+    """The SASL mechanism (KAFKA_SASL_MECHANISM); the values are Kafka's."""
+
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class LogFormat(StrEnum):
+    """How log lines are written (STREAM_LOG_FORMAT): text for people, json for a log pipeline."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How every client (worker, Faust host, topics, verify, generate, watch) connects to Kafka.
+
+    One set of settings read once, secrets only from files: the SASL password from
+    KAFKA_SASL_PASSWORD_FILE (never an environment variable, which `ps e` and crash
+    dumps show), TLS material from KAFKA_SSL_CA_FILE / _CERT_FILE / _KEY_FILE.
+    Hostname verification is on unless KAFKA_SSL_CHECK_HOSTNAME=0.
+    """
+
+    protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    sasl_mechanism: SaslMechanism = SaslMechanism.SCRAM_SHA_512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_check_hostname: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSecurity:
+        """Read the KAFKA_* security variables; an incomplete or contradictory set raises ConfigError."""
+        protocol = _choice(env, "KAFKA_SECURITY_PROTOCOL", SecurityProtocol, SecurityProtocol.PLAINTEXT)
+        mechanism = _choice(env, "KAFKA_SASL_MECHANISM", SaslMechanism, SaslMechanism.SCRAM_SHA_512)
+        username = env.get("KAFKA_SASL_USERNAME") or None
+        password = _secret_file(env, "KAFKA_SASL_PASSWORD_FILE")
+        if protocol.uses_sasl and (username is None or password is None):
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol}: set KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD_FILE"
+            )
+        if not protocol.uses_sasl and (username is not None or password is not None):
+            raise ConfigError(
+                f"KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD_FILE are set but KAFKA_SECURITY_PROTOCOL={protocol} "
+                "does not use SASL (SASL_PLAINTEXT or SASL_SSL)"
+            )
+        ca, cert, key = (_readable_file(env, name) for name in _SSL_FILES)
+        if (cert is None) != (key is None):
+            raise ConfigError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together: set both or neither")
+        if not protocol.uses_tls and (ca or cert):
+            raise ConfigError(
+                f"KAFKA_SSL_* files are set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS (SSL or SASL_SSL)"
+            )
+        return cls(
+            protocol=protocol,
+            sasl_mechanism=mechanism,
+            sasl_username=username,
+            sasl_password=password,
+            ssl_ca_file=ca,
+            ssl_cert_file=cert,
+            ssl_key_file=key,
+            ssl_check_hostname=_flag(env, "KAFKA_SSL_CHECK_HOSTNAME", default=True),
+        )
+
+
+_E = TypeVar("_E", bound=StrEnum)
+_SSL_FILES = ("KAFKA_SSL_CA_FILE", "KAFKA_SSL_CERT_FILE", "KAFKA_SSL_KEY_FILE")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of a worker, read once from the environment (README, "Configuration")."""
@@ -107,6 +201,11 @@ class Settings:
     # How long each item's latest applied event is kept (order per item): at least the
     # retention of content.events (7 days as `topics create` makes it).
     item_memory_days: int = 8
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    # Static membership (KIP-345): a worker that comes back under the same id within the
+    # session timeout gets its partitions back without a rebalance of the others.
+    group_instance_id: str | None = None
+    log_format: LogFormat = LogFormat.TEXT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -131,12 +230,17 @@ class Settings:
             shutdown_timeout=float(_int(env, "STREAM_SHUTDOWN_TIMEOUT", 30, minimum=1)),
             event_loop=_event_loop(env),
             item_memory_days=_int(env, "STREAM_ITEM_MEMORY_DAYS", 8, minimum=1),
+            kafka_security=KafkaSecurity.from_env(env),
+            group_instance_id=_group_instance_id(env),
+            log_format=_choice(env, "STREAM_LOG_FORMAT", LogFormat, LogFormat.TEXT),
         )
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
     value = env.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no"):
+    if value == "":
+        return default
+    if value in ("0", "false", "no"):
         return False
     if value in ("1", "true", "yes"):
         return True
@@ -193,3 +297,54 @@ def _pseudonym_key(env: Mapping[str, str], dev_mode: bool) -> bytes:
         "no pseudonym key: set STREAM_PSEUDONYM_KEY or STREAM_PSEUDONYM_KEY_FILE "
         "(or STREAM_DEV_MODE=1 for a local demo with a public development key)"
     )
+
+
+def _choice(env: Mapping[str, str], name: str, enum: type[_E], default: _E) -> _E:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    for member in enum:
+        if raw.upper() == member.value.upper():
+            return member
+    raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(m.value for m in enum)}")
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    path = Path(raw)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name}={raw}: {exc.strerror}") from None
+    return path
+
+
+def _secret_file(env: Mapping[str, str], name: str) -> str | None:
+    path = _readable_file(env, name)
+    if path is None:
+        return None
+    secret = path.read_text(encoding="utf-8").strip()
+    if not secret:
+        raise ConfigError(f"{name}={path} is empty")
+    return secret
+
+
+def _group_instance_id(env: Mapping[str, str]) -> str | None:
+    """STREAM_GROUP_INSTANCE_ID; in a Kubernetes pod it defaults to the pod's name.
+
+    A StatefulSet's pod names are stable (`eligibility-filter-0`, ...) and its HOSTNAME
+    is that name, so a restarted pod rejoins as the same static member. Outside a pod
+    the default is none (dynamic membership): two local workers on one host would
+    otherwise share an id and fence each other. `none` turns it off in a pod too.
+    """
+    raw = env.get("STREAM_GROUP_INSTANCE_ID", "").strip()
+    if raw.lower() == "none":
+        return None
+    if raw:
+        return raw
+    if env.get("KUBERNETES_SERVICE_HOST") and env.get("HOSTNAME"):
+        return env["HOSTNAME"]
+    return None
