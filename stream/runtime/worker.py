@@ -296,6 +296,9 @@ def _clients(s: Settings) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
         bootstrap_servers=s.bootstrap_servers,
         client_id=f"{s.group_id}-consumer",
         group_id=s.group_id,
+        # Static membership when set (config.py): a restart within the session timeout
+        # takes the same partitions back without a rebalance of the other workers.
+        group_instance_id=s.group_instance_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
