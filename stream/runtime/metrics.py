@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypedDict
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.values import ValueClass
 
 from stream import __version__
@@ -134,6 +143,7 @@ class Metrics:
         Info("eligibility_build", "Version of the filter and of the policy in force", registry=r).info(
             {"version": __version__, "policy_version": policy_version}
         )
+        add_standard_collectors(r)
         return m
 
     def count_batch(self, result: BatchResult) -> None:
@@ -150,6 +160,20 @@ class Metrics:
             self.released.inc(result.released)
         for topic, n in Tally(p.topic for p in result.records()).items():
             self.records_out.labels(output=topic.value).inc(n)
+
+
+def add_standard_collectors(registry: CollectorRegistry) -> None:
+    """The process and Python series every Prometheus client exports by default, in `registry`.
+
+    prometheus_client adds them to its global registry only; the bundle has a registry
+    of its own (tests build many), so they are added here: `process_cpu_seconds_total`,
+    `process_resident_memory_bytes`, open file descriptors and start time (Linux's
+    /proc), `python_gc_*` and `python_info`, the series the standard process dashboards
+    and alerts read.
+    """
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
 
 def _initialise_labels(m: Metrics) -> None:

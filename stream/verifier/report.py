@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import orjson
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
 
 from stream.verifier.compare import Problem, Report, Tally
 from stream.verifier.rule import VIOLATION_REASONS
@@ -157,6 +157,11 @@ class VerifierMetrics:
             m.violations.labels(reason=reason.value)
         for problem in Problem:
             m.minimisation_problems.labels(kind=problem.value)
+        # The process and Python series (CPU, resident memory, GC, version), which
+        # prometheus_client adds to its global registry only; this registry is the verifier's own.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         return m
 
     def update(self, report: Report) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream.runtime.metrics import Metrics
 
@@ -21,6 +22,8 @@ def _exported() -> dict[str, set[str]]:
     metrics.consumer_lag.labels(input="content", partition="0").set(0)
     families: dict[str, set[str]] = {}
     for family in registry.collect():
+        if not family.name.startswith("eligibility_"):
+            continue  # the standard process and Python collectors: test_metrics_scrape_has_the_standard_...
         suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
         families[family.name + suffix] = {k for sample in family.samples for k in sample.labels if k != "le"}
     return families
@@ -38,6 +41,42 @@ def test_metrics_readme_table_lists_exactly_the_exported_metrics_with_their_labe
     assert set(documented) == set(exported)
     for name, labels in exported.items():
         assert labels == documented[name], name
+
+
+def _scraped(registry: CollectorRegistry) -> dict[str, float]:
+    """Sample name -> value, as Prometheus reads the text a scrape returns (first sample of each name)."""
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, sample.value)
+    return samples
+
+
+STANDARD_SERIES = (
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_start_time_seconds",
+    "python_gc_collections_total",
+    "python_gc_objects_collected_total",
+    "python_info",
+)
+
+
+def test_metrics_scrape_has_the_standard_process_and_python_series() -> None:
+    scraped = _scraped(Metrics.create().registry)
+    assert set(STANDARD_SERIES) <= set(scraped), sorted(set(STANDARD_SERIES) - set(scraped))
+    assert scraped["process_resident_memory_bytes"] > 1 << 20  # this process's, read from /proc
+    assert scraped["process_start_time_seconds"] > 1_600_000_000
+    assert "eligibility_build_info" in scraped  # the bundle's own series are still there
+
+
+def test_metrics_verifier_scrape_has_the_standard_process_and_python_series() -> None:
+    from stream.verifier.report import VerifierMetrics
+
+    scraped = _scraped(VerifierMetrics.create().registry)
+    assert set(STANDARD_SERIES) <= set(scraped), sorted(set(STANDARD_SERIES) - set(scraped))
+    assert "eligibility_verifier_last_run_timestamp_seconds" in scraped
 
 
 def test_metrics_every_label_value_initialised_at_startup() -> None:
