@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from stream.config import Settings
+from stream import logs
+from stream.config import LogFormat, Settings
 from stream.errors import StreamError
 
 log = logging.getLogger("stream")
@@ -30,14 +31,28 @@ MMAP_THRESHOLD_BYTES = 128 << 10
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one operator command; its exit status (2 for a StreamError, 130 when interrupted)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return _run(Settings.from_env(), args)
+        settings = Settings.from_env()
     except StreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error_line(str(exc), os.environ.get("STREAM_LOG_FORMAT", "").strip().lower() == LogFormat.JSON)
+        return 2
+    logs.configure(args.log_level, settings.log_format)
+    try:
+        return _run(settings, args)
+    except StreamError as exc:
+        _error_line(str(exc), settings.log_format is LogFormat.JSON)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _error_line(message: str, as_json: bool) -> None:
+    """A StreamError as one line on stderr: `error: ...`, or a JSON line under STREAM_LOG_FORMAT=json.
+
+    When the settings themselves cannot be read, the format comes from the raw variable:
+    a log pipeline must still get this one line as JSON.
+    """
+    print(logs.json_error_line(message) if as_json else f"error: {message}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,7 +143,8 @@ def _worker(settings: Settings, level: str) -> int:
     use_event_loop(settings.event_loop)
     asyncio.run(check_layout(settings))
     app, _ = build_app(settings)
-    worker = faust.Worker(app, loglevel=level)
+    # mode's Worker sets the root logger up again when it starts: in the same format.
+    worker = faust.Worker(app, loglevel=level, logging_config=logs.faust_logging_config(level, settings.log_format))
     # No terminal spinner: at a level of warning or above Faust would hang it on the
     # root logger and set that to DEBUG, so every library debug call in the hot path
     # would build a log record (9 % of the worker's CPU once; docs/benchmarks.md).
