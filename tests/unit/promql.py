@@ -6,6 +6,7 @@ import re
 from functools import cache
 
 from stream.runtime.metrics import Metrics
+from stream.verifier.report import VerifierMetrics
 
 # Series Prometheus itself adds to every scrape target.
 SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
@@ -38,11 +39,15 @@ _KEYWORDS = frozenset(
 
 @cache
 def defined_metric_names() -> frozenset[str]:
-    """Every series name the worker can export: from a fresh `Metrics.create()` registry."""
+    """Every series name the worker or the verifier can export: from fresh registries of both.
+
+    The standard process and Python collectors are in both (`process_*`, `python_*`).
+    """
     names: set[str] = set()
-    for family in Metrics.create().registry.collect():
-        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
-        names.update(sample.name for sample in family.samples)
+    for registry in (Metrics.create().registry, VerifierMetrics.create().registry):
+        for family in registry.collect():
+            names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
+            names.update(sample.name for sample in family.samples)
     return frozenset(names)
 
 

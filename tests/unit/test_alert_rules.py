@@ -7,6 +7,7 @@ under CI=true it is a failure, never a skip.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.unit.promql import SYNTHETIC, defined_metric_names, metric_names_in
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "rules.yml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,8 @@ def test_rules_name_only_metrics_defined_in_stream_metrics_or_recorded_here() ->
         assert names, rule
         unknown = names - defined_metric_names() - SYNTHETIC - recorded
         assert not unknown, (
-            f"{rule.get('alert') or rule.get('record')}: {sorted(unknown)} not in stream/runtime/metrics.py"
+            f"{rule.get('alert') or rule.get('record')}: {sorted(unknown)} not exported by "
+            "stream/runtime/metrics.py or stream/verifier/report.py"
         )
 
 
@@ -91,3 +94,33 @@ def test_rules_recorded_names_follow_level_metric_operation_convention() -> None
         if "record" in rule:
             level, _, rest = rule["record"].partition(":")
             assert level == "eligibility" and rest.count(":") == 1, rule["record"]
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors a Markdown renderer (GitHub's rule) gives the headings of `markdown`."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", markdown, flags=re.M):
+        anchors.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_rules_every_alert_has_a_runbook_url_whose_section_exists_in_docs_runbooks() -> None:
+    anchors = _anchors(RUNBOOKS.read_text(encoding="utf-8"))
+    alerts = [rule for rule in _rules() if "alert" in rule]
+    assert alerts
+    for rule in alerts:
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbooks.md", f"{rule['alert']}: runbook_url {url!r} is not docs/runbooks.md#<anchor>"
+        assert anchor in anchors, f"{rule['alert']}: no section #{anchor} in docs/runbooks.md"
+        assert anchor == rule["alert"].lower(), f"{rule['alert']}: runbook_url points at another alert's section"
+
+
+def test_rules_runbooks_have_a_section_per_alert_and_no_orphan() -> None:
+    text = RUNBOOKS.read_text(encoding="utf-8")
+    sections = set(re.findall(r"^## (Eligibility\w+)\s*$", text, flags=re.M))
+    assert sections == {rule["alert"] for rule in _rules() if "alert" in rule}
+    for name in sections:
+        body = text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("**What it means.**", "**How to check.**", "**What to do.**"):
+            assert part in body, f"{name}: its runbook lacks {part}"
