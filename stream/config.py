@@ -60,6 +60,9 @@ class TopicNames:
     # Ours too: the latest event applied to each item (order per item: duplicates and
     # late events change nothing), so a partition's next owner keeps the order.
     items: str = "eligibility.items"
+    # For trainers: one record per retraction (content id, time, cause, policy
+    # version; no account ids), kept 3 years where the feed's tombstones last 7 days.
+    retractions: str = "training.retractions"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TopicNames:
@@ -75,6 +78,7 @@ class TopicNames:
             deferred=env.get("STREAM_TOPIC_ELIGIBILITY_DEFERRED", defaults.deferred),
             published=env.get("STREAM_TOPIC_ELIGIBILITY_PUBLISHED", defaults.published),
             items=env.get("STREAM_TOPIC_ELIGIBILITY_ITEMS", defaults.items),
+            retractions=env.get("STREAM_TOPIC_TRAINING_RETRACTIONS", defaults.retractions),
         )
 
     def inputs(self) -> tuple[str, str, str]:

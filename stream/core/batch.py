@@ -27,6 +27,7 @@ class OutputTopic(StrEnum):
     DEFERRED = "deferred"
     PUBLISHED = "published"
     ITEMS = "items"
+    RETRACTIONS = "retractions"
 
 
 # Our changelogs: a record goes to the partition number of the input it came from,

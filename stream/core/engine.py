@@ -8,8 +8,9 @@ the order that keeps the feed safe across a crash at any point:
 2. send `first` (the published index's changelog entries of items about to be
    published) and wait for the broker's acknowledgement: a partition's next owner,
    restoring the index from its changelog, then knows every item on the feed;
-3. send `produce` (feed records and tombstones, decisions, dead letters, held
-   items) and wait until the broker acknowledged every record;
+3. send `produce` (feed records and tombstones, each tombstone's record for
+   trainers on `training.retractions`, decisions, dead letters, held items) and
+   wait until the broker acknowledged every record;
 4. send `last` (index removals, and each item's latest applied event) and wait:
    an item leaves the index, and an event counts as applied, only once the
    tombstones and decisions it caused are durable;

@@ -24,6 +24,7 @@ from stream.core.records import (
     decide_value,
     feed_value,
     retract_value,
+    retraction_value,
 )
 from stream.core.state import deferred_key, objection_key, profile_key, unpack_objection, unpack_profile
 
@@ -120,11 +121,20 @@ class ItemDecider:
         now: dt.datetime,
         result: BatchResult,
     ) -> None:
-        """Take a published item off the feed (a tombstone) and out of the index, with its audit record."""
+        """Take a published item off the feed (a tombstone) and out of the index, with its audit record.
+
+        The trainers' retraction record goes in the same step as the tombstone (`produce`),
+        so it is acknowledged before the item leaves the index and before the batch's
+        offsets are committed: a crash in between replays both, never only one.
+        """
         ov.set_published(author_id, content_id, None)
         key = content_id.encode()
         result.retractions[cause] += 1
         result.produce.append(Produce(OutputTopic.FEED, key, None, ov.partition))
+        trainers = retraction_value(
+            content_id=content_id, cause=cause, policy_version=self.policy.version, retracted_at=now
+        )
+        result.produce.append(Produce(OutputTopic.RETRACTIONS, key, trainers, ov.partition))
         value = retract_value(
             content_id=content_id,
             event_id=event_id,

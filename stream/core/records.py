@@ -135,6 +135,22 @@ def retract_value(
     )
 
 
+def retraction_value(*, content_id: str, cause: RetractCause, policy_version: str, retracted_at: dt.datetime) -> bytes:
+    """The `training.retractions` value: what a trainer needs to unlearn an item, and nothing else.
+
+    No account id, no event id, no text: trainers read this topic for years after the
+    feed's tombstone is gone, and it must tell them only which item left and why.
+    """
+    return dumps(
+        {
+            "content_id": content_id,
+            "retracted_at": retracted_at,
+            "cause": cause.value,
+            "policy_version": policy_version,
+        }
+    )
+
+
 # A dead letter carries its input's bytes in base64 (4/3 of their size), so a letter
 # of an input near the broker's default record limit (1 MiB, also the producer's
 # max_request_size) would exceed that limit, and a batch the broker refuses is

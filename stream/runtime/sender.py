@@ -38,6 +38,7 @@ class OutputSender:
             OutputTopic.DEFERRED: topics.deferred,
             OutputTopic.PUBLISHED: topics.published,
             OutputTopic.ITEMS: topics.items,
+            OutputTopic.RETRACTIONS: topics.retractions,
         }
         self._partition_counts: dict[str, int] = {}
 

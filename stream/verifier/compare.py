@@ -10,12 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from stream.verifier.inputs import Invalid, held_copy, json_object, key_text, parse_timestamp, split_held_key
+from stream.verifier.inputs import (
+    Invalid,
+    held_copy,
+    json_object,
+    key_text,
+    parse_retraction,
+    parse_timestamp,
+    split_held_key,
+)
 from stream.verifier.rule import (
     PSEUDONYM,
     VIOLATION_REASONS,
@@ -45,6 +53,25 @@ class Problem(StrEnum):
     PSEUDONYM_MISMATCH = "pseudonym_mismatch"  # not HMAC-SHA256(key, author of the content)
     RAW_ACCOUNT_ID = "raw_account_id"  # a field value equals a known account id
     JURISDICTION = "jurisdiction"  # not an enabled jurisdiction
+
+
+class RetractionProblem(StrEnum):
+    """What is wrong between the feed's tombstones and `training.retractions`, or with a retraction record."""
+
+    # A tombstone on the feed (as far as compaction still shows it) with no retraction
+    # record of its content id: a trainer holding an old dataset would never learn of it.
+    UNRECORDED = "unrecorded"
+    # A retraction record whose item is still on the feed from a decision made before
+    # it: the tombstone that must go with the record is missing.
+    NOT_TOMBSTONED = "not_tombstoned"
+    # Not exactly the schema's four fields of their types, or a content id unlike the key.
+    MALFORMED = "malformed"
+    # A field value equals a known account id.
+    RAW_ACCOUNT_ID = "raw_account_id"
+
+
+# A record of `training.retractions` as read: key, value, broker time.
+RetractionRecord = tuple[bytes | None, bytes | None, dt.datetime]
 
 
 FEED_FIELDS: Final = frozenset(
@@ -101,6 +128,10 @@ class Report:
     stale: Tally = field(default_factory=Tally)  # on the feed from an older upsert than the latest
     unverifiable: Tally = field(default_factory=Tally)
     minimisation: dict[Problem, Tally] = field(default_factory=lambda: {p: Tally() for p in Problem})
+    retraction_records: int = 0  # records read on training.retractions
+    retraction_problems: dict[RetractionProblem, Tally] = field(
+        default_factory=lambda: {p: Tally() for p in RetractionProblem}
+    )
 
     @property
     def violation_count(self) -> int:
@@ -113,9 +144,19 @@ class Report:
         return sum(t.count for t in self.minimisation.values())
 
     @property
+    def retraction_problem_count(self) -> int:
+        """Differences between the feed's tombstones and training.retractions, and bad retraction records."""
+        return sum(t.count for t in self.retraction_problems.values())
+
+    @property
     def ok(self) -> bool:
-        """No violation, no loss and no minimisation problem (the rest does not fail a run)."""
-        return self.violation_count == 0 and self.losses.count == 0 and self.minimisation_count == 0
+        """No violation, loss, minimisation or retraction problem (the rest does not fail a run)."""
+        return (
+            self.violation_count == 0
+            and self.losses.count == 0
+            and self.minimisation_count == 0
+            and self.retraction_problem_count == 0
+        )
 
     @property
     def exit_status(self) -> int:
@@ -161,8 +202,16 @@ def compare(
     content_truncated: bool = False,
     examples: int = DEFAULT_EXAMPLES,
     held: Mapping[bytes, bytes] | None = None,
+    tombstones: Mapping[bytes, dt.datetime] | None = None,
+    retractions: Sequence[RetractionRecord] | None = None,
 ) -> Report:
-    """Diff the compacted feed and the live held items (values only, no tombstones) against the state. Pure."""
+    """Diff the compacted feed and the live held items (values only, no tombstones) against the state. Pure.
+
+    With `retractions` (every record of `training.retractions`) and `tombstones` (each
+    content id with a tombstone still in the feed's log, and that tombstone's broker
+    time), it also checks that each retraction of the feed has its record and each
+    record its retraction (`RetractionProblem`).
+    """
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     held = held if held is not None else {}
@@ -175,6 +224,8 @@ def compare(
     for key, value in held.items():
         _judge_held(state, key, value, policy, now, content_truncated, comparison.flag)
     comparison.missing(feed)
+    if retractions is not None:
+        comparison.retractions(feed, tombstones if tombstones is not None else {}, retractions)
     return report
 
 
@@ -240,6 +291,54 @@ class _Comparison:
                 report.stale.add(content_id, examples)
         else:
             self.flag(reason, content_id, content.at, item.unreadable_at, account.changed_at() if account else None)
+
+    def retractions(
+        self, feed: Mapping[bytes, bytes], tombstones: Mapping[bytes, dt.datetime], records: Sequence[RetractionRecord]
+    ) -> None:
+        """Each feed tombstone against training.retractions and back; each record's minimisation.
+
+        The feed is compacted: a tombstone is seen only while the feed keeps it (7 days),
+        so the check is as wide as that. A record whose item is live again on the feed
+        from a later decision (a new upsert after the retraction) is in order; one whose
+        item is live from a decision made before it lacks its tombstone.
+        """
+        report, problems = self.report, self.report.retraction_problems
+        report.retraction_records = len(records)
+        latest: dict[str, dt.datetime] = {}
+        for key, value, _ in records:
+            fields = json_object(value) if value is not None else None
+            if fields is not None and any(s in self.account_ids for s in _strings(fields)):
+                problems[RetractionProblem.RAW_ACCOUNT_ID].add(_content_id_of_key(key or b""), self.examples)
+            try:
+                content_id, retracted_at = parse_retraction(key, value)
+            except Invalid:
+                problems[RetractionProblem.MALFORMED].add(_content_id_of_key(key or b""), self.examples)
+                continue
+            latest[content_id] = max(retracted_at, latest.get(content_id, retracted_at))
+        for key, at in tombstones.items():
+            content_id = _content_id_of_key(key)
+            if content_id in latest:
+                continue
+            if self.is_recent(at):
+                report.pending.add(content_id, self.examples)
+            else:
+                problems[RetractionProblem.UNRECORDED].add(content_id, self.examples)
+        for content_id, retracted_at in latest.items():
+            value = feed.get(content_id.encode("utf-8"))
+            fields = json_object(value) if value is not None else None
+            if fields is None:
+                continue  # not on the feed: retracted (or never readable: a feed problem of its own)
+            try:
+                decided_at = parse_timestamp(fields.get("decided_at"))
+            except Invalid:
+                continue  # a feed value the minimisation check already counts
+            # Strictly before: an item published, retracted and published again within one
+            # batch has both times equal, and is rightly on the feed.
+            if decided_at < retracted_at:
+                if self.is_recent(retracted_at):
+                    report.pending.add(content_id, self.examples)
+                else:
+                    problems[RetractionProblem.NOT_TOMBSTONED].add(content_id, self.examples)
 
     def _aged_out(self, content_id: str, fields: dict[str, Any]) -> None:
         """A feed item whose content events aged out: judge what its record and the author's state still tell."""

@@ -231,6 +231,30 @@ def held_copy(author_id: str, content_id: str, value: bytes) -> Content | None:
     return copy if named == content_id else None
 
 
+RETRACTION_FIELDS: Final = frozenset({"content_id", "retracted_at", "cause", "policy_version"})
+_RETRACT_CAUSES: Final = frozenset(
+    {"objection", "account_deleted", "account_changed", "content_deleted", "visibility_changed", "unreadable_update"}
+)
+
+
+def parse_retraction(key: bytes | None, value: bytes | None) -> tuple[str, dt.datetime]:
+    """`(content_id, retracted_at)` of a valid `training.retractions` record; raise `Invalid` otherwise.
+
+    Valid means exactly the schema's four fields (schemas/training.retractions.schema.json),
+    each of its type, and a `content_id` equal to the key.
+    """
+    obj = _object(value)
+    if obj.keys() != RETRACTION_FIELDS:
+        raise Invalid
+    content_id = _identifier(obj, "content_id")
+    retracted_at = parse_timestamp(obj.get("retracted_at"))
+    _one_of(obj, "cause", _RETRACT_CAUSES)
+    version = obj.get("policy_version")
+    if type(version) is not str or not version or key_text(key) != content_id:
+        raise Invalid
+    return content_id, retracted_at
+
+
 def json_object(value: bytes) -> dict[str, Any] | None:
     """A value parsed as a JSON object, or None when it is not one."""
     try:

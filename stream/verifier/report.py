@@ -9,7 +9,7 @@ from typing import Final
 import orjson
 from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
 
-from stream.verifier.compare import Problem, Report, Tally
+from stream.verifier.compare import Problem, Report, RetractionProblem, Tally
 from stream.verifier.rule import VIOLATION_REASONS
 
 UTC: Final = dt.UTC
@@ -47,6 +47,11 @@ def render(report: Report) -> str:
     lines.append(_line("losses", report.losses))
     lines.append(f"  minimisation problems: {report.minimisation_count}")
     lines += [_line(problem.value, t, "    ") for problem, t in report.minimisation.items() if t.count]
+    lines.append(
+        f"  retraction problems: {report.retraction_problem_count} "
+        f"({report.retraction_records} records on training.retractions)"
+    )
+    lines += [_line(problem.value, t, "    ") for problem, t in report.retraction_problems.items() if t.count]
     lines.append(_line("excused (author's state changed since the upsert; not failing)", report.excused))
     lines.append(_line("pending (younger than the grace; not failing)", report.pending))
     lines.append(_line("stale (feed holds an older version; not failing)", report.stale))
@@ -92,6 +97,11 @@ def to_json(report: Report) -> bytes:
                 "count": report.minimisation_count,
                 "by_kind": {p.value: _tally(t) for p, t in report.minimisation.items()},
             },
+            "retraction_problems": {
+                "count": report.retraction_problem_count,
+                "records": report.retraction_records,
+                "by_kind": {p.value: _tally(t) for p, t in report.retraction_problems.items()},
+            },
             "excused": _tally(report.excused),
             "pending": _tally(report.pending),
             "stale": _tally(report.stale),
@@ -113,6 +123,7 @@ class VerifierMetrics:
     losses: Gauge
     excused: Gauge
     minimisation_problems: Gauge
+    retraction_problems: Gauge
     feed_items: Gauge
     expected_eligible: Gauge
     last_run: Gauge
@@ -141,6 +152,13 @@ class VerifierMetrics:
                 ["kind"],
                 registry=r,
             ),
+            retraction_problems=Gauge(
+                "eligibility_verifier_retraction_problems",
+                "Feed tombstones without a training.retractions record, records without a tombstone, "
+                "and bad retraction records, by kind (last run)",
+                ["kind"],
+                registry=r,
+            ),
             feed_items=Gauge(
                 "eligibility_verifier_feed_items", "Live items on the compacted feed (last run)", registry=r
             ),
@@ -157,6 +175,8 @@ class VerifierMetrics:
             m.violations.labels(reason=reason.value)
         for problem in Problem:
             m.minimisation_problems.labels(kind=problem.value)
+        for kind in RetractionProblem:
+            m.retraction_problems.labels(kind=kind.value)
         # The process and Python series (CPU, resident memory, GC, version), which
         # prometheus_client adds to its global registry only; this registry is the verifier's own.
         ProcessCollector(registry=r)
@@ -170,6 +190,8 @@ class VerifierMetrics:
             self.violations.labels(reason=reason.value).set(tally.count)
         for problem, tally in report.minimisation.items():
             self.minimisation_problems.labels(kind=problem.value).set(tally.count)
+        for kind, tally in report.retraction_problems.items():
+            self.retraction_problems.labels(kind=kind.value).set(tally.count)
         self.losses.set(report.losses.count)
         self.excused.set(report.excused.count)
         self.feed_items.set(report.feed_items)

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,7 +23,7 @@ from prometheus_client import start_http_server
 
 from stream.config import Settings
 from stream.errors import StreamError
-from stream.verifier.compare import DEFAULT_EXAMPLES, Report, compare
+from stream.verifier.compare import DEFAULT_EXAMPLES, Report, RetractionRecord, compare
 from stream.verifier.errors import VerifyError
 from stream.verifier.report import VerifierMetrics, render, to_json
 from stream.verifier.rule import Reason, read_policy
@@ -73,29 +74,45 @@ async def verify(
         raise ValueError("now must be timezone-aware")
     policy = read_policy(settings.policy_path)
     try:
-        state, feed, held, truncated = await _read(settings)
+        read = await _read(settings)
     except KafkaError as exc:
         raise VerifyError(f"cannot read the topics from {settings.bootstrap_servers}: {exc!r}") from exc
     return compare(
-        state,
-        feed,
+        read.state,
+        read.feed,
         policy,
         pseudonym_key=settings.pseudonym_key,
         now=now,
         grace_seconds=grace_seconds,
-        content_truncated=truncated,
+        content_truncated=read.truncated,
         examples=examples,
-        held=held,
+        held=read.held,
+        tombstones=read.tombstones,
+        retractions=read.retractions,
     )
 
 
-async def _read(settings: Settings) -> tuple[State, dict[bytes, bytes], dict[bytes, bytes], bool]:
-    """The state of the inputs, the live feed, the live held items, and whether retention removed content events."""
+@dataclass(slots=True)
+class _Read:
+    """What one run read: the inputs' state, the live feed and held items, the feed's tombstones, the retractions."""
+
+    state: State
+    truncated: bool  # time retention removed content events
+    feed: dict[bytes, bytes] = field(default_factory=dict)
+    held: dict[bytes, bytes] = field(default_factory=dict)
+    # Each content id with a tombstone still in the feed's log: the latest one's broker time.
+    tombstones: dict[bytes, dt.datetime] = field(default_factory=dict)
+    retractions: list[RetractionRecord] = field(default_factory=list)
+
+
+async def _read(settings: Settings) -> _Read:
+    """The state of the inputs, the live feed and held items, the feed's tombstones and training.retractions."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # the shell's dependency; the pure part needs no Kafka
 
     topics = settings.topics
     counts = await _partition_counts(
-        settings, [topics.feed, topics.deferred, topics.content, topics.profiles, topics.objections]
+        settings,
+        [topics.feed, topics.deferred, topics.retractions, topics.content, topics.profiles, topics.objections],
     )
     partitions = {name: [TopicPartition(name, p) for p in range(n)] for name, n in counts.items()}
     # No group: nothing is committed, and the filter's group never sees this reader.
@@ -111,28 +128,34 @@ async def _read(settings: Settings) -> tuple[State, dict[bytes, bytes], dict[byt
     try:
         # The outputs' end offsets first, the inputs' after: every feed and held record
         # read was then caused by input records that are read too (no false
-        # unknown_content, no held item judged without the event it holds).
+        # unknown_content, no held item judged without the event it holds). The
+        # retractions' ends after the feed's: a tombstone read has its record read too,
+        # unless the two were in flight at that instant (the grace covers that).
         ends = dict(await consumer.end_offsets(partitions[topics.feed] + partitions[topics.deferred]))
         inputs = partitions[topics.content] + partitions[topics.profiles] + partitions[topics.objections]
+        ends.update(await consumer.end_offsets(partitions[topics.retractions]))
         ends.update(await consumer.end_offsets(inputs))
         starts = await consumer.beginning_offsets(partitions[topics.content])
         truncated = any(offset > 0 for offset in starts.values())
 
         # A memory past timedelta's range (a setting of millions of years) is "never forget".
         state = State(item_memory=dt.timedelta(days=min(settings.item_memory_days, dt.timedelta.max.days)))
-        feed: dict[bytes, bytes] = {}
-        held: dict[bytes, bytes] = {}
+        read = _Read(state, truncated)
         async for tp, records in _read_to_end(consumer, ends):
             if tp.topic in (topics.feed, topics.deferred):
-                live = feed if tp.topic == topics.feed else held
+                live = read.feed if tp.topic == topics.feed else read.held
                 for r in records:
                     if r.key is None:
                         continue  # a compacted topic refuses keyless records; nothing to judge
                     if r.value is None:
                         live.pop(r.key, None)
                     else:
+                        if tp.topic == topics.feed:
+                            read.tombstones[r.key] = broker_time(r.timestamp)
                         live[r.key] = r.value
             elif tp.topic == topics.content:
+            elif tp.topic == topics.retractions:
+                read.retractions.extend((r.key, r.value, broker_time(r.timestamp)) for r in records)
                 for r in records:
                     state.apply_content(r.key, r.value, broker_time(r.timestamp), tp.partition)
             elif tp.topic == topics.profiles:
@@ -143,7 +166,7 @@ async def _read(settings: Settings) -> tuple[State, dict[bytes, bytes], dict[byt
                     state.apply_objection(r.key, r.value, broker_time(r.timestamp))
     finally:
         await consumer.stop()
-    return state, feed, held, truncated
+    return read
 
 
 async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:

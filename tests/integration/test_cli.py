@@ -48,6 +48,7 @@ async def _cleanup_policies(settings: Settings) -> dict[str, str]:
             settings.topics.deferred,
             settings.topics.published,
             settings.topics.items,
+            settings.topics.retractions,
         ]
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
         policies: dict[str, str] = {}
@@ -66,8 +67,8 @@ async def test_topics_create_twice_is_idempotent_with_contract_cleanup_policies(
     first = _cli(settings, "topics", "create")
     second = _cli(settings, "topics", "create")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count(": created") == 9  # the contract's six and our three changelogs
-    assert second.returncode == 0 and second.stdout.count(": exists") == 9
+    assert first.stdout.count(": created") == 10  # the contract's seven and our three changelogs
+    assert second.returncode == 0 and second.stdout.count(": exists") == 10
     assert "layout ok" in second.stdout
     t = settings.topics
     assert await _cleanup_policies(settings) == {
@@ -80,6 +81,7 @@ async def test_topics_create_twice_is_idempotent_with_contract_cleanup_policies(
         t.deferred: "compact",
         t.published: "compact",
         t.items: "compact",
+        t.retractions: "delete",
     }
 
 

@@ -66,6 +66,8 @@ async def _verified(settings: Settings) -> None:
     """The independent verifier finds nothing wrong and nothing missing (issue #16: zero after each)."""
     report = await verify(settings)
     assert (report.violation_count, report.losses.count) == (0, 0), render(report)
+    # Every feed tombstone has its record on training.retractions, and every record its tombstone.
+    assert report.retraction_problem_count == 0, render(report)
 
 
 def _live(feed: list[Out]) -> set[bytes | None]:

@@ -92,6 +92,10 @@ async def test_worker_objection_after_publishing_retracts_every_item(bootstrap: 
     assert sorted(r.key for r in tombstones) == [f"c-{i}".encode() for i in range(5)]
     live = {k for k, r in latest_by_key(feed).items() if r.value is not None}
     assert live == {b"c-other"}
+    # Each tombstone has its trainers' record on training.retractions, and nothing else does.
+    retractions = await read_all(settings, settings.topics.retractions)
+    assert sorted(r.key for r in retractions) == [f"c-{i}".encode() for i in range(5)]
+    assert {r.json()["cause"] for r in retractions} == {"objection"}
 
 
 async def test_worker_restart_with_state_on_disk_resumes_and_wiped_state_is_rebuilt(
@@ -215,3 +219,7 @@ async def test_worker_restart_between_publishing_and_objecting_still_retracts_ev
     assert live == {b"c-other"}
     retracts = sorted(d.json()["content_id"] for d in decisions if d.json()["action"] == "retract")
     assert retracts == [f"c-{i}" for i in range(6)]
+    # Every retraction of the feed is on training.retractions too, with the disk kept or wiped.
+    retractions = await read_all(settings, settings.topics.retractions)
+    assert {r.key for r in retractions} == {r.key for r in feed if r.value is None}
+    assert {r.key for r in retractions} == {f"c-{i}".encode() for i in range(6)}

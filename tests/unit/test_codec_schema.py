@@ -44,7 +44,7 @@ from stream.core.models import (
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 INPUT_TOPICS = ("content.events", "accounts.profiles", "accounts.objections")
-OUTPUT_TOPICS = ("training.feed", "eligibility.decisions", "content.events.dlq")
+OUTPUT_TOPICS = ("training.feed", "eligibility.decisions", "content.events.dlq", "training.retractions")
 FORMAT_CHECKER = FormatChecker()
 
 
@@ -921,6 +921,7 @@ def test_schema_shared_definitions_identical_across_files() -> None:
         ),
         ("eligibility.decisions", ("properties", "cause", "enum"), {m.value for m in RetractCause} | {None}),
         ("content.events.dlq", ("properties", "reason", "enum"), {m.value for m in DeadLetterReason}),
+        ("training.retractions", ("properties", "cause", "enum"), {m.value for m in RetractCause}),
     ],
 )
 def test_schema_enum_matches_models_enum(topic: str, pointer: tuple[str, ...], values: set[str | None]) -> None:
@@ -970,6 +971,13 @@ DEAD_LETTER: dict[str, Any] = {
     "value": base64.b64encode(_with(_UPSERT)).decode(),
 }
 
+RETRACTION: dict[str, Any] = {
+    "content_id": "cnt-93be02aa",
+    "retracted_at": NOW,
+    "cause": "objection",
+    "policy_version": "2026-11-01",
+}
+
 GOOD_OUTPUTS = [
     ("feed", "training.feed", FEED),
     ("feed_with_text", "training.feed", {**FEED, "text": "hello", "language": "pt-BR", "media_uri": None}),
@@ -982,6 +990,8 @@ GOOD_OUTPUTS = [
     ("dead_letter", "content.events.dlq", DEAD_LETTER),
     ("dead_letter_null_key_value", "content.events.dlq", {**DEAD_LETTER, "key": None, "value": None}),
     ("dead_letter_empty_value", "content.events.dlq", {**DEAD_LETTER, "value": ""}),
+    ("retraction", "training.retractions", RETRACTION),
+    ("retraction_unreadable_update", "training.retractions", {**RETRACTION, "cause": "unreadable_update"}),
     (
         "dead_letter_value_omitted",
         "content.events.dlq",
@@ -1011,6 +1021,11 @@ BAD_OUTPUTS = [
     ("dead_letter_not_base64", "content.events.dlq", {**DEAD_LETTER, "key": "acct-other"}),
     ("dead_letter_unknown_reason", "content.events.dlq", {**DEAD_LETTER, "reason": "cosmic_ray"}),
     ("dead_letter_extra_field", "content.events.dlq", {**DEAD_LETTER, "payload": "{}"}),
+    ("retraction_with_author_id", "training.retractions", {**RETRACTION, "author_id": SECRET_ID}),
+    ("retraction_with_text", "training.retractions", {**RETRACTION, "text": "hello"}),
+    ("retraction_unknown_cause", "training.retractions", {**RETRACTION, "cause": "boredom"}),
+    ("retraction_without_cause", "training.retractions", {k: v for k, v in RETRACTION.items() if k != "cause"}),
+    ("retraction_offset_time", "training.retractions", {**RETRACTION, "retracted_at": "2026-11-28T10:15:00+01:00"}),
 ]
 
 
@@ -1066,3 +1081,17 @@ def test_dead_letter_of_any_size_fits_the_cap_and_the_schema(
             assert obj[f"{name}_sha256"] == hashlib.sha256(data).hexdigest()
         else:
             assert base64.b64decode(obj[name]) == data
+
+
+@pytest.mark.parametrize("cause", list(RetractCause))
+def test_retraction_value_every_cause_valid_under_its_schema_and_minimised(cause: RetractCause) -> None:
+    at = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+    value = records.retraction_value(content_id="cnt-1", cause=cause, policy_version="2026-11-01", retracted_at=at)
+    obj = orjson.loads(value)
+    assert not list(VALIDATORS["training.retractions"].iter_errors(obj))
+    assert obj == {
+        "content_id": "cnt-1",
+        "retracted_at": "2026-11-28T00:00:00Z",
+        "cause": cause.value,
+        "policy_version": "2026-11-01",
+    }

@@ -12,6 +12,8 @@ simulated topics, replays the state topics and the uncommitted content as
 - every item on the compacted feed is one the final state allows, from its latest
   applied upsert (the contract's "What must never happen", judged by a few lines here
   that know this test's two countries and two birth dates);
+- every tombstone on the feed has its record on `training.retractions` (sent in the
+  same step, so a crash between them replays both);
 - when every input was on the topics before the first batch, the feed is exactly that
   of a run without the crash (with inputs arriving between batches, a crash may rightly
   change what state a later batch sees, and so its decisions).
@@ -44,6 +46,7 @@ TOPIC_OF = {
     OutputTopic.DEFERRED: TOPICS.deferred,
     OutputTopic.PUBLISHED: TOPICS.published,
     OutputTopic.ITEMS: TOPICS.items,
+    OutputTopic.RETRACTIONS: TOPICS.retractions,
 }
 CHANGELOG_KIND = {
     TOPICS.published: StateKind.PUBLISHED,
@@ -83,6 +86,14 @@ class Cluster:
             assert key is not None
             view[key] = value
         return {k: v for k, v in view.items() if v is not None}
+
+    def tombstoned(self) -> set[bytes]:
+        """Every content id that ever had a tombstone on the feed."""
+        return {k for k, v in self.logs.get(TOPICS.feed, []) if k is not None and v is None}
+
+    def retracted(self) -> set[bytes]:
+        """Every content id with a record on training.retractions."""
+        return {k for k, _ in self.logs.get(TOPICS.retractions, []) if k is not None}
 
 
 class Crash(Exception):
@@ -231,7 +242,7 @@ def _drain(worker: Worker, size: int) -> None:
         pass
 
 
-def _clean_feed(records: list[tuple[str, bytes, bytes | None]], size: int, split: int) -> dict[bytes, bytes]:
+def _clean_cluster(records: list[tuple[str, bytes, bytes | None]], size: int, split: int) -> Cluster:
     cluster = Cluster()
     worker = Worker(cluster, MemoryPartitionStore())
     for topic, key, value in records[:split]:
@@ -240,7 +251,11 @@ def _clean_feed(records: list[tuple[str, bytes, bytes | None]], size: int, split
     for topic, key, value in records[split:]:
         cluster.append(topic, key, value)
     _drain(worker, size)
-    return cluster.feed()
+    return cluster
+
+
+def _clean_feed(records: list[tuple[str, bytes, bytes | None]], size: int, split: int) -> dict[bytes, bytes]:
+    return _clean_cluster(records, size, split).feed()
 
 
 def _sources(feed: dict[bytes, bytes]) -> dict[bytes, str]:
@@ -345,5 +360,24 @@ def test_crash_at_any_step_of_any_batch_ends_with_the_feed_of_a_run_without_it(
     allowed = _allowed(cluster)
     for content_id, source in _sources(cluster.feed()).items():
         assert allowed.get(content_id) == source, f"{content_id!r} on the feed from {source}"
+    missing = cluster.tombstoned() - cluster.retracted()
+    assert not missing, f"feed tombstones without a training.retractions record: {missing!r}"
     if split in (0, len(records)):  # every input on the topics before the first batch
         assert _sources(cluster.feed()) == _sources(_clean_feed(records, size, split))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=inputs, size=st.integers(1, 4))
+def test_retractions_topic_without_a_crash_names_exactly_the_feeds_tombstones(
+    records: list[tuple[str, bytes, bytes | None]], size: int
+) -> None:
+    cluster = _clean_cluster(records, size, len(records))
+    assert cluster.retracted() == cluster.tombstoned()
+    for key, value in cluster.logs.get(TOPICS.retractions, []):
+        assert value is not None and orjson.loads(value).keys() == {
+            "content_id",
+            "retracted_at",
+            "cause",
+            "policy_version",
+        }
+        assert orjson.loads(value)["content_id"].encode() == key

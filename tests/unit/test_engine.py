@@ -194,11 +194,17 @@ def published(content_id: str, event_id: str, author: str = AUTHOR) -> list[tupl
     ]
 
 
+def retraction_record(content_id: str, cause: str) -> dict[str, Any]:
+    """The trainers' `training.retractions` record: content id, time, cause, policy version; nothing else."""
+    return {"content_id": content_id, "retracted_at": NOW_TEXT, "cause": cause, "policy_version": VERSION}
+
+
 def retracted(content_id: str, event_id: str, cause: str, event_time: str) -> list[tuple[OutputTopic, bytes, Any]]:
-    """The outputs of retracting a published item: a feed tombstone, then the audit record."""
+    """The outputs of retracting a published item: a feed tombstone, the trainers' record, then the audit record."""
     key = content_id.encode()
     return [
         (OutputTopic.FEED, key, None),
+        (OutputTopic.RETRACTIONS, key, retraction_record(content_id, cause)),
         (OutputTopic.DECISIONS, key, retract_record(content_id, event_id, cause, event_time)),
     ]
 
@@ -574,10 +580,13 @@ def test_engine_workload_every_tombstone_has_its_retract_record_and_objecting_ev
         outputs = decoded(result)
         for i, (topic, key, value) in enumerate(outputs):
             if topic is OutputTopic.FEED and value is None:
-                follower = outputs[i + 1]
+                trainers, follower = outputs[i + 1], outputs[i + 2]
+                assert trainers[0] is OutputTopic.RETRACTIONS and trainers[1] == key
+                assert trainers[2]["cause"] == follower[2]["cause"]
                 assert follower[0] is OutputTopic.DECISIONS and follower[1] == key
                 assert follower[2]["action"] == "retract"
         assert sum(1 for t, _, v in outputs if t is OutputTopic.FEED and v is None) == result.retractions.total()
+        assert sum(1 for t, _, _ in outputs if t is OutputTopic.RETRACTIONS) == result.retractions.total()
     on_feed = len(worker.feed)
     assert on_feed > 0
 
@@ -976,7 +985,11 @@ def test_engine_author_id_containing_nul_objection_retracts_only_own_items(worke
     second = worker.run(state=[worker.objection(objection_value("objected", nul_author), key=nul_author.encode())])
 
     assert decoded(first) == []
-    assert [(t, k) for t, k, _ in decoded(second)] == [(OutputTopic.FEED, b"c-1"), (OutputTopic.DECISIONS, b"c-1")]
+    assert [(t, k) for t, k, _ in decoded(second)] == [
+        (OutputTopic.FEED, b"c-1"),
+        (OutputTopic.RETRACTIONS, b"c-1"),
+        (OutputTopic.DECISIONS, b"c-1"),
+    ]
     assert worker.feed == {}
 
 

@@ -531,6 +531,7 @@ TOPIC_OF = {
     OutputTopic.DEFERRED: TOPICS.deferred,
     OutputTopic.PUBLISHED: TOPICS.published,
     OutputTopic.ITEMS: TOPICS.items,
+    OutputTopic.RETRACTIONS: TOPICS.retractions,
 }
 CHANGELOG_KIND = {
     TOPICS.published: StateKind.PUBLISHED,

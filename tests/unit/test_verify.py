@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from stream.verifier.compare import CLOCK_SLACK, FEED_FIELDS, Problem, compare
+from stream.verifier.compare import CLOCK_SLACK, FEED_FIELDS, Problem, RetractionRecord, compare
 from stream.verifier.errors import VerifyError
 from stream.verifier.inputs import Profile
 from stream.verifier.report import VerifierMetrics, render, to_json
@@ -1443,3 +1443,86 @@ def test_verify_package_imports_nothing_of_the_filter_it_checks() -> None:
     assert not imported & forbidden
     outside = {m for m in imported if m.startswith("stream") and not m.startswith("stream.verifier")}
     assert outside <= {"stream.config", "stream.errors"}
+
+
+# --- the feed's retractions against training.retractions ------------------------------
+
+
+def retraction(content_id: str, retracted_at: str = "2026-11-28T09:00:00Z", **overrides: Any) -> RetractionRecord:
+    value: dict[str, Any] = {
+        "content_id": content_id,
+        "retracted_at": retracted_at,
+        "cause": "objection",
+        "policy_version": POLICY.version,
+    }
+    value.update(overrides)
+    return content_id.encode(), orjson.dumps({k: v for k, v in value.items() if v is not ...}), T0
+
+
+def retraction_problems(report: Any) -> dict[str, list[str]]:
+    return {p.value: t.examples for p, t in report.retraction_problems.items() if t.count}
+
+
+def test_compare_every_tombstone_with_its_retraction_record_is_clean() -> None:
+    report = adult().compare(tombstones={b"c-1": T0}, retractions=[retraction("c-1")])
+    assert report.ok and retraction_problems(report) == {} and report.retraction_records == 1
+
+
+def test_compare_tombstone_without_retraction_record_is_unrecorded() -> None:
+    report = adult().compare(tombstones={b"c-1": T0, b"c-2": T0}, retractions=[retraction("c-2")])
+    assert retraction_problems(report) == {"unrecorded": ["c-1"]}
+    assert not report.ok and report.exit_status == 1
+
+
+def test_compare_recent_tombstone_without_record_is_pending_within_grace() -> None:
+    report = adult().compare(tombstones={b"c-1": NOW}, retractions=[], grace_seconds=60)
+    assert retraction_problems(report) == {} and report.pending.examples == ["c-1"]
+
+
+def test_compare_retraction_record_of_item_still_on_feed_from_before_is_not_tombstoned() -> None:
+    world = adult().content(upsert("c-1", "a-1")).on_feed("c-1")  # decided 08:00:01
+    report = world.compare(tombstones={}, retractions=[retraction("c-1", "2026-11-28T09:00:00Z")])
+    assert retraction_problems(report) == {"not_tombstoned": ["c-1"]}
+
+
+def test_compare_retraction_record_of_item_published_again_later_is_clean() -> None:
+    world = adult().content(upsert("c-1", "a-1")).on_feed("c-1")  # decided 08:00:01
+    report = world.compare(tombstones={}, retractions=[retraction("c-1", "2026-11-28T07:00:00Z")])
+    assert retraction_problems(report) == {}
+
+
+def test_compare_retraction_record_whose_tombstone_was_compacted_away_is_clean() -> None:
+    report = adult().compare(tombstones={}, retractions=[retraction("c-1")])
+    assert report.ok
+
+
+@pytest.mark.parametrize(
+    ("record", "problems"),
+    [
+        (retraction("c-1", author_id="a-1"), {"malformed", "raw_account_id"}),
+        (retraction("c-1", text="secret"), {"malformed"}),
+        (retraction("c-1", cause="boredom"), {"malformed"}),
+        (retraction("c-1", retracted_at="yesterday"), {"malformed"}),
+        (retraction("c-1", policy_version=""), {"malformed"}),
+        ((b"c-2", retraction("c-1")[1], T0), {"malformed"}),
+        ((b"c-1", b"not json", T0), {"malformed"}),
+        ((b"c-1", None, T0), {"malformed"}),
+        (retraction("c-1", policy_version="a-1"), {"raw_account_id"}),
+    ],
+    ids=["author_id", "text", "cause", "time", "empty_version", "key_mismatch", "not_json", "null", "account_id"],
+)
+def test_compare_bad_retraction_record_is_a_retraction_problem(record: RetractionRecord, problems: set[str]) -> None:
+    report = adult().compare(tombstones={}, retractions=[record])
+    assert set(retraction_problems(report)) == problems and not report.ok
+
+
+def test_report_json_and_text_and_gauges_carry_retraction_problems() -> None:
+    report = adult().compare(tombstones={b"c-1": T0}, retractions=[])
+    body = orjson.loads(to_json(report))
+    assert body["retraction_problems"]["count"] == 1
+    assert body["retraction_problems"]["by_kind"]["unrecorded"] == {"count": 1, "examples": ["c-1"]}
+    assert "unrecorded: 1  [c-1]" in render(report)
+    metrics = VerifierMetrics.create()
+    metrics.update(report)
+    assert metrics.registry.get_sample_value("eligibility_verifier_retraction_problems", {"kind": "unrecorded"}) == 1
+    assert metrics.registry.get_sample_value("eligibility_verifier_retraction_problems", {"kind": "malformed"}) == 0
