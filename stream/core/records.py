@@ -47,6 +47,12 @@ def _hmac_states(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
     )
 
 
+# The layout of a `training.feed` value, carried in every record as `schema_version`
+# (schemas/training.feed.schema.json): raised when a field is added, removed or changes
+# meaning, so a trainer can tell which layout a record (or an exported dataset) has.
+FEED_SCHEMA_VERSION = 1
+
+
 def feed_value(event: ContentEvent, decision: Decision, *, key: bytes, decided_at: dt.datetime) -> bytes:
     """The `training.feed` value of an eligible upsert."""
     assert event.content_type is not None and event.platform is not None and event.created_at is not None
@@ -64,6 +70,7 @@ def feed_value(event: ContentEvent, decision: Decision, *, key: bytes, decided_a
             "policy_version": decision.policy_version,
             "decided_at": decided_at,
             "source_event_id": event.event_id,
+            "schema_version": FEED_SCHEMA_VERSION,
         }
     )
 

@@ -88,8 +88,12 @@ FEED_FIELDS: Final = frozenset(
         "policy_version",
         "decided_at",
         "source_event_id",
+        "schema_version",
     }
 )
+# The layout before `schema_version` (a feed written by an earlier filter keeps such
+# records until they are replaced): accepted as it is, a field fewer is no leak.
+FEED_FIELDS_UNVERSIONED: Final = FEED_FIELDS - {"schema_version"}
 
 
 # --- the comparison -----------------------------------------------------------------
@@ -441,7 +445,8 @@ def _minimisation_problems(
     if item is None:
         yield Problem.NOT_JSON
         return
-    if item.keys() != FEED_FIELDS:
+    version = item.get("schema_version", 1)
+    if item.keys() not in (FEED_FIELDS, FEED_FIELDS_UNVERSIONED) or type(version) is not int or version < 1:
         yield Problem.FIELDS
     value = item.get("author_pseudonym")
     if type(value) is not str or PSEUDONYM.fullmatch(value) is None:

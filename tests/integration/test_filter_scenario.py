@@ -178,6 +178,7 @@ async def test_worker_known_scenario_writes_exact_feed_decisions_and_dead_letter
         "policy_version": policy_version,
         "decided_at": by_content["c-eligible-gb"]["decided_at"],
         "source_event_id": "e-c-eligible-gb",
+        "schema_version": 1,
     }
     assert view[b"c-eligible-br"].json()["jurisdiction"] == "BR"
     assert view[b"c-eligible-br"].json()["language"] is None

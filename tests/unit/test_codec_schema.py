@@ -945,6 +945,7 @@ FEED: dict[str, Any] = {
     "policy_version": "2026-11-01",
     "decided_at": NOW,
     "source_event_id": "evt-4b8d2e11",
+    "schema_version": 1,
 }
 DECIDE: dict[str, Any] = {
     "content_id": "cnt-93be02aa",
@@ -1004,6 +1005,9 @@ BAD_OUTPUTS = [
     ("feed_message", "training.feed", {**FEED, "content_type": "message"}),
     ("feed_uppercase_pseudonym", "training.feed", {**FEED, "author_pseudonym": "A" * 64}),
     ("feed_offset_time", "training.feed", {**FEED, "decided_at": "2026-11-28T10:15:00+01:00"}),
+    ("feed_without_schema_version", "training.feed", {k: v for k, v in FEED.items() if k != "schema_version"}),
+    ("feed_schema_version_text", "training.feed", {**FEED, "schema_version": "1"}),
+    ("feed_schema_version_unknown", "training.feed", {**FEED, "schema_version": 2}),
     ("decide_without_eligible", "eligibility.decisions", {**DECIDE, "eligible": None}),
     ("decide_eligible_with_reason", "eligibility.decisions", {**DECIDE, "eligible": True}),
     ("decide_ineligible_reason_eligible", "eligibility.decisions", {**DECIDE, "reason": "eligible"}),

@@ -73,6 +73,7 @@ FEED_FIELDS = {
     "policy_version",
     "decided_at",
     "source_event_id",
+    "schema_version",
 }
 
 
@@ -181,6 +182,7 @@ def feed_record(content_id: str, event_id: str, author: str = AUTHOR, **override
         "policy_version": VERSION,
         "decided_at": NOW_TEXT,
         "source_event_id": event_id,
+        "schema_version": 1,
         **overrides,
     }
 

@@ -128,6 +128,7 @@ def feed_value(content_id: str, author: str, **overrides: Any) -> bytes:
         "policy_version": POLICY.version,
         "decided_at": "2026-11-28T08:00:01Z",
         "source_event_id": f"e-{content_id}",
+        "schema_version": 1,
     }
     value.update(overrides)
     return orjson.dumps({k: v for k, v in value.items() if v is not ...})
@@ -1526,3 +1527,22 @@ def test_report_json_and_text_and_gauges_carry_retraction_problems() -> None:
     metrics.update(report)
     assert metrics.registry.get_sample_value("eligibility_verifier_retraction_problems", {"kind": "unrecorded"}) == 1
     assert metrics.registry.get_sample_value("eligibility_verifier_retraction_problems", {"kind": "malformed"}) == 0
+
+
+# --- the feed's schema_version --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "problems"),
+    [
+        (feed_value("c-1", "a-1"), set()),
+        (feed_value("c-1", "a-1", schema_version=...), set()),  # written before schema_version: accepted
+        (feed_value("c-1", "a-1", schema_version="1"), {Problem.FIELDS}),
+        (feed_value("c-1", "a-1", schema_version=0), {Problem.FIELDS}),
+        (feed_value("c-1", "a-1", schema_version=True), {Problem.FIELDS}),
+    ],
+    ids=["version_1", "unversioned", "text", "zero", "bool"],
+)
+def test_compare_feed_schema_version_accepted_when_an_integer(value: bytes, problems: set[Problem]) -> None:
+    report = adult().content(upsert("c-1", "a-1")).on_feed("c-1", value).compare()
+    assert {p for p, t in report.minimisation.items() if t.count} == problems
