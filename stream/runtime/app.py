@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 import mode
+from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.config import Settings
@@ -48,12 +49,13 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
         web_router_enabled=False,
         web_metrics_enabled=False,
         store="memory://",
-        # Faust's own (idle) consumer group must not hold a restart hostage: after a
-        # kill -9 the group waits a whole session for the dead member (60 s by default).
-        broker_session_timeout=30.0,
-        broker_heartbeat_interval=3.0,
-        broker_rebalance_timeout=30.0,
     )
+    # Faust's own Kafka clients stay off: no consumer group, no producer, no topics of
+    # its own. The worker's clients do all of the Kafka work. Faust starts this app's
+    # services only after its tables' recovery, which waits for its consumer group's
+    # assignment; after a kill -9 that group waited for the dead member's session (30 s)
+    # before the worker even started, static membership or not.
+    app.boot_strategy = BootStrategy(app, enable_kafka=False)
 
     @app.service
     class FilterService(mode.Service):

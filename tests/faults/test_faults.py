@@ -17,11 +17,12 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import orjson
 import pytest
 
 from stream.config import DEV_PSEUDONYM_KEY, Settings
@@ -65,8 +66,22 @@ class Worker:
                 await asyncio.sleep(0.1)
         return time.monotonic() - self.started
 
+    async def partitions(self) -> list[int]:
+        """The partitions `/ready` names (held now, ready or not)."""
+        _, body = await http_get(f"http://127.0.0.1:{self.port}/ready")
+        return list(orjson.loads(body)["partitions"])
 
-def start_worker(settings: Settings, name: str) -> Worker:
+    async def metric(self, name: str) -> float:
+        """One unlabelled sample of the worker's `/metrics`."""
+        status, body = await http_get(f"http://127.0.0.1:{self.port}/metrics")
+        assert status == 200
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} not in /metrics")
+
+
+def start_worker(settings: Settings, name: str, **env: str) -> Worker:
     port = free_port()
     log = settings.data_dir.parent / f"{name}.log"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +89,7 @@ def start_worker(settings: Settings, name: str) -> Worker:
         [sys.executable, "-m", "stream", "worker"],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
-        env=process_env(settings, STREAM_WEB_PORT=str(port)),
+        env=process_env(settings, STREAM_WEB_PORT=str(port), **env),
     )
     return Worker(proc, port, log, time.monotonic())
 
@@ -402,6 +417,90 @@ async def test_fault_poison_input_at_high_rate_every_record_accounted_for(bootst
     reasons = Counter(d.json()["reason"] for d in dead)
     assert set(reasons) == {"malformed_json", "not_an_object", "schema_violation", "key_mismatch"}
     assert {i.malformed for i in labelled if i.malformed} == set(MalformedKind)
+
+
+async def test_fault_static_member_restarted_within_session_gets_its_partitions_back_without_rebalancing_the_other(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path / "a", partitions=4)
+    other = replace(settings, data_dir=tmp_path / "b")
+    await make_topics(settings)
+    setup, stream = split(workload(seed=15), 5000)
+    async with workers() as running:
+        running.append(a := start_worker(settings, "a", STREAM_GROUP_INSTANCE_ID="worker-0"))
+        await a.ready()
+        running.append(b := start_worker(other, "b", STREAM_GROUP_INSTANCE_ID="worker-1"))
+        await b.ready()
+        await until_async(lambda: _split_evenly(a, b))  # a gave b its half: the group is stable
+        a_partitions, b_partitions = await a.partitions(), await b.partitions()
+        b_rebalances = await b.metric("eligibility_rebalances_total")
+        load = asyncio.create_task(send_workload(settings, setup, stream))
+        await read_until(settings, settings.topics.decisions, 1500, timeout=120)
+        watch = asyncio.create_task(_ready_throughout(b))
+        drained = stop(a)  # SIGTERM: a static member leaves no LeaveGroup, its partitions wait for it
+        assert a.proc.returncode == 0, a.log.read_text()[-3000:]
+        running.append(a2 := start_worker(settings, "a2", STREAM_GROUP_INSTANCE_ID="worker-0"))
+        back = await a2.ready()
+        assert not watch.done(), f"b left /ready during a's restart: {watch.exception()!r}"
+        watch.cancel()
+        assert await a2.partitions() == a_partitions  # its own partitions back, its store still current
+        assert await b.partitions() == b_partitions
+        # No rebalance reached b: no assignment received, and /ready never left 200.
+        assert await b.metric("eligibility_rebalances_total") == b_rebalances
+        await load
+        await verified(
+            settings,
+            "static member (STREAM_GROUP_INSTANCE_ID) restarted, one of two workers",
+            "SIGTERM and restart within the session: the other worker not rebalanced, same partitions back",
+            content_count(stream),
+            f"{back:.1f} s (drain {drained:.1f} s)",
+        )
+
+
+async def test_fault_kill_9_of_static_member_replacement_ready_within_10_s_loses_nothing(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path / "data", partitions=4)
+    await make_topics(settings)
+    setup, stream = split(workload(seed=16), 5000)
+    async with workers() as running:
+        running.append(a := start_worker(settings, "a", STREAM_GROUP_INSTANCE_ID="worker-0"))
+        await a.ready()
+        load = asyncio.create_task(send_workload(settings, setup, stream))
+        await read_until(settings, settings.topics.decisions, 2000, timeout=120)
+        a.proc.kill()
+        a.proc.wait(30)
+        running.append(b := start_worker(settings, "b", STREAM_GROUP_INSTANCE_ID="worker-0"))
+        recovery = await b.ready()
+        # Without an instance id the replacement waits for the dead member's session (30 s).
+        assert recovery <= 10.0, b.log.read_text()[-3000:]
+        await load
+        await verified(
+            settings,
+            "kill -9 of a static member (STREAM_GROUP_INSTANCE_ID), replacement under the same id",
+            "restart on the same data directory, no wait for the dead session",
+            content_count(stream),
+            f"{recovery:.1f} s",
+        )
+
+
+async def _split_evenly(a: Worker, b: Worker) -> bool:
+    held = [await a.partitions(), await b.partitions()]
+    return sorted(held[0] + held[1]) == [0, 1, 2, 3] and all(len(p) == 2 for p in held)
+
+
+async def until_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.2)  # polling the workers' own answers, not a guess at timing
+
+
+async def _ready_throughout(w: Worker) -> None:
+    """Fail (the task's exception) the moment `w`'s /ready stops answering 200."""
+    while True:
+        status, body = await http_get(f"http://127.0.0.1:{w.port}/ready")
+        assert status == 200, body
+        await asyncio.sleep(0.1)
 
 
 def _objection(account: str) -> tuple[bytes, bytes]:
