@@ -1,8 +1,15 @@
 """Offsets: the content offsets committed to the group (paced, in order), the changelogs' next offsets a
 batch may record, and repositioning the inputs to what is durably done.
 
-Content is the only input committed to the group; the state topics' and changelogs'
-next offsets live in each partition store (written with the state they produced).
+The content offsets the group holds are what a restart resumes from. The state
+topics' and changelogs' next offsets live in each partition store (written with the
+state they produced), and only there are they read back. The state topics' positions
+are committed to the group as well, for display only: standard lag exporters
+(kafka-lag-exporter, Burrow, kafka-exporter's kafka_consumergroup_lag) read a group's
+committed offsets, and without them would see no objection lag, not even while no
+worker runs. Nothing here or elsewhere reads them back: an assignment seeks every
+state partition to its store's offset (`InputPositions.seek_state`), and a store that
+is new or rebuilt starts from the beginning of the topic, whatever the group holds.
 This module decides nothing about records and sends none.
 """
 
@@ -32,6 +39,10 @@ class ContentCommits:
     broker's group coordinator, ~10 ms of p99 latency at 3,000 events/s on the
     benchmark machine (docs/benchmarks.md). What the interval bounds is only how
     much a crash replays: every output of what a commit covers was acknowledged.
+
+    The same commits carry the state topics' positions that moved since the last one
+    (`state_positions`: each assigned state partition's next offset as its store
+    recorded it), for display only (see the module's docstring).
     """
 
     def __init__(
@@ -41,15 +52,19 @@ class ContentCommits:
         interval_ms: int,
         metrics: Metrics,
         *,
+        state_positions: Callable[[], Mapping[TopicPartition, int]] = dict,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._consumer = consumer
         self._content = content_topic
         self._interval = interval_ms / 1000
         self._metrics = metrics
+        self._state_positions = state_positions
         self._clock = clock
         # Acknowledged batches' next content offsets, not yet sent in a commit.
         self._uncommitted: dict[TopicPartition, int] = {}
+        # The state positions the group holds (as far as this worker committed them).
+        self._state_committed: dict[TopicPartition, int] = {}
         self._committed_at = 0.0
         self._lock = asyncio.Lock()
         self._in_flight: asyncio.Task[None] | None = None
@@ -66,8 +81,8 @@ class ContentCommits:
         await self.flush()
 
     async def flush(self, *, force: bool = False) -> None:
-        """Commit what is marked done, at most once per interval unless `force`."""
-        if not self._uncommitted or (not force and self._clock() - self._committed_at < self._interval):
+        """Commit what is marked done and the state positions that moved, at most once per interval unless `force`."""
+        if not force and self._clock() - self._committed_at < self._interval:
             return
         # The commit goes out while the next batch is decided: its outputs are
         # acknowledged already, so only the amount a crash replays depends on it.
@@ -75,11 +90,15 @@ class ContentCommits:
         # their own, since the loop and a batch's tail both commit.
         async with self._lock:
             await self.settle()
-            if not self._uncommitted:
+            positions = self._state_positions()
+            # Forget partitions no longer held: another worker may have moved them on.
+            self._state_committed = {tp: n for tp, n in self._state_committed.items() if tp in positions}
+            state = {tp: n for tp, n in positions.items() if self._state_committed.get(tp) != n}
+            if not self._uncommitted and not state:
                 return
-            offsets, self._uncommitted = self._uncommitted, {}
+            offsets, self._uncommitted = {**state, **self._uncommitted}, {}
             self._committed_at = self._clock()
-            self._in_flight = asyncio.create_task(self._commit(offsets))
+            self._in_flight = asyncio.create_task(self._commit(offsets, state))
 
     async def settle(self) -> None:
         """Wait for the commit in flight, if any."""
@@ -87,7 +106,7 @@ class ContentCommits:
         if task is not None:
             await task
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int], state: Mapping[TopicPartition, int]) -> None:
         try:
             await self._consumer.commit(offsets)
         except CommitFailedError:
@@ -95,7 +114,9 @@ class ContentCommits:
             # commit. Duplicates on the feed are idempotent (same key, same item).
             log.warning("commit failed after a rebalance; the new owner replays %d partitions", len(offsets))
             return
-        self._metrics.last_batch.set(time.time())
+        self._state_committed.update(state)
+        if len(offsets) > len(state):  # content was committed, not only state positions
+            self._metrics.last_batch.set(time.time())
 
 
 def changelog_offsets(
@@ -152,6 +173,16 @@ class InputPositions:
             self.seek_state(tp for tp in assignment if tp.topic != self._content)
         except KafkaError as exc:
             log.error("rewind failed (%s); the next batch retries it", type(exc).__name__)
+
+    def applied_state(self) -> dict[TopicPartition, int]:
+        """Each assigned state partition's next offset as its store recorded it (for display in the group)."""
+        positions: dict[TopicPartition, int] = {}
+        for tp in self._consumer.assignment():
+            kind = self._kind_of_topic.get(tp.topic)
+            store = self._stores.get(tp.partition)
+            if kind is not None and store is not None:
+                positions[tp] = store.next_offset(kind)
+        return positions
 
     def seek_state(self, tps: Iterable[TopicPartition]) -> None:
         """Seek each state partition of `tps` to its store's next offset (partitions without a store: untouched)."""

@@ -9,8 +9,9 @@ the hot path runs on aiokafka directly because Faust's per-event machinery costs
 Guarantees (at least once):
 - an input offset is committed only after every record it caused was acknowledged
   by the broker (acks=all, idempotent producer); a failed batch is replayed;
-- state topics are never committed to the group: each partition store keeps its
-  own next offsets, written after the records they caused were acknowledged;
+- state topics' positions are never read from the group: each partition store keeps
+  its own next offsets, written after the records they caused were acknowledged (they
+  are committed to the group too, for lag exporters to display: offsets.py);
 - freshness gate: before content of partition p is decided, p's profiles and
   objections have been applied up to their end offsets as of the content's fetch
   (the stable offsets its response carried, or, where those prove nothing, the
@@ -219,7 +220,11 @@ class FilterWorker:
         s, stores, metrics = self.settings, self._stores, self.metrics
         intake = Intake(s.topics, stores, metrics)
         writer = StoreWriter(stores)
-        commits = ContentCommits(consumer, s.topics.content, s.commit_interval_ms, metrics)
+        positions = InputPositions(consumer, s.topics, stores)
+        # The state topics' positions go with the content commits, for display only (offsets.py).
+        commits = ContentCommits(
+            consumer, s.topics.content, s.commit_interval_ms, metrics, state_positions=positions.applied_state
+        )
         cycle = BatchCycle(
             self.engine,
             stores,
@@ -239,7 +244,7 @@ class FilterWorker:
             intake=intake,
             writer=writer,
             commits=commits,
-            positions=InputPositions(consumer, s.topics, stores),
+            positions=positions,
             cycle=cycle,
             gate=FreshnessGate(
                 consumer,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aiokafka import TopicPartition
+
 from stream.core.state import StateKind
 from stream.runtime.metrics import Metrics
 from stream.runtime.offsets import ContentCommits, InputPositions, changelog_offsets
@@ -123,3 +125,60 @@ def test_seek_state_only_partitions_with_a_store() -> None:
     positions.seek_state([P0, O1])
 
     assert consumer.seeks == {O1: 9}
+
+
+async def test_commits_carry_the_state_positions_that_moved_paced_like_content() -> None:
+    consumer, clock = FakeConsumer({}), _Clock()
+    applied = {P0: 3, O0: 5}
+    metrics = Metrics.create()
+    commits = ContentCommits(consumer, T.content, 60_000, metrics, state_positions=lambda: dict(applied), clock=clock)
+
+    await commits.mark_done(_content(0, 0, 1))
+    await commits.settle()
+    assert consumer.commits == [{C0: 2, P0: 3, O0: 5}]  # with the first content commit
+
+    applied[O0] = 8  # objections applied, no content: committed once the interval passed, alone
+    await commits.flush()
+    await commits.settle()
+    assert len(consumer.commits) == 1
+    last_batch = metrics.registry.get_sample_value("eligibility_last_batch_timestamp_seconds")
+    clock.now += 61
+    await commits.flush()
+    await commits.settle()
+    assert consumer.commits[-1] == {O0: 8}  # only what moved
+    assert metrics.registry.get_sample_value("eligibility_last_batch_timestamp_seconds") == last_batch
+
+    clock.now += 61  # nothing moved: no commit
+    await commits.flush()
+    await commits.settle()
+    assert len(consumer.commits) == 2
+
+
+async def test_commits_state_positions_of_a_failed_commit_are_sent_again() -> None:
+    from aiokafka.errors import CommitFailedError
+
+    class Rebalancing(FakeConsumer):
+        failing = True
+
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            if self.failing:
+                raise CommitFailedError("rebalanced")
+            await super().commit(offsets)
+
+    consumer = Rebalancing({})
+    commits = ContentCommits(consumer, T.content, 0, Metrics.create(), state_positions=lambda: {O0: 4})
+    await commits.flush(force=True)
+    await commits.settle()
+    consumer.failing = False
+    await commits.flush(force=True)
+    await commits.settle()
+    assert consumer.commits == [{O0: 4}]
+
+
+def test_applied_state_is_each_assigned_state_partitions_store_offset() -> None:
+    consumer = FakeConsumer({})
+    store = MemoryPartitionStore()
+    store.apply((), {StateKind.PROFILES: 3, StateKind.OBJECTIONS: 5})
+    positions = InputPositions(consumer, T, {0: store})  # partition 1 has no store: nothing for it
+
+    assert positions.applied_state() == {P0: 3, O0: 5}
