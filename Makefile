@@ -31,7 +31,7 @@ run: install ## broker, topics, worker, a synthetic workload and live counts by 
 # The tests start the local broker themselves (scripts/kafka.sh) unless one answers
 # at KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092); under CI=true a broker that
 # does not start fails the run.
-test: check prometheus ## the whole suite: linters, strict mypy, unit, integration and fault tests on a real broker
+test: check prometheus helm ## the whole suite: linters, strict mypy, unit, integration and fault tests on a real broker, the Helm chart
 	$(PY) -m pytest
 
 check: install ## linters, strict mypy and the import contracts of the layout
@@ -57,6 +57,22 @@ bench: install ## the benchmarks (docs/benchmarks.md); long: see bench/run.py fo
 	scripts/kafka.sh start
 	$(PY) -m bench all
 	$(PY) -m bench.objections
+
+# The Helm chart (deploy/helm/eligibility-filter, docs/deploy.md) is tested without a
+# cluster: helm lint, helm template for several value sets, every object validated
+# against the Kubernetes schemas (tests/deploy/test_helm.py, part of `make test`). helm
+# is built once from the Go module proxy (a few minutes on a new machine) and cached
+# in ~/.cache/eligibility-filter.
+helm: ## build helm from the Go module proxy into ~/.cache/eligibility-filter if missing
+	scripts/helm.sh >/dev/null
+
+chart: install ## copy deploy/prometheus/rules.yml, dashboards/*.json and the topic specs into the Helm chart
+	$(PY) scripts/sync_chart.py
+
+chart-check: install helm ## the Helm chart alone: lint, template for several value sets, schema validation
+	$(PY) -m pytest tests/deploy -q
+
+.PHONY: helm chart chart-check
 
 prometheus: ## install prometheus and promtool (Debian's package) if missing
 	scripts/install-prometheus.sh
