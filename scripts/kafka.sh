@@ -29,6 +29,21 @@
 #                          `status` check the first host:port listed there.
 #   KAFKA_FORCE_LOCAL      set to anything non-empty to manage the local broker
 #                          even when KAFKA_BOOTSTRAP_SERVERS is set.
+#   KAFKA_SASL_SSL_PORT    if set, a secured broker: an additional SASL_SSL listener
+#                          on localhost:<port> (SCRAM-SHA-512 over TLS) and ACLs on
+#                          (StandardAuthorizer). The PLAINTEXT and controller
+#                          listeners stay as they are, their User:ANONYMOUS a super
+#                          user, so local tools and the suite work unchanged. A
+#                          throwaway CA and a broker certificate for DNS:localhost
+#                          are made with openssl at the first secured start, in
+#                          <state dir>/tls (clients trust tls/ca.pem). Unset, the
+#                          broker is configured exactly as without it.  []
+#   KAFKA_SCRAM_USERS      SCRAM-SHA-512 users of the secured broker, separated by
+#                          spaces; `admin` is a super user, the others hold only the
+#                          ACLs granted to them. Each password is made at random into
+#                          <state dir>/scram/<user>.password; users are added at
+#                          storage format time, or with kafka.admin.ConfigCommand after
+#                          start when the storage exists already.          [admin]
 set -euo pipefail
 
 readonly KAFKA_VERSION="4.1.1"
@@ -45,6 +60,12 @@ readonly HEAP="${KAFKA_HEAP:-1g}"
 readonly START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 readonly STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 readonly HOST="127.0.0.1"
+readonly SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-}"
+# The secured listener's name: the broker certificate is made for it, so a client
+# that connects by another name (127.0.0.1) fails the hostname check.
+readonly SASL_SSL_HOST="localhost"
+read -r -a SCRAM_USERS <<<"${KAFKA_SCRAM_USERS:-admin}"
+readonly SCRAM_USERS
 
 CACHE_ROOT="${KAFKA_CACHE_DIR:-${HOME}/.cache/eligibility-filter}"
 STATE_DIR="${KAFKA_STATE_DIR:-${REPO_ROOT}/.cache/kafka}"
@@ -62,6 +83,10 @@ readonly PROPS="${STATE_DIR}/server.properties"
 readonly CLUSTER_ID_FILE="${STATE_DIR}/cluster.id"
 readonly PID_FILE="${STATE_DIR}/kafka.pid"
 readonly LOG_FILE="${STATE_DIR}/kafka.log"
+readonly TLS_DIR="${STATE_DIR}/tls"
+readonly SCRAM_DIR="${STATE_DIR}/scram"
+# Users whose password was made on this start and who are not in the storage yet.
+NEW_SCRAM_USERS=()
 
 if [[ -n "${JAVA_HOME:-}" && -x "${JAVA_HOME}/bin/java" ]]; then
   JAVA="${JAVA_HOME}/bin/java"
@@ -90,7 +115,18 @@ validate_env() {
   is_uint "${START_TIMEOUT}" || die "KAFKA_START_TIMEOUT must be whole seconds, got '${START_TIMEOUT}'"
   is_uint "${STOP_TIMEOUT}" || die "KAFKA_STOP_TIMEOUT must be whole seconds, got '${STOP_TIMEOUT}'"
   [[ "${HEAP}" =~ ^[0-9]+[kKmMgG]?$ ]] || die "KAFKA_HEAP must look like 512m or 1g, got '${HEAP}'"
+  if secured; then
+    is_uint "${SASL_SSL_PORT}" || die "KAFKA_SASL_SSL_PORT must be a number, got '${SASL_SSL_PORT}'"
+    [[ "${SASL_SSL_PORT}" != "${PORT}" && "${SASL_SSL_PORT}" != "${CONTROLLER_PORT}" ]] ||
+      die "KAFKA_SASL_SSL_PORT must differ from KAFKA_PORT and KAFKA_CONTROLLER_PORT (${SASL_SSL_PORT})"
+    local user
+    for user in "${SCRAM_USERS[@]}"; do
+      [[ "${user}" =~ ^[A-Za-z0-9._-]+$ ]] || die "KAFKA_SCRAM_USERS: '${user}' is not a plain user name ([A-Za-z0-9._-])"
+    done
+  fi
 }
+
+secured() { [[ -n "${SASL_SSL_PORT}" ]]; }
 
 # True when KAFKA_BOOTSTRAP_SERVERS points at a broker we do not manage.
 external_broker() {
@@ -242,6 +278,94 @@ log.cleaner.backoff.ms=1000
 log.cleaner.dedupe.buffer.size=33554432
 log.retention.check.interval.ms=30000
 EOF
+  if secured; then
+    write_security_properties
+  fi
+}
+
+# The secured broker's additions: a SASL_SSL listener, SCRAM, TLS from tls/, ACLs on.
+write_security_properties() {
+  sed -i \
+    -e "s|^listeners=.*|listeners=PLAINTEXT://${HOST}:${PORT},CONTROLLER://${HOST}:${CONTROLLER_PORT},SASL_SSL://${HOST}:${SASL_SSL_PORT}|" \
+    -e "s|^advertised.listeners=.*|advertised.listeners=PLAINTEXT://${HOST}:${PORT},SASL_SSL://${SASL_SSL_HOST}:${SASL_SSL_PORT}|" \
+    -e "s|^listener.security.protocol.map=.*|listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL|" \
+    "${PROPS}"
+  cat >>"${PROPS}" <<EOF
+
+# Secured (KAFKA_SASL_SSL_PORT): SCRAM-SHA-512 over TLS on the SASL_SSL listener.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=${TLS_DIR}/broker.pem
+ssl.client.auth=none
+# ACLs on. The PLAINTEXT and controller listeners authenticate nobody: their
+# User:ANONYMOUS is a super user, so the broker's own traffic and local tools work as
+# on the unsecured broker; on the SASL_SSL listener only User:admin is a super user.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:ANONYMOUS;User:admin
+EOF
+}
+
+# A throwaway CA and a broker certificate signed by it (DNS:localhost only), made once
+# per state directory; never committed (the state directory is under .cache/).
+make_tls_material() {
+  [[ -s "${TLS_DIR}/broker.pem" && -s "${TLS_DIR}/ca.pem" ]] && return 0
+  need_cmd openssl "install OpenSSL (e.g. apt-get install openssl) to make the test CA"
+  mkdir -p "${TLS_DIR}"
+  chmod 700 "${TLS_DIR}"
+  local log="${TLS_DIR}/openssl.log"
+  {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=eligibility-filter local test CA" \
+      -keyout "${TLS_DIR}/ca.key" -out "${TLS_DIR}/ca.pem" &&
+      openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "${TLS_DIR}/broker.key" &&
+      openssl req -new -key "${TLS_DIR}/broker.key" -subj "/CN=${SASL_SSL_HOST}" -out "${TLS_DIR}/broker.csr" &&
+      printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "${SASL_SSL_HOST}" >"${TLS_DIR}/broker.ext" &&
+      openssl x509 -req -in "${TLS_DIR}/broker.csr" -CA "${TLS_DIR}/ca.pem" -CAkey "${TLS_DIR}/ca.key" \
+        -CAcreateserial -days 30 -extfile "${TLS_DIR}/broker.ext" -out "${TLS_DIR}/broker.crt"
+  } >"${log}" 2>&1 || { cat "${log}" >&2; die "openssl could not make the test CA and broker certificate"; }
+  # Kafka's PEM keystore: the unencrypted PKCS#8 key, then the certificate chain.
+  cat "${TLS_DIR}/broker.key" "${TLS_DIR}/broker.crt" "${TLS_DIR}/ca.pem" >"${TLS_DIR}/broker.pem"
+  chmod 600 "${TLS_DIR}"/*.key "${TLS_DIR}/broker.pem"
+  msg "made a throwaway CA (${TLS_DIR}/ca.pem) and a broker certificate for DNS:${SASL_SSL_HOST}"
+}
+
+# A random password for each SCRAM user that has none yet; those users are new.
+make_scram_passwords() {
+  mkdir -p "${SCRAM_DIR}"
+  chmod 700 "${SCRAM_DIR}"
+  local user file
+  for user in "${SCRAM_USERS[@]}"; do
+    file="${SCRAM_DIR}/${user}.password"
+    [[ -s "${file}" ]] && continue
+    (umask 077 && openssl rand -hex 24 >"${file}")
+    NEW_SCRAM_USERS+=("${user}")
+  done
+}
+
+# The storage format's `--add-scram` arguments, one per line, for every SCRAM user.
+scram_format_args() {
+  local user
+  for user in "${SCRAM_USERS[@]}"; do
+    printf -- '--add-scram\nSCRAM-SHA-512=[name=%s,password=%s]\n' "${user}" "$(cat "${SCRAM_DIR}/${user}.password")"
+  done
+}
+
+# Users new on this start whose storage was formatted before: added on the running broker.
+add_new_scram_users() {
+  local user
+  for user in "${NEW_SCRAM_USERS[@]}"; do
+    msg "adding SCRAM user ${user}"
+    "${JAVA}" -Xmx256m -Dlog4j2.configurationFile="${LOG4J_CONFIG}" -cp "${LIB_DIR}/*" kafka.admin.ConfigCommand \
+      --bootstrap-server "${HOST}:${PORT}" --alter --entity-type users --entity-name "${user}" \
+      --add-config "SCRAM-SHA-512=[password=$(cat "${SCRAM_DIR}/${user}.password")]" \
+      >"${STATE_DIR}/scram.log" 2>&1 || {
+      cat "${STATE_DIR}/scram.log" >&2
+      rm -f "${SCRAM_DIR}/${user}.password"
+      die "could not add SCRAM user ${user}"
+    }
+  done
+  NEW_SCRAM_USERS=()
 }
 
 format_storage_if_needed() {
@@ -257,13 +381,18 @@ format_storage_if_needed() {
     [[ -n "${cluster_id}" ]] || die "StorageTool random-uuid printed no cluster id"
     printf '%s\n' "${cluster_id}" >"${CLUSTER_ID_FILE}"
   fi
+  local -a scram=()
+  if secured; then
+    mapfile -t scram < <(scram_format_args)
+  fi
   msg "formatting storage in ${DATA_DIR} (cluster id ${cluster_id})"
   "${JAVA}" -Xmx256m -Dlog4j2.configurationFile="${LOG4J_CONFIG}" \
     -cp "${LIB_DIR}/*" kafka.tools.StorageTool format \
-    -t "${cluster_id}" -c "${PROPS}" >"${STATE_DIR}/format.log" 2>&1 || {
+    -t "${cluster_id}" -c "${PROPS}" "${scram[@]}" >"${STATE_DIR}/format.log" 2>&1 || {
     cat "${STATE_DIR}/format.log" >&2
     die "kafka.tools.StorageTool format failed"
   }
+  NEW_SCRAM_USERS=()  # the format added them all
 }
 
 # wait_until_up PID: poll until the broker logged its start and the port answers.
@@ -274,7 +403,8 @@ wait_until_up() {
     if ! pid_is_ours "${pid}"; then
       return 2
     fi
-    if server_started_logged && port_open "${HOST}" "${PORT}"; then
+    if server_started_logged && port_open "${HOST}" "${PORT}" &&
+      { ! secured || port_open "${HOST}" "${SASL_SSL_PORT}"; }; then
       return 0
     fi
     sleep 0.5
@@ -301,13 +431,17 @@ cmd_start() {
   check_java
   cmd_fetch
   local p
-  for p in "${PORT}" "${CONTROLLER_PORT}"; do
+  for p in "${PORT}" "${CONTROLLER_PORT}" ${SASL_SSL_PORT}; do
     if port_open "${HOST}" "${p}"; then
       die "port ${HOST}:${p} is already in use by another process; pick others with KAFKA_PORT / KAFKA_CONTROLLER_PORT"
     fi
   done
   mkdir -p "${STATE_DIR}"
   write_server_properties
+  if secured; then
+    make_tls_material
+    make_scram_passwords
+  fi
   format_storage_if_needed
   if [[ -f "${LOG_FILE}" ]]; then
     mv -f "${LOG_FILE}" "${LOG_FILE}.prev"
@@ -338,6 +472,10 @@ cmd_start() {
   case "${rc}" in
     0)
       msg "started (pid ${pid}); bootstrap servers ${HOST}:${PORT}; log ${LOG_FILE}"
+      if secured; then
+        add_new_scram_users
+        msg "secured listener SASL_SSL://${SASL_SSL_HOST}:${SASL_SSL_PORT} (SCRAM-SHA-512, CA ${TLS_DIR}/ca.pem, passwords in ${SCRAM_DIR})"
+      fi
       ;;
     2)
       rm -f "${PID_FILE}"

@@ -20,6 +20,7 @@ import orjson
 
 from stream import logs
 from stream.config import LogFormat, Settings
+from stream.connection import client_options
 from stream.errors import StreamError
 
 log = logging.getLogger("stream")
@@ -215,7 +216,7 @@ async def _watch(settings: Settings, interval: float, from_beginning: bool) -> i
     consumer = AIOKafkaConsumer(
         settings.topics.decisions,
         settings.topics.dlq,
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         group_id=None,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )

@@ -330,7 +330,10 @@ def _secret_file(env: Mapping[str, str], name: str) -> str | None:
     path = _readable_file(env, name)
     if path is None:
         return None
-    secret = path.read_text(encoding="utf-8").strip()
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}={path} is not UTF-8 text") from None
     if not secret:
         raise ConfigError(f"{name}={path} is empty")
     return secret

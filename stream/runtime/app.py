@@ -19,6 +19,7 @@ from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.config import Settings
+from stream.connection import faust_credentials
 from stream.core.engine import Engine
 from stream.core.policy import load_policy
 from stream.runtime.metrics import Metrics
@@ -40,6 +41,9 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
     app = faust.App(
         f"{settings.group_id}-host",
         broker=f"kafka://{settings.bootstrap_servers}",
+        # Faust's own Kafka clients are off (the boot strategy below); should a Faust
+        # release open one all the same, it connects as the worker's clients do.
+        broker_credentials=faust_credentials(settings),
         datadir=str(settings.data_dir / "faust"),
         processing_guarantee="at_least_once",
         web_port=settings.web_port,

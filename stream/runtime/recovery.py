@@ -26,6 +26,7 @@ from stream.config import (
     RESTORE_READ_RECORDS,
     Settings,
 )
+from stream.connection import client_options
 from stream.core.engine import BatchResult, Engine, InputRecord
 from stream.core.state import REEVALUATE_KEY, PartitionStore, StateKind
 from stream.runtime.intake import Intake
@@ -110,7 +111,7 @@ class Recovery:
         """Replay our changelogs from each store's offset to their end, with a reader of their own."""
         tps = {TopicPartition(topic, p): p for topic in self._changelog_kinds for p in partitions}
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+            **client_options(self._settings),
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from stream.config import Settings
+from stream.connection import client_options
 from stream.errors import TopicLayoutError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 async def create_topics(settings: Settings) -> dict[str, str]:
     """Create every missing topic; return each topic's outcome (`created` or `exists`)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="eligibility-topics")
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id="eligibility-topics")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -106,7 +107,7 @@ async def create_topics(settings: Settings) -> dict[str, str]:
 
 async def partition_counts(settings: Settings, names: list[str]) -> dict[str, int | None]:
     """Partitions of each named topic; None where the topic does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="eligibility-check")
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id="eligibility-check")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -38,6 +38,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.config import POLL_WAIT_MS, Settings
+from stream.connection import client_options
 from stream.core.engine import Engine, InputRecord
 from stream.core.state import PartitionStore
 from stream.runtime.assignor import CoPartitionedAssignor
@@ -288,7 +289,7 @@ class FilterWorker:
 def _clients(s: Settings) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
     """The worker's producer and consumer, not started."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=s.bootstrap_servers,
+        **client_options(s),
         client_id=f"{s.group_id}-producer",
         acks="all",
         enable_idempotence=True,
@@ -298,7 +299,7 @@ def _clients(s: Settings) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
         request_timeout_ms=30000,
     )
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.bootstrap_servers,
+        **client_options(s),
         client_id=f"{s.group_id}-consumer",
         group_id=s.group_id,
         # Static membership when set (config.py): a restart within the session timeout

@@ -22,6 +22,7 @@ from typing import Any, Final
 from prometheus_client import start_http_server
 
 from stream.config import Settings
+from stream.connection import client_options
 from stream.errors import StreamError
 from stream.verifier.compare import DEFAULT_EXAMPLES, Report, RetractionRecord, compare
 from stream.verifier.errors import VerifyError
@@ -117,7 +118,7 @@ async def _read(settings: Settings) -> _Read:
     partitions = {name: [TopicPartition(name, p) for p in range(n)] for name, n in counts.items()}
     # No group: nothing is committed, and the filter's group never sees this reader.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         client_id="eligibility-verifier",
         group_id=None,
         enable_auto_commit=False,
@@ -173,7 +174,7 @@ async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, i
     """Partitions of each topic; VerifyError naming any that does not exist."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="eligibility-verifier")
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id="eligibility-verifier")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from stream.config import Settings
+from stream.connection import client_options
 from stream.core.models import ContentType, ObjectionStatus, Op, Platform, Visibility
 from stream.errors import DeliveryError
 
@@ -859,7 +860,7 @@ def _producer(settings: Settings) -> Any:
         log.warning("generator: zstd is not available, sending uncompressed")
         compression = None
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         acks="all",
         linger_ms=settings.linger_ms,
         compression_type=compression,

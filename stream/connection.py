@@ -1,0 +1,94 @@
+"""How every Kafka client connects: the security settings turned into client options.
+
+One place turns `Settings.kafka_security` into what the clients take: keyword
+options for each aiokafka consumer, producer and admin client (`client_options`)
+and the Faust host's `broker_credentials` (`faust_credentials`). Every client
+construction in `stream/` passes them (tests/unit/test_connection.py fails when one
+does not). This module reads the files the settings name (CA, certificate, key) and
+nothing else; it imports neither Faust nor aiokafka at import time, so the verifier
+can use it without pulling in the filter's shell.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from stream.config import KafkaSecurity, Settings
+from stream.errors import ConfigError
+
+
+def ssl_context(security: KafkaSecurity) -> ssl.SSLContext | None:
+    """The TLS context of SSL and SASL_SSL connections, None for the others.
+
+    The broker's certificate is checked against KAFKA_SSL_CA_FILE (the system's CAs when
+    unset) and, unless KAFKA_SSL_CHECK_HOSTNAME=0, its name against the broker's host
+    name. KAFKA_SSL_CERT_FILE and _KEY_FILE are the client's certificate for mutual TLS.
+    An unreadable or malformed file raises ConfigError naming the variable.
+    """
+    if not security.protocol.uses_tls:
+        return None
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(security.ssl_ca_file) if security.ssl_ca_file else None
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"KAFKA_SSL_CA_FILE={security.ssl_ca_file}: not a usable CA certificate ({exc})") from None
+    context.check_hostname = security.ssl_check_hostname
+    # check_hostname off still verifies the chain: only the name is not compared.
+    context.verify_mode = ssl.CERT_REQUIRED
+    if security.ssl_cert_file is not None and security.ssl_key_file is not None:
+        try:
+            context.load_cert_chain(str(security.ssl_cert_file), str(security.ssl_key_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"KAFKA_SSL_CERT_FILE={security.ssl_cert_file} / KAFKA_SSL_KEY_FILE={security.ssl_key_file}: "
+                f"not a usable certificate and key ({exc})"
+            ) from None
+    return context
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Keyword options for an aiokafka AIOKafkaConsumer, AIOKafkaProducer or AIOKafkaAdminClient.
+
+    The bootstrap servers, the security protocol and, as the protocol needs them, the
+    TLS context and the SASL mechanism with its username and password. Contains the
+    password: never log it.
+    """
+    security = settings.kafka_security
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": security.protocol.value,
+    }
+    context = ssl_context(security)
+    if context is not None:
+        options["ssl_context"] = context
+    if security.protocol.uses_sasl:
+        options.update(
+            sasl_mechanism=security.sasl_mechanism.value,
+            sasl_plain_username=security.sasl_username,
+            sasl_plain_password=security.sasl_password,
+        )
+    return options
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """The Faust app's `broker_credentials`: SASL or SSL credentials, None for PLAINTEXT.
+
+    Faust hands them to each of its own aiokafka clients (its consumer, producer and
+    the client it declares topics with), so the host connects as the worker does.
+    """
+    import faust.auth  # the Faust host's dependency only: the verifier imports this module too
+
+    security = settings.kafka_security
+    context = ssl_context(security)
+    if security.protocol.uses_sasl:
+        return faust.auth.SASLCredentials(
+            username=security.sasl_username,
+            password=security.sasl_password,
+            ssl_context=context,
+            mechanism=security.sasl_mechanism.value,
+        )
+    if context is not None:
+        return faust.auth.SSLCredentials(context)
+    return None
