@@ -308,10 +308,15 @@ EOF
 }
 
 # A throwaway CA and a broker certificate signed by it (DNS:localhost only), made once
-# per state directory; never committed (the state directory is under .cache/).
+# per state directory and again when either expires within a day; never committed
+# (the state directory is under .cache/).
 make_tls_material() {
-  [[ -s "${TLS_DIR}/broker.pem" && -s "${TLS_DIR}/ca.pem" ]] && return 0
   need_cmd openssl "install OpenSSL (e.g. apt-get install openssl) to make the test CA"
+  if [[ -s "${TLS_DIR}/broker.pem" && -s "${TLS_DIR}/ca.pem" ]] &&
+    openssl x509 -checkend 86400 -noout -in "${TLS_DIR}/ca.pem" >/dev/null 2>&1 &&
+    openssl x509 -checkend 86400 -noout -in "${TLS_DIR}/broker.crt" >/dev/null 2>&1; then
+    return 0
+  fi
   mkdir -p "${TLS_DIR}"
   chmod 700 "${TLS_DIR}"
   local log="${TLS_DIR}/openssl.log"
