@@ -264,6 +264,21 @@ def test_chart_prometheusrule_groups_equal_deploy_rules(helm: str) -> None:
             assert ("record" in r) != ("alert" in r) and r["expr"]
 
 
+def test_chart_prometheusrule_runbook_links_get_the_base_url(helm: str) -> None:
+    base = "https://git.example/eligibility-filter/blob/main"
+    values = _merge(VALUE_SETS["strimzi-monitoring"], {"prometheusRule": {"runbookBaseUrl": base + "/"}})
+    groups = _one(_render(helm, values), "PrometheusRule")["spec"]["groups"]
+    source = yaml.safe_load(RULES.read_text())["groups"]
+    for group, original in zip(groups, source, strict=True):
+        for rule, before in zip(group["rules"], original["rules"], strict=True):
+            url = before.get("annotations", {}).get("runbook_url")
+            if url is not None:
+                assert rule["annotations"]["runbook_url"] == f"{base}/{url}"
+            rule.get("annotations", {}).pop("runbook_url", None)
+            before.get("annotations", {}).pop("runbook_url", None)
+    assert groups == source, "nothing but the runbook links changes"
+
+
 def test_chart_dashboard_configmaps_equal_dashboards_and_carry_the_sidecar_label(helm: str) -> None:
     maps = [
         cm
