@@ -1443,7 +1443,8 @@ def test_verify_package_imports_nothing_of_the_filter_it_checks() -> None:
     }
     assert not imported & forbidden
     outside = {m for m in imported if m.startswith("stream") and not m.startswith("stream.verifier")}
-    assert outside <= {"stream.config", "stream.errors"}
+    # stream.connection: the security settings as client options; it imports only config and errors.
+    assert outside <= {"stream.config", "stream.connection", "stream.errors"}
 
 
 # --- the feed's retractions against training.retractions ------------------------------
