@@ -83,7 +83,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     # Any Kafka over SASL_SSL with every credential from explicit Secrets: CA, client
     # certificate and key, SASL password; a longer drain.
     "sasl-ssl-secrets": {
-        "pseudonymKey": {"existingSecret": "pseudonym", "key": "hmac"},
+        "pseudonymKey": {
+            "existingSecret": "pseudonym",
+            "key": "hmac",
+            "previousSecret": {"name": "old", "key": "hmac"},
+        },
         "kafka": {
             "bootstrapServers": "kafka-0.example:9094",
             "sasl": {"mechanism": "SCRAM-SHA-256"},
@@ -541,6 +545,9 @@ def test_chart_sasl_ssl_secrets_reach_every_variable(helm: str) -> None:
     assert {i["path"] for i in volumes["kafka-client"]["items"]} == {"tls.crt", "tls.key"}
     verifier_env = _env(_one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
     assert verifier_env["KAFKA_SASL_USERNAME"] == "verifier"
+    # After a rotation the verifier, and only it, reads the previous key too.
+    assert verifier_env["STREAM_PSEUDONYM_PREVIOUS_KEY_FILE"] == "/etc/eligibility-filter/pseudonym-previous/key"
+    assert "STREAM_PSEUDONYM_PREVIOUS_KEY_FILE" not in env
     assert "KAFKA_SSL_CERT_FILE" not in verifier_env
 
 

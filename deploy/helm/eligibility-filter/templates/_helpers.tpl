@@ -132,6 +132,7 @@ template renders first: the pseudonym key, each program's credentials, the repli
 {{/* Where the secrets are mounted (read-only, one directory each). */}}
 {{- define "ef.paths" -}}
 pseudonymKey: /etc/eligibility-filter/pseudonym
+previousPseudonymKey: /etc/eligibility-filter/pseudonym-previous
 policy: /etc/eligibility-filter/policy
 ca: /etc/eligibility-filter/kafka/ca
 sasl: /etc/eligibility-filter/kafka/sasl
@@ -177,6 +178,10 @@ tlsClient: /etc/eligibility-filter/kafka/client
 - name: STREAM_PSEUDONYM_KEY_FILE
   value: {{ printf "%s/key" $paths.pseudonymKey | quote }}
 {{- end }}
+{{- if and (eq .component "verifier") $root.Values.pseudonymKey.previousSecret.name }}
+- name: STREAM_PSEUDONYM_PREVIOUS_KEY_FILE
+  value: {{ printf "%s/key" $paths.previousPseudonymKey | quote }}
+{{- end }}
 {{- if $root.Values.policy }}
 - name: STREAM_POLICY_PATH
   value: {{ printf "%s/policy.toml" $paths.policy | quote }}
@@ -207,6 +212,11 @@ tlsClient: /etc/eligibility-filter/kafka/client
 {{- if $root.Values.pseudonymKey.existingSecret }}
 - name: pseudonym-key
   mountPath: {{ $paths.pseudonymKey }}
+  readOnly: true
+{{- end }}
+{{- if and (eq .component "verifier") $root.Values.pseudonymKey.previousSecret.name }}
+- name: previous-pseudonym-key
+  mountPath: {{ $paths.previousPseudonymKey }}
   readOnly: true
 {{- end }}
 {{- if $root.Values.policy }}
@@ -245,6 +255,15 @@ tlsClient: /etc/eligibility-filter/kafka/client
     defaultMode: 0440
     items:
       - key: {{ $root.Values.pseudonymKey.key }}
+        path: key
+{{- end }}
+{{- if and (eq .component "verifier") $root.Values.pseudonymKey.previousSecret.name }}
+- name: previous-pseudonym-key
+  secret:
+    secretName: {{ $root.Values.pseudonymKey.previousSecret.name }}
+    defaultMode: 0440
+    items:
+      - key: {{ $root.Values.pseudonymKey.previousSecret.key }}
         path: key
 {{- end }}
 {{- if $root.Values.policy }}
