@@ -25,7 +25,14 @@ from grafana_foundation_sdk.builders.common import (
     StackingConfig,
     VizLegendOptions,
 )
-from grafana_foundation_sdk.builders.dashboard import Dashboard, Row, ThresholdsConfig, TimePicker
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard,
+    DatasourceVariable,
+    QueryVariable,
+    Row,
+    ThresholdsConfig,
+    TimePicker,
+)
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -46,14 +53,28 @@ from grafana_foundation_sdk.models.dashboard import (
     Panel,
     Threshold,
     ThresholdsMode,
+    VariableModel,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
 )
 
 HERE = Path(__file__).resolve().parent
 
-# The data source of dashboards/provisioning/datasources/prometheus.yml.
-DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
-# The scrape job of deploy/prometheus/prometheus.yml.
-JOB = "eligibility-filter"
+# Every panel queries the data source the `datasource` variable picks; its default is
+# the one dashboards/provisioning/datasources/prometheus.yml provisions.
+PROVISIONED_DATASOURCE = "prometheus"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+# Every worker query is scoped by the namespace, job and instance variables, and every
+# verifier query by the namespace and verifier-job variables. `namespace=~".*"` (All)
+# also matches series without the label (a Prometheus outside Kubernetes); a job's All
+# is the alternation of the jobs found, so `up` is never read from unrelated jobs.
+SCOPE = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
+VERIFIER_SCOPE = 'namespace=~"$namespace", job=~"$verifier_job"'
+# The series each variable takes its values from: every worker exports the build info,
+# every verifier its last-run timestamp.
+WORKER_SERIES = "eligibility_build_info"
+VERIFIER_SERIES = "eligibility_verifier_last_run_timestamp_seconds"
 
 # Objectives (README, stream/runtime/metrics.py): p99 of processing latency <= 50 ms; 99% of
 # objections propagated to the feed within 250 ms. The latter's histogram has a bucket
@@ -67,6 +88,13 @@ SLOW_BURN = 6.0
 NO_PROGRESS_S = 120
 
 RATE = "$__rate_interval"
+# Label matchers the queries add to the scope.
+ON_CONTENT = 'input="content"'
+ON_OBJECTIONS = 'input="objections"'
+ELIGIBLE = 'eligible="true"'
+# The verifier's default interval (`python -m stream verify`, 300 s); it is stale at
+# three intervals (EligibilityVerifierStale, deploy/prometheus/rules.yml).
+VERIFIER_STALE_S = 900
 
 
 # -- query and panel helpers --------------------------------------------------------------
@@ -81,8 +109,24 @@ def query(expr: str, legend: str = "", *, ref: str = "A", instant: bool = False)
     return q
 
 
+def sel(metric: str, *matchers: str) -> str:
+    """`metric` selected within the dashboard's namespace, job and instance variables (and `matchers`)."""
+    return metric + "{" + ", ".join((SCOPE, *matchers)) + "}"
+
+
+def verifier_sel(metric: str, *matchers: str) -> str:
+    """A verifier series selected within the namespace and verifier-job variables (and `matchers`)."""
+    return metric + "{" + ", ".join((VERIFIER_SCOPE, *matchers)) + "}"
+
+
 def quantile(q: float, histogram: str) -> str:
-    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{RATE}])))"
+    return f"histogram_quantile({q}, sum by (le) (rate({sel(histogram + '_bucket')}[{RATE}])))"
+
+
+ELIGIBLE_SHARE = (
+    f"sum(rate({sel('eligibility_decisions_total', ELIGIBLE)}[{RATE}]))"
+    f" / sum(rate({sel('eligibility_decisions_total')}[{RATE}]))"
+)
 
 
 def quantiles(histogram: str) -> list[Dataquery]:
@@ -213,7 +257,71 @@ def add(dashboard: Dashboard, *panels: Builder[Panel]) -> Dashboard:
     return dashboard
 
 
-def base(uid: str, title: str, description: str, time_from: str) -> Dashboard:
+def variable(
+    name: str, label: str, series: str, description: str, *, of: str | None = None, all_value: str | None
+) -> QueryVariable:
+    """A multi-value variable of the values of label `of` (default: `name`) on `series`, All selected."""
+    definition = f"label_values({series}, {of or name})"
+    v = (
+        QueryVariable(name)
+        .label(label)
+        .description(description)
+        .datasource(DATASOURCE)
+        .query(definition)
+        .definition(definition)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .current(VariableOption(selected=True, text="All", value="$__all"))
+    )
+    return v.all_value(all_value) if all_value is not None else v
+
+
+def variables(*, verifier: bool) -> list[Builder[VariableModel]]:
+    """datasource, namespace, job and instance (and the verifier's job): every query of the dashboard uses them."""
+    found: list[Builder[VariableModel]] = [
+        DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
+        .current(VariableOption(selected=True, text=PROVISIONED_DATASOURCE, value=PROVISIONED_DATASOURCE)),
+        variable(
+            "namespace",
+            "Namespace",
+            WORKER_SERIES,
+            "Kubernetes namespace of the workers (All also matches series without the label).",
+            all_value=".*",
+        ),
+        variable(
+            "job",
+            "Job",
+            f'{WORKER_SERIES}{{namespace=~"$namespace"}}',
+            "Scrape job of the workers (eligibility-filter in deploy/prometheus/prometheus.yml).",
+            all_value=None,  # All: the jobs found, never `.*` (up{} of unrelated jobs)
+        ),
+        variable(
+            "instance",
+            "Instance",
+            f'{WORKER_SERIES}{{namespace=~"$namespace", job=~"$job"}}',
+            "Worker processes.",
+            all_value=".*",
+        ),
+    ]
+    if verifier:
+        found.append(
+            variable(
+                "verifier_job",
+                "Verifier job",
+                f'{VERIFIER_SERIES}{{namespace=~"$namespace"}}',
+                "Scrape job of the compliance verifier (python -m stream verify, port 6067).",
+                of="job",
+                all_value=None,
+            )
+        )
+    return found
+
+
+def base(uid: str, title: str, description: str, time_from: str, *, verifier: bool = False) -> Dashboard:
     return (
         Dashboard(title)
         .uid(uid)
@@ -225,6 +333,7 @@ def base(uid: str, title: str, description: str, time_from: str) -> Dashboard:
         .timezone("utc")
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .timepicker(TimePicker().refresh_intervals(["10s", "30s", "1m", "5m", "15m"]))
+        .variables(variables(verifier=verifier))
     )
 
 
@@ -249,7 +358,7 @@ def overview() -> Dashboard:
             "Workers up",
             "Worker processes Prometheus can scrape (job eligibility-filter). 0 pages: EligibilityWorkerDown.",
             "none",
-            query(f'sum(up{{job="{JOB}"}})', instant=True),
+            query(f"sum({sel('up')})", instant=True),
             steps=thresholds((None, "red"), (1, "green")),
         ),
         stat_panel(
@@ -258,7 +367,7 @@ def overview() -> Dashboard:
             "Workers whose partitions are assigned and whose state has caught up (/ready answers 200). "
             "Fewer than 'Workers up' for 5 minutes: EligibilityNotReady.",
             "none",
-            query("sum(eligibility_ready)", instant=True),
+            query(f"sum({sel('eligibility_ready')})", instant=True),
             steps=thresholds((None, "red"), (1, "green")),
         ),
         stat_panel(
@@ -266,7 +375,7 @@ def overview() -> Dashboard:
             "Content lag",
             "Content records appended but not yet decided, over all partitions.",
             "short",
-            query('sum(eligibility_consumer_lag_records{input="content"})', instant=True),
+            query(f"sum({sel('eligibility_consumer_lag_records', ON_CONTENT)})", instant=True),
             steps=thresholds((None, "green"), (1000, "orange"), (10000, "red")),
         ),
         stat_panel(
@@ -274,11 +383,7 @@ def overview() -> Dashboard:
             "Eligible share",
             "Share of decided upserts that went to the training feed.",
             "percentunit",
-            query(
-                f'sum(rate(eligibility_decisions_total{{eligible="true"}}[{RATE}]))'
-                f" / sum(rate(eligibility_decisions_total[{RATE}]))",
-                instant=True,
-            ),
+            query(ELIGIBLE_SHARE, instant=True),
         ),
         stat_panel(
             ids,
@@ -306,14 +411,14 @@ def overview() -> Dashboard:
             "Throughput in",
             "Records consumed per second from content.events, accounts.profiles and accounts.objections.",
             "rps",
-            [query(f"sum by (input) (rate(eligibility_input_records_total[{RATE}]))", "{{input}}")],
+            [query(f"sum by (input) (rate({sel('eligibility_input_records_total')}[{RATE}]))", "{{input}}")],
         ),
         series_panel(
             ids,
             "Throughput out",
             "Records per second acknowledged by the broker on training.feed, eligibility.decisions and the DLQ.",
             "rps",
-            [query(f"sum by (output) (rate(eligibility_output_records_total[{RATE}]))", "{{output}}")],
+            [query(f"sum by (output) (rate({sel('eligibility_output_records_total')}[{RATE}]))", "{{output}}")],
         ),
         series_panel(
             ids,
@@ -321,7 +426,7 @@ def overview() -> Dashboard:
             "Upserts decided per second, by the first rule that applied (README: The rule). "
             "A sudden shift between reasons usually means a policy or upstream change.",
             "rps",
-            [query(f"sum by (reason) (rate(eligibility_decisions_total[{RATE}]))", "{{reason}}")],
+            [query(f"sum by (reason) (rate({sel('eligibility_decisions_total')}[{RATE}]))", "{{reason}}")],
             span=16,
             stacked=True,
         ),
@@ -330,13 +435,7 @@ def overview() -> Dashboard:
             "Eligible share",
             "Share of decided upserts that went to the training feed.",
             "percentunit",
-            [
-                query(
-                    f'sum(rate(eligibility_decisions_total{{eligible="true"}}[{RATE}]))'
-                    f" / sum(rate(eligibility_decisions_total[{RATE}]))",
-                    "eligible",
-                )
-            ],
+            [query(ELIGIBLE_SHARE, "eligible")],
             span=8,
         ),
     )
@@ -390,7 +489,7 @@ def overview() -> Dashboard:
             "short",
             [
                 query(
-                    "sum by (input, partition) (eligibility_consumer_lag_records)",
+                    f"sum by (input, partition) ({sel('eligibility_consumer_lag_records')})",
                     "{{input}} p{{partition}}",
                 )
             ],
@@ -401,7 +500,7 @@ def overview() -> Dashboard:
             "Deferred items",
             "Items refused only because the author's notice period is running; decided again when it ends.",
             "short",
-            [query("sum(eligibility_deferred_items)", "held")],
+            [query(f"sum({sel('eligibility_deferred_items')})", "held")],
             span=8,
         ),
     )
@@ -415,7 +514,7 @@ def overview() -> Dashboard:
             "Input records sent to content.events.dlq (with their bytes, replayable). Above 1% of the input "
             "for 10 minutes: EligibilityDeadLetterSpike.",
             "rps",
-            [query(f"sum by (reason) (rate(eligibility_dead_letters_total[{RATE}]))", "{{reason}}")],
+            [query(f"sum by (reason) (rate({sel('eligibility_dead_letters_total')}[{RATE}]))", "{{reason}}")],
         ),
         series_panel(
             ids,
@@ -423,7 +522,7 @@ def overview() -> Dashboard:
             "Published items withdrawn from the feed (tombstone + retract record). The freshness gate keeps "
             "these rare except for objections and deletions made after publication.",
             "rps",
-            [query(f"sum by (cause) (rate(eligibility_retractions_total[{RATE}]))", "{{cause}}")],
+            [query(f"sum by (cause) (rate({sel('eligibility_retractions_total')}[{RATE}]))", "{{cause}}")],
         ),
     )
 
@@ -435,7 +534,7 @@ def overview() -> Dashboard:
             "Up (scrape succeeded)",
             "1 while Prometheus scrapes the worker. 0 for 2 minutes: EligibilityWorkerDown.",
             "none",
-            [query(f'up{{job="{JOB}"}}', "{{instance}}")],
+            [query(sel("up"), "{{instance}}")],
             span=8,
         ),
         series_panel(
@@ -447,10 +546,10 @@ def overview() -> Dashboard:
             "(EligibilityWorkerStuck); replays: failed attempts in the last 5 minutes.",
             "none",
             [
-                query("eligibility_ready", "ready {{instance}}", ref="A"),
-                query("eligibility_recovering", "recovering {{instance}}", ref="B"),
-                query("eligibility_worker_stuck", "stuck {{instance}}", ref="C"),
-                query("increase(eligibility_batch_replays_total[5m])", "replays {{instance}}", ref="D"),
+                query(sel("eligibility_ready"), "ready {{instance}}", ref="A"),
+                query(sel("eligibility_recovering"), "recovering {{instance}}", ref="B"),
+                query(sel("eligibility_worker_stuck"), "stuck {{instance}}", ref="C"),
+                query(f"increase({sel('eligibility_batch_replays_total')}[5m])", "replays {{instance}}", ref="D"),
             ],
             span=8,
         ),
@@ -462,7 +561,7 @@ def overview() -> Dashboard:
             "s",
             [
                 query(
-                    "time() - max by (instance) (eligibility_last_batch_timestamp_seconds > 0)",
+                    f"time() - max by (instance) ({sel('eligibility_last_batch_timestamp_seconds')} > 0)",
                     "{{instance}}",
                 )
             ],
@@ -475,7 +574,7 @@ def overview() -> Dashboard:
             "Partition assignments received in the last 5 minutes. A steady stream means workers keep "
             "joining and leaving the group (crash loop, slow batches past max.poll.interval).",
             "short",
-            [query("sum by (instance) (increase(eligibility_rebalances_total[5m]))", "{{instance}}")],
+            [query(f"sum by (instance) (increase({sel('eligibility_rebalances_total')}[5m]))", "{{instance}}")],
             span=8,
         ),
         series_panel(
@@ -485,7 +584,7 @@ def overview() -> Dashboard:
             "(duplicates possible, no loss). "
             "Repeated failures: EligibilityDeliveryFailures.",
             "short",
-            [query("sum by (instance) (increase(eligibility_delivery_failures_total[5m]))", "{{instance}}")],
+            [query(f"sum by (instance) (increase({sel('eligibility_delivery_failures_total')}[5m]))", "{{instance}}")],
             span=8,
         ),
         series_panel(
@@ -494,7 +593,7 @@ def overview() -> Dashboard:
             "Entries in the partition stores (RocksDB estimate): profiles, objections, published items, "
             "deferred items.",
             "short",
-            [query("sum by (kind) (eligibility_state_entries)", "{{kind}}")],
+            [query(f"sum by (kind) ({sel('eligibility_state_entries')})", "{{kind}}")],
             span=8,
         ),
         series_panel(
@@ -503,7 +602,7 @@ def overview() -> Dashboard:
             "Memory RocksDB holds per worker: memtables and cached blocks, together within one budget "
             "(64 MiB, of which at most 24 MiB memtables; stream/core/state.py). Flat once the budget is reached.",
             "bytes",
-            [query("sum by (instance, part) (eligibility_store_memory_bytes)", "{{instance}} {{part}}")],
+            [query(f"sum by (instance, part) ({sel('eligibility_store_memory_bytes')})", "{{instance}} {{part}}")],
             span=8,
         ),
         series_panel(
@@ -513,7 +612,7 @@ def overview() -> Dashboard:
             "duplicate or an event older than the item's latest; `deleted`, an event after the item's "
             "delete. Upstream delivers at least once, so a trickle is normal; a surge means a replay upstream.",
             "short",
-            [query("sum by (reason) (increase(eligibility_skips_total[5m]))", "{{reason}}")],
+            [query(f"sum by (reason) (increase({sel('eligibility_skips_total')}[5m]))", "{{reason}}")],
             span=8,
         ),
         series_panel(
@@ -522,7 +621,7 @@ def overview() -> Dashboard:
             "Held items (notice period running) released in the last 5 minutes: their author objected, "
             "was deleted or changed so the item is refused for another reason, and its stored copy is gone.",
             "short",
-            [query("sum by (instance) (increase(eligibility_released_items_total[5m]))", "{{instance}}")],
+            [query(f"sum by (instance) (increase({sel('eligibility_released_items_total')}[5m]))", "{{instance}}")],
             span=8,
         ),
         series_panel(
@@ -534,7 +633,24 @@ def overview() -> Dashboard:
             "than its content partition. Near 0 with one broker; with several it rises with the partitions "
             "whose leaders differ.",
             "short",
-            [query("sum by (instance) (increase(eligibility_gate_listings_total[5m]))", "{{instance}}")],
+            [query(f"sum by (instance) (increase({sel('eligibility_gate_listings_total')}[5m]))", "{{instance}}")],
+            span=8,
+        ),
+        series_panel(
+            ids,
+            "Process CPU",
+            "CPU seconds per second each worker process spends (1 = one core): the standard process_cpu_seconds_total.",
+            "short",
+            [query(f"rate({sel('process_cpu_seconds_total')}[{RATE}])", "{{instance}}")],
+            span=8,
+        ),
+        series_panel(
+            ids,
+            "Process memory",
+            "Resident memory of each worker process (process_resident_memory_bytes): the store budget above, "
+            "the fetched batches and Python's heap. Growing without bound: a leak to report.",
+            "bytes",
+            [query(sel("process_resident_memory_bytes"), "{{instance}}")],
             span=8,
         ),
     )
@@ -545,7 +661,7 @@ def overview() -> Dashboard:
             "Version of the filter and of the policy each worker runs. Two policy versions at once are "
             "expected only during a rolling deploy.",
             "none",
-            query("eligibility_build_info", "{{instance}}: {{version}}, policy {{policy_version}}", instant=True),
+            query(sel("eligibility_build_info"), "{{instance}}: {{version}}, policy {{policy_version}}", instant=True),
             span=24,
             height=3,
             text_mode=BigValueTextMode.NAME,
@@ -558,8 +674,8 @@ def overview() -> Dashboard:
 
 def compliance() -> Dashboard:
     ids = Ids()
-    within = 'eligibility_objection_propagation_seconds_bucket{le="0.25"}'
-    total = "eligibility_objection_propagation_seconds_count"
+    within = sel("eligibility_objection_propagation_seconds_bucket", 'le="0.25"')
+    total = sel("eligibility_objection_propagation_seconds_count")
 
     def slow_share(window: str) -> str:
         return f"(1 - sum(rate({within}[{window}])) / sum(rate({total}[{window}])))"
@@ -567,9 +683,11 @@ def compliance() -> Dashboard:
     d = base(
         "eligibility-compliance",
         "Eligibility filter: compliance",
-        "For privacy and compliance staff: are objections honoured within the objective, what was decided "
-        "and retracted, under which policy. Generated by dashboards/build.py.",
+        "For privacy and compliance staff: are objections honoured within the objective, does the independent "
+        "verifier find the feed compliant, what was decided and retracted, under which policy. "
+        "Generated by dashboards/build.py.",
         "now-24h",
+        verifier=True,
     )
     d = d.with_row(Row("Objections honoured").id(ids()))
     d = add(
@@ -597,7 +715,10 @@ def compliance() -> Dashboard:
             "Objection records consumed",
             "Records read from accounts.objections in the selected range (objections and withdrawals).",
             "short",
-            query('sum(increase(eligibility_input_records_total{input="objections"}[$__range]))', instant=True),
+            query(
+                f"sum(increase({sel('eligibility_input_records_total', ON_OBJECTIONS)}[$__range]))",
+                instant=True,
+            ),
             span=6,
         ),
         stat_panel(
@@ -606,7 +727,7 @@ def compliance() -> Dashboard:
             "Records on accounts.objections the filter has not read yet. Above 0 for long means objections "
             "wait: the SREs are paged by EligibilityLagGrowing / EligibilityNoProgress.",
             "short",
-            query('sum(eligibility_consumer_lag_records{input="objections"})', instant=True),
+            query(f"sum({sel('eligibility_consumer_lag_records', ON_OBJECTIONS)})", instant=True),
             steps=thresholds((None, "green"), (1, "orange"), (1000, "red")),
             span=6,
         ),
@@ -632,6 +753,61 @@ def compliance() -> Dashboard:
         ),
     )
 
+    d = d.with_row(Row("Independent verifier").id(ids()))
+    d = add(
+        d,
+        stat_panel(
+            ids,
+            "Verifier: violations",
+            "Feed items the verifier's own reading of the rule refuses, in its last run (python -m stream verify). "
+            "Above 0 pages at once: EligibilityVerifierViolations (docs/runbooks.md).",
+            "short",
+            query(f"sum({verifier_sel('eligibility_verifier_violations')})", instant=True),
+            steps=thresholds((None, "green"), (1, "red")),
+            span=6,
+        ),
+        stat_panel(
+            ids,
+            "Verifier: losses",
+            "Eligible items missing from the feed in the verifier's last run (excused ones, whose author changed "
+            "since, not counted). Above 0 for 10 minutes: EligibilityVerifierLosses.",
+            "short",
+            query(f"sum({verifier_sel('eligibility_verifier_losses')})", instant=True),
+            steps=thresholds((None, "green"), (1, "orange")),
+            span=6,
+        ),
+        stat_panel(
+            ids,
+            "Verifier: items checked",
+            "Live items on the compacted feed that the last run judged.",
+            "short",
+            query(f"sum({verifier_sel('eligibility_verifier_feed_items')})", instant=True),
+            span=6,
+        ),
+        stat_panel(
+            ids,
+            "Verifier: time since last run",
+            "Since the verifier's last successful run. Over 15 minutes (three default intervals): "
+            "EligibilityVerifierStale. No data: no verifier is scraped (EligibilityVerifierAbsent).",
+            "s",
+            query(f"time() - max({verifier_sel('eligibility_verifier_last_run_timestamp_seconds')} > 0)", instant=True),
+            steps=thresholds((None, "green"), (VERIFIER_STALE_S, "red")),
+            span=6,
+        ),
+        series_panel(
+            ids,
+            "Verifier findings",
+            "What each run found: violations by reason, losses, and excused items (missing because their author "
+            "objected, was deleted or changed after the upsert: rightly retracted). The report names content ids.",
+            "short",
+            [
+                query(f"sum by (reason) ({verifier_sel('eligibility_verifier_violations')})", "violation: {{reason}}"),
+                query(f"sum({verifier_sel('eligibility_verifier_losses')})", "losses", ref="B"),
+                query(f"sum({verifier_sel('eligibility_verifier_excused')})", "excused", ref="C"),
+            ],
+        ),
+    )
+
     d = d.with_row(Row("What was decided, in the selected range").id(ids()))
     d = add(
         d,
@@ -639,20 +815,32 @@ def compliance() -> Dashboard:
             ids,
             "Decisions by reason",
             "Upserts decided, by the rule's first applicable reason. Every decision is in eligibility.decisions.",
-            query("sum by (reason) (increase(eligibility_decisions_total[$__range]))", "{{reason}}", instant=True),
+            query(
+                f"sum by (reason) (increase({sel('eligibility_decisions_total')}[$__range]))",
+                "{{reason}}",
+                instant=True,
+            ),
         ),
         bars_panel(
             ids,
             "Retractions by cause",
             "Items withdrawn from the training feed (a tombstone and a retract record each).",
-            query("sum by (cause) (increase(eligibility_retractions_total[$__range]))", "{{cause}}", instant=True),
+            query(
+                f"sum by (cause) (increase({sel('eligibility_retractions_total')}[$__range]))",
+                "{{cause}}",
+                instant=True,
+            ),
         ),
         bars_panel(
             ids,
             "Dead letters by reason",
             "Input records that could not be decided. None is lost: each is on content.events.dlq with its "
             "original bytes, for replay.",
-            query("sum by (reason) (increase(eligibility_dead_letters_total[$__range]))", "{{reason}}", instant=True),
+            query(
+                f"sum by (reason) (increase({sel('eligibility_dead_letters_total')}[$__range]))",
+                "{{reason}}",
+                instant=True,
+            ),
         ),
     )
     return d.with_panel(
@@ -661,7 +849,7 @@ def compliance() -> Dashboard:
             "Policy in force",
             "Policy version each worker decides with; every feed record and decision carries it.",
             "none",
-            query("eligibility_build_info", "{{instance}}: policy {{policy_version}}", instant=True),
+            query(sel("eligibility_build_info"), "{{instance}}: policy {{policy_version}}", instant=True),
             span=24,
             height=3,
             text_mode=BigValueTextMode.NAME,

@@ -1,11 +1,14 @@
-"""Every dashboard query answers from a real Prometheus scraping a real worker under load.
+"""Every dashboard query answers from a real Prometheus scraping a real worker and verifier under load.
 
 A real worker process (`python -m stream worker`, uuid-named topics) decides a
-generated workload while a real Prometheus server (Debian's package binary, installed
-by scripts/install-prometheus.sh) scrapes it every second and evaluates
+generated workload, and a real verifier (`python -m stream verify`) checks the feed
+every few seconds, while a real Prometheus server (Debian's package binary, installed
+by scripts/install-prometheus.sh) scrapes both every second and evaluates
 deploy/prometheus/rules.yml. Then each PromQL expression of each panel of the
-committed dashboards, with Grafana's variables given fixed values, must return at
-least one series: a panel that would show "No data" fails, naming the panel.
+committed dashboards, with Grafana's variables given the values their own queries find
+(or All), must return at least one series: a panel that would show "No data" fails,
+naming the panel. The dashboards' job and instance variables must find the worker and
+the verifier.
 
 Locally a missing prometheus binary skips loudly; under CI=true it is a failure.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -38,14 +42,21 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 JOB = "eligibility-filter"  # the job name of deploy/prometheus/prometheus.yml, which the dashboards select on
+VERIFIER_JOB = "eligibility-verifier"
 
 # Grafana's built-in variables, as Grafana would fill them for a short time range at a
-# 1 s scrape interval. A query with any other `$` variable fails the test: give it a
+# 1 s scrape interval, and the dashboards' own as Grafana fills them with All selected
+# (a job's All is the alternation of the jobs its query finds; the namespace's and the
+# instance's is `.*`). A query with any other `$` variable fails the test: give it a
 # value here when a dashboard starts using one.
 GRAFANA_VARIABLES = {
     "$__rate_interval": "1m",
     "$__interval": "15s",
     "$__range": "5m",
+    "$namespace": ".*",
+    "$job": f"({JOB})",
+    "$instance": ".*",
+    "$verifier_job": f"({VERIFIER_JOB})",
 }
 COUNT = 3000
 
@@ -57,6 +68,13 @@ def _exprs() -> Iterator[tuple[str, str]]:
         for panel in panels:
             for target in panel.get("targets", []):
                 yield f"{path.name} / {panel['title']} / {target['refId']}", target["expr"]
+
+
+def _label_values(query: str) -> tuple[str, str]:
+    """Grafana's `label_values(series, label)` variable query as its series selector and label."""
+    match = re.fullmatch(r"label_values\((.+), (\w+)\)", query)
+    assert match, query
+    return match.group(1), match.group(2)
 
 
 def _substituted(expr: str) -> str:
@@ -131,16 +149,19 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
     )
     assert created.returncode == 0, created.stderr
 
-    worker_port, prometheus_port = _free_port(), _free_port()
-    while prometheus_port == worker_port:  # two probes may get the same ephemeral port back
-        prometheus_port = _free_port()
+    worker_port, prometheus_port, verifier_port = _free_port(), _free_port(), _free_port()
+    while len({worker_port, prometheus_port, verifier_port}) < 3:  # two probes may get the same port back
+        prometheus_port, verifier_port = _free_port(), _free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES)],
-                "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]}],
+                "scrape_configs": [
+                    {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
+                    {"job_name": VERIFIER_JOB, "static_configs": [{"targets": [f"127.0.0.1:{verifier_port}"]}]},
+                ],
             }
         )
     )
@@ -149,6 +170,22 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
         [sys.executable, "-m", "stream", "worker"],
         tmp_path / "worker.log",
         _env(settings, STREAM_WEB_PORT=str(worker_port)),
+    )
+    verifier = Process(
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "verify",
+            "--interval",
+            "2",
+            "--grace",
+            "0",
+            "--port",
+            str(verifier_port),
+        ],
+        tmp_path / "verifier.log",
+        _env(settings),
     )
     prometheus = Process(
         [
@@ -165,11 +202,13 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
                 worker.assert_running()
                 await asyncio.sleep(0.2)
 
-        async with asyncio.timeout(60):  # Prometheus up and scraping the worker
+        async with asyncio.timeout(60):  # Prometheus up and scraping the worker and the verifier
             while True:
                 prometheus.assert_running()
+                verifier.assert_running()
                 targets = await _api(base, "/api/v1/targets")
-                if targets and any(t["labels"]["job"] == JOB and t["health"] == "up" for t in targets["activeTargets"]):
+                up = {t["labels"]["job"] for t in (targets or {}).get("activeTargets", []) if t["health"] == "up"}
+                if {JOB, VERIFIER_JOB} <= up:
                     break
                 await asyncio.sleep(0.5)
 
@@ -207,10 +246,26 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
             f"  {panel}: {expr}  -> {answers.get(panel)}" for panel, expr in pending.items()
         )
 
+        # The variables' own queries (label_values(series{...}, label)) find the worker and the verifier.
+        for dashboard in DASHBOARDS:
+            for variable in json.loads(dashboard.read_text())["templating"]["list"]:
+                if variable["type"] != "query":
+                    continue
+                series, label = _label_values(_substituted(variable["query"]))
+                found = await _api(base, f"/api/v1/label/{label}/values", **{"match[]": series})
+                expected = {"job": JOB, "verifier_job": VERIFIER_JOB}.get(variable["name"])
+                if variable["name"] == "namespace":
+                    assert found == [], found  # no namespace label outside Kubernetes: All (.*) matches
+                elif expected is not None:
+                    assert found == [expected], (dashboard.name, variable["name"], found)
+                else:
+                    assert found == [f"127.0.0.1:{worker_port}"], (dashboard.name, variable["name"], found)
+
         groups = (await _api(base, "/api/v1/rules"))["groups"]
         assert {g["file"] for g in groups} == {str(RULES)}
         broken = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] == "err"]
         assert not broken, broken
     finally:
         prometheus.stop()
+        verifier.stop()
         worker.stop()

@@ -121,13 +121,60 @@ def test_dashboard_panel_ids_unique(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
-def test_dashboard_queries_the_provisioned_prometheus_datasource(path: Path) -> None:
+def test_dashboard_queries_the_datasource_variable_whose_default_is_the_provisioned_prometheus(path: Path) -> None:
     provisioned = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     uids = {d["uid"] for d in provisioned if d["type"] == "prometheus"}
-    for panel in _panels(_dashboard(path)):
+    dashboard = _dashboard(path)
+    (datasource,) = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"]
+    assert datasource["type"] == "datasource" and datasource["query"] == "prometheus"
+    assert datasource["current"]["value"] in uids
+    for panel in _panels(dashboard):
         refs = [panel.get("datasource")] + [t.get("datasource") for t in panel["targets"]]
         for ref in refs:
-            assert ref is not None and ref["type"] == "prometheus" and ref["uid"] in uids, (panel["title"], ref)
+            assert ref == {"type": "prometheus", "uid": "${datasource}"}, (panel["title"], ref)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_dashboard_has_namespace_job_and_instance_variables_from_the_datasource_variable(path: Path) -> None:
+    variables = {v["name"]: v for v in _dashboard(path)["templating"]["list"]}
+    assert {"datasource", "namespace", "job", "instance"} <= set(variables)
+    for name in ("namespace", "job", "instance"):
+        v = variables[name]
+        assert v["type"] == "query" and v["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, name
+        assert v["query"].startswith("label_values(eligibility_build_info") and v["includeAll"], name
+        assert v["current"]["value"] == "$__all", name
+    # All namespaces must match series without the label (a Prometheus outside Kubernetes); All jobs must
+    # not be `.*`, or `up` would count every job's targets as workers.
+    assert variables["namespace"]["allValue"] == ".*"
+    assert "allValue" not in variables["job"]
+
+
+def _unscoped(expr: str) -> list[str]:
+    """The series selectors of `expr` that do not carry the dashboard's scope variables."""
+    wrong = []
+    for name in metric_names_in(expr):
+        required = (
+            ('namespace=~"$namespace"', 'job=~"$verifier_job"')
+            if name.startswith("eligibility_verifier_")
+            else ('namespace=~"$namespace"', 'job=~"$job"', 'instance=~"$instance"')
+        )
+        for match in re.finditer(rf"(?<![\w:]){re.escape(name)}(\{{[^}}]*\}})?(?![\w:])", expr):
+            matchers = match.group(1) or ""
+            if not all(m in matchers for m in required):
+                wrong.append(match.group(0))
+    return wrong
+
+
+def test_unscoped_finds_a_selector_without_the_variables() -> None:
+    scoped = 'eligibility_ready{namespace=~"$namespace", job=~"$job", instance=~"$instance"}'
+    assert _unscoped(f"sum({scoped})") == []
+    assert _unscoped(f'sum({scoped}) / sum(eligibility_ready{{job=~"$job"}})') == ['eligibility_ready{job=~"$job"}']
+    assert _unscoped('time() - max(eligibility_verifier_losses{namespace=~"$namespace", job=~"$job"})') != []
+
+
+@pytest.mark.parametrize(("panel", "expr"), _exprs(), ids=[p for p, _ in _exprs()])
+def test_dashboard_query_selects_every_series_within_the_variables(panel: str, expr: str) -> None:
+    assert _unscoped(expr) == [], f"{panel}: selectors outside the namespace/job/instance variables"
 
 
 @pytest.mark.parametrize(("panel", "expr"), _exprs(), ids=[p for p, _ in _exprs()])
@@ -135,4 +182,4 @@ def test_dashboard_query_names_only_metrics_defined_in_stream_metrics(panel: str
     names = metric_names_in(expr)
     assert names, f"{panel}: no metric in {expr!r}"
     unknown = names - defined_metric_names() - SYNTHETIC
-    assert not unknown, f"{panel}: {sorted(unknown)} not defined by stream/runtime/metrics.py (Metrics.create)"
+    assert not unknown, f"{panel}: {sorted(unknown)} exported neither by the worker's nor the verifier's registry"
