@@ -349,6 +349,8 @@ make_scram_passwords() {
 }
 
 # The storage format's `--add-scram` arguments, one per line, for every SCRAM user.
+# The passwords pass on the Kafka tools' command lines (visible to `ps` while they run):
+# acceptable for this throwaway local broker, not a way to provision a real one.
 scram_format_args() {
   local user
   for user in "${SCRAM_USERS[@]}"; do
