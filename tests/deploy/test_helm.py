@@ -251,11 +251,17 @@ def test_chart_servicemonitors_select_a_rendered_service_port(helm: str) -> None
             )
 
 
-def test_chart_worker_job_is_the_job_the_rules_select(helm: str) -> None:
-    jobs = set(re.findall(r'job="([^"]+)"', RULES.read_text()))
-    sm = _one(rendered(helm, "strimzi-monitoring"), "ServiceMonitor", "-worker")
-    (relabel,) = sm["spec"]["endpoints"][0]["relabelings"]
-    assert jobs == {relabel["replacement"]}
+def test_chart_job_labels_are_the_jobs_the_rules_and_prometheus_config_select(helm: str) -> None:
+    objs = rendered(helm, "strimzi-monitoring")
+    jobs = {}
+    for component in ("worker", "verifier"):
+        (relabel,) = _one(objs, "ServiceMonitor", f"-{component}")["spec"]["endpoints"][0]["relabelings"]
+        jobs[component] = relabel["replacement"]
+    in_rules = set(re.findall(r'job="([^"]+)"', RULES.read_text()))
+    assert jobs["worker"] in in_rules and in_rules <= set(jobs.values())
+    # The compose stack's scrape jobs are the same names.
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    assert set(jobs.values()) <= {job["job_name"] for job in scrape}
 
 
 def test_chart_prometheusrule_groups_equal_deploy_rules(helm: str) -> None:
