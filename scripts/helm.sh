@@ -28,6 +28,8 @@ if [[ -x ${HELM} ]]; then
     exit 0
 fi
 
+# The Go toolchain's own install directory, where a shell's PATH may not reach.
+command -v go >/dev/null || PATH="${PATH}:/usr/local/go/bin"
 command -v go >/dev/null || { echo "helm.sh: need Go (the go command) to build helm ${HELM_VERSION}" >&2; exit 1; }
 
 mkdir -p "${BIN_DIR}"

@@ -447,6 +447,15 @@ def test_chart_pods_run_non_root_read_only_without_privileges(helm: str, name: s
                     assert mount["readOnly"] is True
 
 
+def test_chart_user_is_the_images_numeric_user() -> None:
+    user = re.search(r"^USER (\d+)(?::(\d+))?\s*$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert user is not None, "the Dockerfile's USER is not numeric: runAsNonRoot cannot check a name"
+    assert int(user.group(1)) == IMAGE_UID
+    assert user.group(2) is None or int(user.group(2)) == IMAGE_UID
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["podSecurityContext"]["runAsUser"] == values["podSecurityContext"]["runAsGroup"] == IMAGE_UID
+
+
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_chart_grace_period_exceeds_the_shutdown_timeout(helm: str, name: str) -> None:
     pod = _worker(rendered(helm, name))["spec"]["template"]["spec"]
