@@ -324,7 +324,7 @@ async def test_principals_are_refused_what_the_readme_does_not_grant(
         await consumer.stop()
 
 
-async def test_topics_create_and_generate_through_sasl_ssl(secure_broker: SecureBroker, tmp_path: Path) -> None:
+async def test_topics_generate_and_watch_through_sasl_ssl(secure_broker: SecureBroker, tmp_path: Path) -> None:
     settings = secure_broker.settings(unique_settings("unused", tmp_path), "admin")
     env = process_env(settings, **secure_broker.env("admin"))
     try:
@@ -335,6 +335,21 @@ async def test_topics_create_and_generate_through_sasl_ssl(secure_broker: Secure
         generated = cli(env, "generate", "--count", "50", "--accounts", "20", "--malformed-share", "0", "--no-progress")
         assert generated.returncode == 0, generated.stderr
         assert len(await read_until(settings, settings.topics.content, 50)) == 50
+        # watch prints its first count only once its consumer is connected.
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "stream", "watch", "--interval", "0.2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert watch.stdout is not None
+            first = await asyncio.wait_for(asyncio.to_thread(watch.stdout.readline), timeout=60)
+            assert "total=0" in first, f"watch printed {first!r}"
+        finally:
+            watch.kill()
+            watch.communicate()
     finally:
         await delete_topics(settings)
 
