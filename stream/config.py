@@ -17,6 +17,9 @@ from stream.errors import ConfigError
 
 # The development key is public knowledge: it only makes local demos and tests run.
 DEV_PSEUDONYM_KEY = b"development-only-pseudonym-key"
+# The shortest pseudonym key accepted outside development mode: 32 bytes, SHA-256's
+# output size (RFC 2104 recommends a key at least as long as the hash's output).
+MIN_PSEUDONYM_KEY_BYTES = 32
 
 # The worker's limits other than the fetch's (`Settings.max_batch`, STREAM_MAX_BATCH,
 # which also bounds the content top-up that fills a batch). Each bounds the work of one
@@ -189,6 +192,9 @@ class Settings:
     bootstrap_servers: str = "localhost:9092"
     data_dir: Path = Path("./data")
     pseudonym_key: bytes = field(default=DEV_PSEUDONYM_KEY, repr=False)
+    # The key before the last rotation (STREAM_PSEUDONYM_PREVIOUS_KEY_FILE): only the
+    # verifier reads it, to accept feed records made before the rotation (README).
+    previous_pseudonym_key: bytes | None = field(default=None, repr=False)
     policy_path: Path | None = None
     partitions: int = 4
     replication_factor: int = 1
@@ -220,6 +226,7 @@ class Settings:
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
             data_dir=Path(env.get("STREAM_DATA_DIR", "./data")),
             pseudonym_key=_pseudonym_key(env, dev_mode),
+            previous_pseudonym_key=_previous_pseudonym_key(env, dev_mode),
             policy_path=Path(env["STREAM_POLICY_PATH"]) if env.get("STREAM_POLICY_PATH") else None,
             partitions=_int(env, "STREAM_PARTITIONS", 4, minimum=1),
             replication_factor=_int(env, "STREAM_REPLICATION_FACTOR", 1, minimum=1),
@@ -238,6 +245,11 @@ class Settings:
             group_instance_id=_group_instance_id(env),
             log_format=_choice(env, "STREAM_LOG_FORMAT", LogFormat, LogFormat.TEXT),
         )
+
+    @property
+    def uses_dev_pseudonym_key(self) -> bool:
+        """Whether pseudonyms are made with the public development key (anyone can reverse them)."""
+        return self.pseudonym_key == DEV_PSEUDONYM_KEY
 
 
 def _flag(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
@@ -286,21 +298,45 @@ def _pseudonym_key(env: Mapping[str, str], dev_mode: bool) -> bytes:
     if key and path:
         raise ConfigError("set STREAM_PSEUDONYM_KEY or STREAM_PSEUDONYM_KEY_FILE, not both")
     if path:
-        try:
-            data = Path(path).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"STREAM_PSEUDONYM_KEY_FILE={path}: {exc.strerror}") from None
-        if not data:
-            raise ConfigError(f"STREAM_PSEUDONYM_KEY_FILE={path} is empty")
-        return data
+        return _key_file("STREAM_PSEUDONYM_KEY_FILE", path, dev_mode)
     if key:
-        return key.encode("utf-8")
+        return _long_enough("STREAM_PSEUDONYM_KEY", key.encode("utf-8"), dev_mode)
     if dev_mode:
         return DEV_PSEUDONYM_KEY
     raise ConfigError(
         "no pseudonym key: set STREAM_PSEUDONYM_KEY or STREAM_PSEUDONYM_KEY_FILE "
         "(or STREAM_DEV_MODE=1 for a local demo with a public development key)"
     )
+
+
+def _previous_pseudonym_key(env: Mapping[str, str], dev_mode: bool) -> bytes | None:
+    path = env.get("STREAM_PSEUDONYM_PREVIOUS_KEY_FILE")
+    return _key_file("STREAM_PSEUDONYM_PREVIOUS_KEY_FILE", path, dev_mode) if path else None
+
+
+def _key_file(name: str, path: str, dev_mode: bool) -> bytes:
+    """A key from a file, surrounding whitespace (a trailing newline) stripped."""
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}={path}: {exc.strerror}") from None
+    if not data:
+        raise ConfigError(f"{name}={path} is empty")
+    return _long_enough(f"{name}={path}", data, dev_mode)
+
+
+def _long_enough(name: str, key: bytes, dev_mode: bool) -> bytes:
+    """The key, unless it is shorter than MIN_PSEUDONYM_KEY_BYTES outside development mode.
+
+    A short key can be guessed, and with it every author's pseudonym on the feed
+    reversed by hashing the known account ids; the key's value is never in the message.
+    """
+    if len(key) < MIN_PSEUDONYM_KEY_BYTES and not dev_mode:
+        raise ConfigError(
+            f"{name}: the pseudonym key has {len(key)} bytes, fewer than {MIN_PSEUDONYM_KEY_BYTES}; "
+            f"use a random key of at least {MIN_PSEUDONYM_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+        )
+    return key
 
 
 def _choice(env: Mapping[str, str], name: str, enum: type[_E], default: _E) -> _E:

@@ -78,6 +78,9 @@ class Produce(NamedTuple):
     key: bytes | None
     value: bytes | None
     partition: int
+    # Kafka headers: a feed record names the key of its pseudonym (`records.key_id_headers`).
+    # A list, as aiokafka's record builder requires; shared between records, never changed.
+    headers: list[tuple[str, bytes]] | None = None
 
 
 class Isolated(NamedTuple):

@@ -23,6 +23,7 @@ from stream.core.records import (
     dead_letter_value,
     decide_value,
     feed_value,
+    key_id_headers,
     retract_value,
     retraction_value,
 )
@@ -77,9 +78,8 @@ class ItemDecider:
         )
         if decision.eligible:
             ov.set_published(event.author_id, event.content_id, encode_index(event))
-            result.produce.append(
-                Produce(OutputTopic.FEED, key, feed_value(event, decision, key=self._key, decided_at=now), ov.partition)
-            )
+            value = feed_value(event, decision, key=self._key, decided_at=now)
+            result.produce.append(Produce(OutputTopic.FEED, key, value, ov.partition, key_id_headers(self._key)))
             return
         if ov.is_published(event.author_id, event.content_id):
             cause = RETRACT_CAUSE_OF_REASON[decision.reason]

@@ -14,6 +14,7 @@ import base64
 import datetime as dt
 import functools
 import hashlib
+import hmac
 
 from stream.core.codec import dumps
 from stream.core.models import Action, ContentEvent, DeadLetterReason, Reason, RetractCause, SkipReason
@@ -34,6 +35,30 @@ def pseudonym(key: bytes, account_id: str) -> str:
     o = outer.copy()
     o.update(h.digest())
     return o.hexdigest()
+
+
+# The Kafka header on every feed record naming the key its `author_pseudonym` was made
+# with (`pseudonym_key_id`). A header, not a field: the contract fixes the feed value's
+# fields, and a header changes nothing a trainer parses. It lets a key be rotated: the
+# verifier checks each record against the key it names (README, "Rotating the pseudonym key").
+PSEUDONYM_KEY_ID_HEADER = "pseudonym_key_id"
+_KEY_ID_LABEL = b"eligibility-filter pseudonym key id"
+
+
+@functools.lru_cache(maxsize=4)
+def pseudonym_key_id(key: bytes) -> str:
+    """The key's id: 16 hex digits of HMAC-SHA256(key, a fixed label).
+
+    Derived from the key, so it cannot be mislabelled or forgotten at a rotation, and
+    tells nothing about the key (an HMAC under it, like every pseudonym).
+    """
+    return hmac.new(key, _KEY_ID_LABEL, hashlib.sha256).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def key_id_headers(key: bytes) -> list[tuple[str, bytes]]:
+    """The headers of a feed record made with `key`: its key id. One list per key, shared: never change it."""
+    return [(PSEUDONYM_KEY_ID_HEADER, pseudonym_key_id(key).encode("ascii"))]
 
 
 @functools.lru_cache(maxsize=4)

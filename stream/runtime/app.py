@@ -22,6 +22,7 @@ from stream.config import Settings
 from stream.connection import faust_credentials
 from stream.core.engine import Engine
 from stream.core.policy import load_policy
+from stream.core.records import pseudonym_key_id
 from stream.runtime.metrics import Metrics
 from stream.runtime.worker import FilterWorker
 
@@ -32,6 +33,7 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
     """The composition root: policy, metrics, engine and worker, hosted by a Faust app with its web pages."""
     policy = load_policy(settings.policy_path)
     metrics = Metrics.create(policy_version=policy.version)
+    _announce_pseudonym_key(settings, metrics)
     engine = Engine(
         policy, settings.pseudonym_key, settings.topics, item_memory=dt.timedelta(days=settings.item_memory_days)
     )
@@ -81,6 +83,18 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
 
     _add_pages(app, worker, metrics)
     return app, worker
+
+
+def _announce_pseudonym_key(settings: Settings, metrics: Metrics) -> None:
+    """Log the pseudonym key's id; with the public development key, a loud warning and the gauge at 1."""
+    log.info("pseudonym key id %s", pseudonym_key_id(settings.pseudonym_key))
+    if settings.uses_dev_pseudonym_key:
+        log.warning(
+            "PSEUDONYMS ARE NOT PRIVATE: the public development key is in use (STREAM_DEV_MODE=1, no key set); "
+            "anyone can reverse the feed's author_pseudonym. Never run this on real data: set "
+            "STREAM_PSEUDONYM_KEY_FILE"
+        )
+        metrics.dev_pseudonym_key.set(1)
 
 
 def _add_pages(app: faust.App, worker: FilterWorker, metrics: Metrics) -> None:

@@ -102,6 +102,7 @@ class _Health(TypedDict):
     gate_listings: Counter
     batch_replays: Counter
     stuck: Gauge
+    dev_pseudonym_key: Gauge
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class Metrics:
     released: Counter
     batch_replays: Counter
     stuck: Gauge
+    dev_pseudonym_key: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None, *, policy_version: str = "") -> Metrics:
@@ -323,6 +325,11 @@ def _health(r: CollectorRegistry) -> _Health:
         stuck=Gauge(
             "eligibility_worker_stuck",
             "1 while the same batch has failed STUCK_AFTER_FAILURES times in a row (the worker is then not ready)",
+            registry=r,
+        ),
+        dev_pseudonym_key=Gauge(
+            "eligibility_dev_pseudonym_key",
+            "1 when pseudonyms are made with the public development key (STREAM_DEV_MODE=1 and no key set)",
             registry=r,
         ),
     )

@@ -80,10 +80,11 @@ class OutputSender:
             batch = open_batches.get((topic, partition))
             if batch is None:
                 batch = open_batches[topic, partition] = producer.create_batch()
-            if batch.append(key=p.key, value=p.value, timestamp=None) is None:  # full: send it, start another
+            # None: the batch is full; send it and start another.
+            if batch.append(key=p.key, value=p.value, timestamp=None, headers=p.headers) is None:
                 await send(topic, partition, batch)
                 batch = open_batches[topic, partition] = producer.create_batch()
-                if batch.append(key=p.key, value=p.value, timestamp=None) is None:
+                if batch.append(key=p.key, value=p.value, timestamp=None, headers=p.headers) is None:
                     raise DeliveryError(f"a record for {topic} is larger than a whole producer batch")
         for (topic, partition), batch in open_batches.items():
             await send(topic, partition, batch)

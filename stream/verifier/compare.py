@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,6 +27,7 @@ from stream.verifier.rule import (
     PSEUDONYM,
     VIOLATION_REASONS,
     Policy,
+    PseudonymKeys,
     Reason,
     is_pseudonym_of,
     judge,
@@ -51,6 +51,7 @@ class Problem(StrEnum):
     FIELDS = "fields"  # not exactly the contract's field set
     PSEUDONYM_FORMAT = "pseudonym_format"  # not 64 lower-case hex digits
     PSEUDONYM_MISMATCH = "pseudonym_mismatch"  # not HMAC-SHA256(key, author of the content)
+    PSEUDONYM_KEY_UNKNOWN = "pseudonym_key_unknown"  # its key id header names neither configured key
     RAW_ACCOUNT_ID = "raw_account_id"  # a field value equals a known account id
     JURISDICTION = "jurisdiction"  # not an enabled jurisdiction
 
@@ -202,6 +203,8 @@ def compare(
     *,
     pseudonym_key: bytes,
     now: dt.datetime,
+    previous_pseudonym_key: bytes | None = None,
+    key_ids: Mapping[bytes, str] | None = None,
     grace_seconds: float = 0.0,
     content_truncated: bool = False,
     examples: int = DEFAULT_EXAMPLES,
@@ -215,6 +218,10 @@ def compare(
     content id with a tombstone still in the feed's log, and that tombstone's broker
     time), it also checks that each retraction of the feed has its record and each
     record its retraction (`RetractionProblem`).
+
+    `key_ids` maps a feed record's key to its `pseudonym_key_id` header: its pseudonym
+    is checked against the key that id names, `pseudonym_key` or, after a rotation,
+    `previous_pseudonym_key`; a record without one against either.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
@@ -222,7 +229,8 @@ def compare(
     report = Report(
         now, policy.version, grace_seconds, state.counts, content_truncated, feed_items=len(feed), held_items=len(held)
     )
-    comparison = _Comparison(state, policy, pseudonym_key, report, examples)
+    keys = PseudonymKeys(pseudonym_key, previous_pseudonym_key)
+    comparison = _Comparison(state, policy, keys, key_ids if key_ids is not None else {}, report, examples)
     for key, value in feed.items():
         comparison.feed_item(key, value)
     for key, value in held.items():
@@ -236,10 +244,19 @@ def compare(
 class _Comparison:
     """One run of `compare`: what it reads, and the report it fills in."""
 
-    def __init__(self, state: State, policy: Policy, pseudonym_key: bytes, report: Report, examples: int) -> None:
+    def __init__(
+        self,
+        state: State,
+        policy: Policy,
+        keys: PseudonymKeys,
+        key_ids: Mapping[bytes, str],
+        report: Report,
+        examples: int,
+    ) -> None:
         self.state = state
         self.policy = policy
-        self.key = pseudonym_key
+        self.keys = keys
+        self.key_ids = key_ids
         self.report = report
         self.examples = examples
         self.now = report.checked_at
@@ -264,10 +281,13 @@ class _Comparison:
         content_id = _content_id_of_key(key)
         fields = json_object(value)
         claimed = fields.get("author_pseudonym") if fields is not None else None
-        author, item = self.state.item_on_feed(content_id, claimed, self.key)
+        keys = self.keys.named(self.key_ids.get(key))
+        if not keys:
+            report.minimisation[Problem.PSEUDONYM_KEY_UNKNOWN].add(content_id, examples)
+        author, item = self.state.item_on_feed(content_id, claimed, keys)
         content = item.latest if item is not None else None
         author_id = content.author_id if content is not None else None
-        for problem in _minimisation_problems(fields, author_id, self.account_ids, self.policy, self.key):
+        for problem in _minimisation_problems(fields, author_id, self.account_ids, self.policy, keys):
             report.minimisation[problem].add(content_id, examples)
         if content is None:
             if not report.content_truncated:
@@ -276,7 +296,7 @@ class _Comparison:
                 item is not None
                 and item.unreadable_at is not None
                 and author is not None
-                and is_pseudonym_of(claimed, author, self.key)
+                and is_pseudonym_of(claimed, author, keys)
             ):
                 self.flag(Reason.UNREADABLE_UPDATE, content_id, item.unreadable_at)
             else:
@@ -348,7 +368,9 @@ class _Comparison:
         """A feed item whose content events aged out: judge what its record and the author's state still tell."""
         if self._by_pseudonym is None:
             accounts = self.state.accounts
-            self._by_pseudonym = {pseudonym(self.key, a): a for a, acc in accounts.items() if acc.profile}
+            self._by_pseudonym = {
+                pseudonym(k, a): a for k in self.keys.all for a, acc in accounts.items() if acc.profile
+            }
         account_id = self._by_pseudonym.get(_text(fields.get("author_pseudonym")))
         account = self.state.accounts.get(account_id) if account_id is not None else None
         try:
@@ -440,7 +462,7 @@ def _minimisation_problems(
     author_id: str | None,
     account_ids: set[str],
     policy: Policy,
-    pseudonym_key: bytes,
+    keys: Sequence[bytes],
 ) -> Iterable[Problem]:
     if item is None:
         yield Problem.NOT_JSON
@@ -451,7 +473,7 @@ def _minimisation_problems(
     value = item.get("author_pseudonym")
     if type(value) is not str or PSEUDONYM.fullmatch(value) is None:
         yield Problem.PSEUDONYM_FORMAT
-    elif author_id is not None and not hmac.compare_digest(value, pseudonym(pseudonym_key, author_id)):
+    elif author_id is not None and keys and not is_pseudonym_of(value, author_id, keys):
         yield Problem.PSEUDONYM_MISMATCH
     # `text` is the author's own words: a comment that happens to equal some account
     # id is not a leak by the filter, and flagging it would page someone for nothing.

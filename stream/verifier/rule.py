@@ -8,11 +8,12 @@ the policy file.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -168,14 +169,49 @@ def pseudonym(key: bytes, account_id: str) -> str:
     return hmac.new(key, account_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def is_pseudonym_of(claimed: object, account_id: str, key: bytes) -> bool:
+def is_pseudonym_of(claimed: object, account_id: str, keys: Sequence[bytes]) -> bool:
     # compare_digest refuses non-ASCII strings: check the shape first.
-    """Whether `claimed` is the account's pseudonym (any JSON value is accepted and compared safely)."""
+    """Whether `claimed` is the account's pseudonym under one of `keys` (any JSON value is compared safely)."""
     return (
         type(claimed) is str
         and PSEUDONYM.fullmatch(claimed) is not None
-        and hmac.compare_digest(claimed, pseudonym(key, account_id))
+        and any(hmac.compare_digest(claimed, pseudonym(key, account_id)) for key in keys)
     )
+
+
+# The Kafka header on a feed record naming the key its pseudonym was made with, and how
+# the filter derives a key's id: the first 16 hex digits of HMAC-SHA256(key, the label).
+KEY_ID_HEADER: Final = "pseudonym_key_id"
+_KEY_ID_LABEL: Final = b"eligibility-filter pseudonym key id"
+
+
+@functools.lru_cache(maxsize=8)
+def key_id(key: bytes) -> str:
+    """The id the filter gives `key` (its feed records' `pseudonym_key_id` header)."""
+    return hmac.new(key, _KEY_ID_LABEL, hashlib.sha256).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class PseudonymKeys:
+    """The pseudonym key in use and, after a rotation, the one before it (STREAM_PSEUDONYM_PREVIOUS_KEY_FILE)."""
+
+    current: bytes
+    previous: bytes | None = None
+
+    @property
+    def all(self) -> tuple[bytes, ...]:
+        """Every key a feed record may have been made with."""
+        return (self.current,) if self.previous is None else (self.current, self.previous)
+
+    def named(self, key_id_header: str | None) -> tuple[bytes, ...]:
+        """The keys a feed record may have been made with, given its key id header.
+
+        The one key the id names (none if the verifier does not know it); a record
+        without the header (written before the filter named its key) either key.
+        """
+        if key_id_header is None:
+            return self.all
+        return tuple(k for k in self.all if key_id(k) == key_id_header)
 
 
 def notice_end_of(account: Account | None, policy: Policy) -> dt.datetime | None:

@@ -6,6 +6,7 @@ Fed in offset order by the shell (`verify`); pure otherwise.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -117,7 +118,7 @@ class State:
         if known is None or known.partition == partition or known.at <= at:
             self.contents[content_id] = content
 
-    def item_on_feed(self, content_id: str, claimed: object, key: bytes) -> tuple[str | None, Item | None]:
+    def item_on_feed(self, content_id: str, claimed: object, keys: Sequence[bytes]) -> tuple[str | None, Item | None]:
         """The `(author, item)` a feed record of `content_id` stands for; `claimed` is its `author_pseudonym`.
 
         With one author of the id, that one; with several, the one whose pseudonym the
@@ -128,7 +129,7 @@ class State:
             return None, None
         if len(candidates) > 1:
             for author_id, item in candidates.items():
-                if is_pseudonym_of(claimed, author_id, key):
+                if is_pseudonym_of(claimed, author_id, keys):
                     return author_id, item
             current = self.contents.get(content_id)
             if current is not None:

@@ -131,7 +131,7 @@ async def test_worker_process_gets_ready_decides_generated_load_and_drains_on_si
     assert _cli(settings, "topics", "create").returncode == 0
     port = free_port()
     key_file = tmp_path / "key"
-    key_file.write_text("a-secret-key\n")
+    key_file.write_text("a-secret-key-of-at-least-32-bytes\n")
     env = _env(settings, STREAM_WEB_PORT=str(port), STREAM_DEV_MODE="0", STREAM_PSEUDONYM_KEY_FILE=str(key_file))
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ import pytest
 from stream.config import Settings
 from stream.core.engine import BatchResult, OutputTopic, Produce
 from stream.core.partitioning import partition_for
+from stream.core.records import key_id_headers, pseudonym_key_id
 from stream.errors import DeliveryError
 from stream.runtime.sender import OutputSender
 
@@ -20,13 +21,17 @@ T = Settings().topics
 class _Batch:
     def __init__(self, capacity: int) -> None:
         self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.headers: list[list[tuple[str, bytes]] | None] = []
         self.capacity = capacity
         self.closed = False
 
-    def append(self, *, key: bytes | None, value: bytes | None, timestamp: None) -> object | None:
+    def append(
+        self, *, key: bytes | None, value: bytes | None, timestamp: None, headers: list[tuple[str, bytes]] | None
+    ) -> object | None:
         if len(self.records) >= self.capacity:
             return None
         self.records.append((key, value))
+        self.headers.append(headers)
         return object()
 
     def close(self) -> None:
@@ -77,6 +82,18 @@ async def test_send_changelog_records_keep_their_partition_and_others_go_by_key(
         (T.published, 6 % 4, 1),
         (T.feed, partition_for(b"c-1", 4), 1),
     ]
+
+
+async def test_send_record_headers_reach_the_batch_feed_records_name_their_pseudonym_key() -> None:
+    producer = _Producer(partitions=1)
+    named = key_id_headers(b"k" * 32)
+    await OutputSender(producer, T).send(
+        [Produce(OutputTopic.FEED, b"c-1", b"v", 0, named), Produce(OutputTopic.DECISIONS, b"c-1", b"d", 0)]
+    )
+
+    headers = {topic: batch.headers for topic, _, batch in producer.sent}
+    assert headers == {T.feed: [named], T.decisions: [None]}
+    assert named == [("pseudonym_key_id", pseudonym_key_id(b"k" * 32).encode())]
 
 
 async def test_send_full_batch_goes_out_and_another_starts() -> None:
