@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from stream import logs
 from stream.config import LogFormat, Settings
@@ -30,7 +31,7 @@ MMAP_THRESHOLD_BYTES = 128 << 10
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one operator command; its exit status (2 for a StreamError, 130 when interrupted)."""
+    """Run one operator command; its exit status (2 for a StreamError or a Kafka failure, 130 when interrupted)."""
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -42,6 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(settings, args)
     except StreamError as exc:
         _error_line(str(exc), settings.log_format is LogFormat.JSON)
+        return 2
+    except KafkaError as exc:
+        # Unreachable, or refused: TLS (a wrong CA, a name the certificate does not
+        # carry), SASL credentials or an ACL. aiokafka logs a TLS or SASL cause on the
+        # line before; this line names the broker and the protocol tried.
+        _error_line(
+            f"Kafka at {settings.bootstrap_servers} ({settings.kafka_security.protocol}): {exc}",
+            settings.log_format is LogFormat.JSON,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -366,13 +366,26 @@ def test_wrong_ca_fails_with_certificate_error(secure_broker: SecureBroker, tmp_
     )
     env = process_env(unique_settings("unused", tmp_path), **secure_broker.env("admin", ca_file=other_ca))
     result = cli(env, "topics", "check")
-    assert result.returncode != 0
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "certificate verify failed" in result.stderr
+    assert f"error: Kafka at localhost:{SASL_SSL_PORT} (SASL_SSL)" in result.stderr
 
 
 def test_hostname_mismatch_fails_with_certificate_error(secure_broker: SecureBroker, tmp_path: Path) -> None:
     env = process_env(unique_settings("unused", tmp_path), **secure_broker.env("admin"))
     env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{SASL_SSL_PORT}"  # the certificate names localhost only
     result = cli(env, "topics", "check")
-    assert result.returncode != 0
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "certificate verify failed" in result.stderr and "mismatch" in result.stderr
+    assert f"error: Kafka at 127.0.0.1:{SASL_SSL_PORT} (SASL_SSL)" in result.stderr
+
+
+def test_wrong_password_fails_with_sasl_authentication_error(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    env = process_env(unique_settings("unused", tmp_path), **secure_broker.env("admin"))
+    env["KAFKA_SASL_PASSWORD_FILE"] = str(wrong)
+    result = cli(env, "topics", "check")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "SaslAuthenticationFailed" in result.stderr and "invalid credentials" in result.stderr
+    assert "not-the-password" not in result.stderr
