@@ -213,7 +213,8 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
         accounts=args.accounts,
         seed=args.seed,
         malformed_share=args.malformed_share,
-        progress=not args.no_progress,
+        # The progress bars write to stderr, which holds only JSON lines under STREAM_LOG_FORMAT=json.
+        progress=not args.no_progress and settings.log_format is LogFormat.TEXT,
     )
     print(stats)
     return 0

@@ -123,3 +123,14 @@ def test_logs_json_cli_errors_are_json_lines(bootstrap: str, tmp_path: Path) -> 
     assert bad.returncode == 2
     (line,) = _json_lines(bad.stderr)
     assert line["level"] == "ERROR" and "STREAM_PARTITIONS" in line["message"]
+
+
+def test_logs_json_generate_writes_json_lines_and_no_progress_bars(bootstrap: str, tmp_path: Path) -> None:
+    settings = unique_settings(bootstrap, tmp_path / "data")
+    assert _cli(settings, "topics", "create").returncode == 0
+
+    generated = _cli(settings, "generate", "--count", "50", "--accounts", "20")  # progress bars not turned off
+
+    assert generated.returncode == 0, generated.stderr
+    lines = _json_lines(generated.stderr)
+    assert any("generator: done" in line["message"] for line in lines)
