@@ -50,6 +50,7 @@ from stream.runtime.health import Health, Replays
 from stream.runtime.intake import Intake
 from stream.runtime.interrupt import GiveUp, Interruption
 from stream.runtime.leaders import leader_lookup
+from stream.runtime.membership import InstanceIdConflict, MembershipWatch, membership
 from stream.runtime.metrics import Metrics
 from stream.runtime.offsets import ContentCommits, InputPositions
 from stream.runtime.partitions import HeldPartitions
@@ -164,7 +165,14 @@ class FilterWorker:
         parts = self._parts
         if parts is None:
             raise RuntimeError("FilterWorker.run() before start()")
+        # Static membership: another process under our instance id ends this worker (membership.py).
+        watch = MembershipWatch(self.settings.group_id, self.settings.group_instance_id)
         while not self._interruption.stopping:
+            try:
+                watch.check(membership(parts.consumer))
+            except InstanceIdConflict as conflict:
+                log.critical("%s", conflict)
+                raise
             try:
                 await self._poll_once(parts)
                 self._replays.succeeded()

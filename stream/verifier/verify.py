@@ -27,7 +27,7 @@ from stream.errors import StreamError
 from stream.verifier.compare import DEFAULT_EXAMPLES, Report, RetractionRecord, compare
 from stream.verifier.errors import VerifyError
 from stream.verifier.report import VerifierMetrics, render, to_json
-from stream.verifier.rule import Reason, read_policy
+from stream.verifier.rule import KEY_ID_HEADER, Reason, read_policy
 from stream.verifier.state import State
 
 # What scripts, tests and the CLI import from here: the shell's entry points and the report.
@@ -83,6 +83,8 @@ async def verify(
         read.feed,
         policy,
         pseudonym_key=settings.pseudonym_key,
+        previous_pseudonym_key=settings.previous_pseudonym_key,
+        key_ids=read.key_ids,
         now=now,
         grace_seconds=grace_seconds,
         content_truncated=read.truncated,
@@ -104,6 +106,8 @@ class _Read:
     # Each content id with a tombstone still in the feed's log: the latest one's broker time.
     tombstones: dict[bytes, dt.datetime] = field(default_factory=dict)
     retractions: list[RetractionRecord] = field(default_factory=list)
+    # Each live feed record's `pseudonym_key_id` header, by content id (key rotation).
+    key_ids: dict[bytes, str] = field(default_factory=dict)
 
 
 async def _read(settings: Settings) -> _Read:
@@ -133,8 +137,8 @@ async def _read(settings: Settings) -> _Read:
         # retractions' ends after the feed's: a tombstone read has its record read too,
         # unless the two were in flight at that instant (the grace covers that).
         ends = dict(await consumer.end_offsets(partitions[topics.feed] + partitions[topics.deferred]))
-        inputs = partitions[topics.content] + partitions[topics.profiles] + partitions[topics.objections]
         ends.update(await consumer.end_offsets(partitions[topics.retractions]))
+        inputs = partitions[topics.content] + partitions[topics.profiles] + partitions[topics.objections]
         ends.update(await consumer.end_offsets(inputs))
         starts = await consumer.beginning_offsets(partitions[topics.content])
         truncated = any(offset > 0 for offset in starts.values())
@@ -150,13 +154,15 @@ async def _read(settings: Settings) -> _Read:
                         continue  # a compacted topic refuses keyless records; nothing to judge
                     if r.value is None:
                         live.pop(r.key, None)
-                    else:
                         if tp.topic == topics.feed:
                             read.tombstones[r.key] = broker_time(r.timestamp)
+                    else:
                         live[r.key] = r.value
-            elif tp.topic == topics.content:
+                    if tp.topic == topics.feed:
+                        _note_key_id(read.key_ids, r.key, r.value, r.headers)
             elif tp.topic == topics.retractions:
                 read.retractions.extend((r.key, r.value, broker_time(r.timestamp)) for r in records)
+            elif tp.topic == topics.content:
                 for r in records:
                     state.apply_content(r.key, r.value, broker_time(r.timestamp), tp.partition)
             elif tp.topic == topics.profiles:
@@ -168,6 +174,15 @@ async def _read(settings: Settings) -> _Read:
     finally:
         await consumer.stop()
     return read
+
+
+def _note_key_id(key_ids: dict[bytes, str], key: bytes, value: bytes | None, headers: Any) -> None:
+    """Remember the key id header of a live feed record (the last one, if repeated); forget it on a tombstone."""
+    named = [v for k, v in headers or () if k == KEY_ID_HEADER and isinstance(v, bytes)] if value is not None else []
+    if named:
+        key_ids[key] = named[-1].decode("utf-8", "replace")
+    else:
+        key_ids.pop(key, None)
 
 
 async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:

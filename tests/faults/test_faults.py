@@ -150,6 +150,11 @@ async def verified(settings: Settings, scenario: str, checked: str, events: int,
         }
     )
     assert (report.violation_count, report.losses.count, report.minimisation_count) == (0, 0, 0), render(report)
+    # Every retraction of the feed is on training.retractions (and back), whatever the fault.
+    assert report.retraction_problem_count == 0, render(report)
+    tombstoned = {r.key for r in feed if r.value is None}
+    recorded = {r.key for r in await read_all(settings, settings.topics.retractions)}
+    assert tombstoned <= recorded, f"{len(tombstoned - recorded)} feed tombstones without a retraction record"
     assert report.expected_eligible > 0
 
 
@@ -165,11 +170,6 @@ async def test_fault_kill_9_while_deciding_restart_loses_and_leaks_nothing(
     await make_topics(settings)
     setup, stream = split(workload(seed=when), 5000)
     async with workers() as running:
-    # Every retraction of the feed is on training.retractions (and back), whatever the fault.
-    assert report.retraction_problem_count == 0, render(report)
-    tombstoned = {r.key for r in feed if r.value is None}
-    recorded = {r.key for r in await read_all(settings, settings.topics.retractions)}
-    assert tombstoned <= recorded, f"{len(tombstoned - recorded)} feed tombstones without a retraction record"
         running.append(a := start_worker(settings, "a"))
         await a.ready()
         load = asyncio.create_task(send_workload(settings, setup, stream))
@@ -482,6 +482,29 @@ async def test_fault_kill_9_of_static_member_replacement_ready_within_10_s_loses
             content_count(stream),
             f"{recovery:.1f} s",
         )
+
+
+async def test_fault_two_processes_under_one_instance_id_both_exit_non_zero_naming_it(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path / "a", partitions=4)
+    await make_topics(settings)
+    async with workers() as running:
+        running.append(a := start_worker(settings, "a", STREAM_GROUP_INSTANCE_ID="worker-0"))
+        await a.ready()
+        # A second process under the same id (a misconfiguration): each would take the
+        # membership from the other in turn; instead each stops at its next rejoin.
+        running.append(
+            b := start_worker(replace(settings, data_dir=tmp_path / "b"), "b", STREAM_GROUP_INSTANCE_ID="worker-0")
+        )
+        for w in (a, b):
+            async with asyncio.timeout(90):
+                while w.proc.poll() is None:
+                    await asyncio.sleep(0.2)  # polling the process's own state
+            log = w.log.read_text()
+            assert w.proc.returncode != 0, log[-3000:]
+            assert "STREAM_GROUP_INSTANCE_ID='worker-0'" in log, log[-3000:]
+            assert "two processes must never share an instance id" in log
 
 
 async def _split_evenly(a: Worker, b: Worker) -> bool:
