@@ -11,6 +11,8 @@ Every command configures the root logger with `configure`. The worker's Faust ho
 same configuration as a `logging.config.dictConfig` dictionary for it, so Faust's,
 mode's and aiokafka's lines come out in the same format. In JSON mode uncaught
 exceptions and Python's warnings are logged too, instead of going to stderr as text.
+In both formats, and at any level, aiokafka's connection logger stays at INFO or above:
+at DEBUG it writes out the records of every request and response.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 from stream.config import LogFormat
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Loggers held at INFO or above whatever the level asked for: aiokafka.conn's DEBUG
+# lines carry whole requests and responses, the records in them included (payloads,
+# account ids, birth dates), which the logs must never hold.
+PAYLOAD_LOGGERS: Final = ("aiokafka.conn",)
 
 # The keys of a JSON line, in this order; `exception` and `stack` only when present.
 _RENAMED: Final = {"levelname": "level", "name": "logger", "exc_info": "exception", "stack_info": "stack"}
@@ -62,6 +69,7 @@ def faust_logging_config(level: str, fmt: LogFormat) -> dict[str, Any] | None:
         "formatters": {"json": {"()": JsonLineFormatter}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "json"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"level": _at_least_info(level)} for name in PAYLOAD_LOGGERS},
     }
 
 
@@ -70,10 +78,18 @@ def configure(level: str, fmt: LogFormat) -> None:
     config = faust_logging_config(level, fmt)
     if config is None:
         logging.basicConfig(level=level.upper(), format=TEXT_FORMAT, force=True)
+        # mode's own (text) set-up in the worker leaves these levels as they are.
+        for name in PAYLOAD_LOGGERS:
+            logging.getLogger(name).setLevel(_at_least_info(level))
         return
     logging.config.dictConfig(config)
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
+
+
+def _at_least_info(level: str) -> str:
+    """`level`, raised to INFO when it is DEBUG."""
+    return "INFO" if level.upper() == "DEBUG" else level.upper()
 
 
 def json_error_line(message: str) -> str:

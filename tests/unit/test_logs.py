@@ -117,3 +117,22 @@ def test_logs_json_error_line_is_one_json_error() -> None:
     line = orjson.loads(logs.json_error_line("STREAM_PARTITIONS='x': expected an integer"))
     assert line["level"] == "ERROR" and line["logger"] == "stream"
     assert line["message"] == "STREAM_PARTITIONS='x': expected an integer"
+
+
+@pytest.mark.parametrize("fmt", list(LogFormat))
+def test_logs_aiokafka_connection_logger_stays_at_info_at_debug_level(root_restored: None, fmt: LogFormat) -> None:
+    conn = logging.getLogger("aiokafka.conn")
+    level = conn.level
+    try:
+        logs.configure("debug", fmt)
+        assert logging.getLogger().isEnabledFor(logging.DEBUG)
+        assert not conn.isEnabledFor(logging.DEBUG)  # its debug lines carry whole records
+        assert conn.isEnabledFor(logging.INFO)
+    finally:
+        conn.setLevel(level)
+
+
+def test_logs_faust_config_holds_the_payload_loggers_at_info() -> None:
+    config = logs.faust_logging_config("debug", LogFormat.JSON)
+    assert config is not None
+    assert config["loggers"] == {"aiokafka.conn": {"level": "INFO"}}
