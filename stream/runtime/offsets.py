@@ -1,5 +1,5 @@
-"""Offsets: the content offsets committed to the group (paced, in order), the changelogs' next offsets a
-batch may record, and repositioning the inputs to what is durably done.
+"""Offsets: the content offsets (and, for display, the state positions) committed to the group, paced and in
+order; the changelogs' next offsets a batch may record; repositioning the inputs to what is durably done.
 
 The content offsets the group holds are what a restart resumes from. The state
 topics' and changelogs' next offsets live in each partition store (written with the
