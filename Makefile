@@ -80,8 +80,23 @@ prometheus: ## install prometheus and promtool (Debian's package) if missing
 dashboards: install ## regenerate dashboards/*.json from dashboards/build.py
 	$(PY) dashboards/build.py
 
+# The image's lock files (Dockerfile): the runtime dependencies of pyproject.toml and
+# everything they pull in, and the build backend of build-system.requires, each pinned
+# with the hashes of its files on PyPI. Resolved for the image (CPython 3.11, linux
+# x86_64, wheels only) whatever machine runs this; uv keeps the versions already locked
+# unless LOCK_ARGS=--upgrade. tests/unit/test_lockfile.py fails when the locks and
+# pyproject.toml disagree.
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --only-binary :all:
+LOCK_ARGS ?=
+lock: install ## regenerate requirements.lock and requirements-build.lock (the image's pins, with hashes) from pyproject.toml
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes $(LOCK_TARGET) $(LOCK_ARGS) \
+		--custom-compile-command "make lock" --quiet -o requirements.lock
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(VENV)/bin/uv pip compile - --generate-hashes $(LOCK_TARGET) $(LOCK_ARGS) \
+		--custom-compile-command "make lock" --quiet -o requirements-build.lock
+
 clean: ## remove the virtualenv, local state and the broker's data
 	-scripts/kafka.sh reset
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install broker broker-stop run test check faults chaos bench prometheus dashboards clean
+.PHONY: help install broker broker-stop run test check faults chaos bench prometheus dashboards lock clean

@@ -1,14 +1,21 @@
-"""docker-compose.yml agrees with the code and the files it mounts, without running Docker.
+"""docker-compose.yml agrees with the code, the image and the files it mounts, without running Docker.
 
-Checked: every bind-mounted path exists; every `python -m stream ...` command is one
-the CLI accepts (read from its own --help); the worker's port is the code's default
-STREAM_WEB_PORT; Prometheus scrapes that worker on that port with the rules it is
-given; Grafana's data source points at the Prometheus service and its dashboard
-provider at the directory where the generated dashboards are mounted.
+No container engine runs where these tests run: the file is read as YAML and its
+promises are asserted one by one. Checked: every bind-mounted path exists; the
+filter's services run the Dockerfile's image, whose ENTRYPOINT is `python -m stream`,
+and each one's command (or the image's CMD) is one the CLI accepts (read from its own
+--help); every one of them has a restart policy and runs under an init; the worker's
+port is the code's default STREAM_WEB_PORT, its state is a named volume at the image's
+/data (so it takes the image user's ownership), its grace period covers the drain,
+and its healthcheck asks /ready (run here against a stand-in server); the verifier
+runs continuously and Prometheus scrapes it and the worker on their ports with the
+rules it is given; Grafana's data source points at the Prometheus service and its
+dashboard provider at the directory where the generated dashboards are mounted.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -18,12 +25,17 @@ from typing import Any
 
 import pytest
 import yaml
+from dockerfile_parse import DockerfileParser
 
 from stream.config import Settings
+from stream.verifier.verify import DEFAULT_PORT as VERIFIER_PORT
+from tests.unit.probe import http_server, retarget, run_check
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 STREAM = ["python", "-m", "stream"]
+# Commands that serve HTTP: the worker's /metrics, /healthz and /ready, the verifier's /metrics.
+WEB_COMMANDS = {"worker", "verify"}
 
 
 @cache
@@ -59,12 +71,38 @@ def _container_ports(service: dict[str, Any]) -> list[int]:
     return [int(str(p).split(":")[-1].split("/")[0]) for p in service.get("ports", [])]
 
 
+@cache
+def _image() -> dict[str, list[str]]:
+    """The Dockerfile's ENTRYPOINT, CMD and VOLUME (exec forms)."""
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"), env_replace=False)
+    return {
+        i["instruction"]: json.loads(i["value"])
+        for i in parser.structure
+        if i["instruction"] in ("ENTRYPOINT", "CMD", "VOLUME")
+    }
+
+
+def _built() -> dict[str, dict[str, Any]]:
+    """The services that run the Dockerfile's image: the filter's own."""
+    return {name: s for name, s in _services().items() if s.get("build") in (".", "./")}
+
+
 def _stream_commands() -> list[tuple[str, list[str]]]:
-    return [
-        (name, s["command"][len(STREAM) :])
-        for name, s in _services().items()
-        if s.get("command", [])[: len(STREAM)] == STREAM
-    ]
+    """(service, arguments of `python -m stream`) for each service built from the Dockerfile."""
+    assert _image()["ENTRYPOINT"] == STREAM
+    return [(name, s.get("command", _image()["CMD"])) for name, s in _built().items()]
+
+
+def _subcommand(args: list[str]) -> str:
+    return next(a for a in args if not a.startswith("-"))
+
+
+def _duration(value: str) -> float:
+    """Seconds of a compose duration such as `1m30s` or `60s`."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, f"not a duration: {value}"
+    return sum(float(n) * units[u] for n, u in parts)
 
 
 @cache
@@ -131,7 +169,15 @@ def test_compose_every_named_volume_is_declared() -> None:
 
 
 def test_compose_stream_services_exist() -> None:
-    assert {"topics", "worker", "generator"} <= {name for name, _ in _stream_commands()}
+    assert {"topics", "worker", "generator", "verifier"} <= {name for name, _ in _stream_commands()}
+
+
+def test_compose_stream_services_run_one_image_with_its_entrypoint() -> None:
+    images = {s.get("image") for s in _built().values()}
+    assert len(images) == 1 and None not in images, f"one image, built once and tagged: {images}"
+    for name, service in _built().items():
+        assert "entrypoint" not in service, f"{name}: the image's ENTRYPOINT runs `python -m stream`"
+        assert service.get("command", [])[: len(STREAM)] != STREAM, f"{name}: command repeats the entrypoint"
 
 
 @pytest.mark.parametrize(("service", "args"), _stream_commands(), ids=[n for n, _ in _stream_commands()])
@@ -154,6 +200,97 @@ def test_compose_cli_check_rejects_what_argparse_would() -> None:
     with pytest.raises(AssertionError):
         _check_args(["--bogus"], options, positionals)
     _check_args(["--count", "3", "--no-progress"], options, positionals)
+
+
+def test_compose_stream_services_have_a_restart_policy() -> None:
+    waited_for = set()
+    for service in _services().values():
+        depends_on = service.get("depends_on") or {}
+        if isinstance(depends_on, dict):  # a list form waits for nothing but the start
+            waited_for |= {d for d, c in depends_on.items() if c.get("condition") == "service_completed_successfully"}
+    for name, service in _built().items():
+        assert "restart" in service, f"{name}: no restart policy"
+        if name in waited_for:
+            # A one-shot step: the services after it start when it has exited 0.
+            assert service["restart"] == "no", name
+        else:
+            assert re.fullmatch(r"unless-stopped|always|on-failure(:\d+)?", service["restart"]), name
+
+
+def test_compose_stream_services_run_under_an_init() -> None:
+    # Python as PID 1 ignores SIGTERM unless it handles it (generate and verify do not).
+    for name, service in _built().items():
+        assert service.get("init") is True, name
+
+
+def test_compose_services_without_a_web_server_disable_the_image_healthcheck() -> None:
+    for name, args in _stream_commands():
+        healthcheck = _built()[name].get("healthcheck", {})
+        if _subcommand(args) not in WEB_COMMANDS:
+            assert healthcheck.get("disable") is True, f"{name}: the image's /healthz check would call it unhealthy"
+
+
+def test_compose_worker_healthcheck_asks_ready() -> None:
+    worker = _services()["worker"]
+    healthcheck = worker["healthcheck"]
+    assert healthcheck["test"][0] == "CMD"
+    command = healthcheck["test"][1:]
+    assert "/ready" in command[-1]
+    assert _duration(healthcheck["timeout"]) < _duration(healthcheck["interval"])
+    for status, healthy in ((200, True), (503, False)):
+        with http_server({"/ready": status}) as (port, asked):
+            assert (run_check(command, {"STREAM_WEB_PORT": str(port)}) == 0) is healthy
+            assert asked == ["/ready"]
+
+
+def test_compose_worker_state_is_a_named_volume_at_the_image_data_dir() -> None:
+    worker = _services()["worker"]
+    (data_dir,) = _image()["VOLUME"]
+    assert worker["environment"]["STREAM_DATA_DIR"] == data_dir
+    (volume,) = worker["volumes"]
+    source, target, *mode = volume.split(":")
+    assert target == data_dir
+    # A named volume, created from the image's directory (and its owner); a bind mount keeps the host's.
+    assert not source.startswith((".", "/")), "a bind mount is owned by the host's user, not the image's"
+    assert "nocopy" not in mode
+
+
+def test_compose_worker_grace_period_exceeds_the_shutdown_timeout() -> None:
+    worker = _services()["worker"]
+    settings = Settings.from_env({name: str(value) for name, value in worker["environment"].items()})
+    assert _duration(worker["stop_grace_period"]) > settings.shutdown_timeout
+
+
+def _verifier() -> tuple[dict[str, Any], list[str], int]:
+    """The verifier service, its arguments and the port of its /metrics."""
+    (name, args), *others = [(n, a) for n, a in _stream_commands() if _subcommand(a) == "verify"]
+    assert not others, "one verifier"
+    port = int(args[args.index("--port") + 1]) if "--port" in args else VERIFIER_PORT
+    return _services()[name], args, port
+
+
+def test_compose_verifier_runs_continuously_with_a_healthcheck() -> None:
+    service, args, port = _verifier()
+    assert "--once" not in args, "without --once the verifier checks every --interval and serves its gauges"
+    assert _container_ports(service) == [port]
+    command = service["healthcheck"]["test"][1:]
+    with http_server({"/metrics": 200}) as (stand_in, asked):
+        assert run_check(retarget(command, port, stand_in), {}) == 0
+        assert asked == ["/metrics"]
+    with http_server({}) as (stand_in, _):
+        assert run_check(retarget(command, port, stand_in), {}) != 0
+
+
+def test_compose_prometheus_scrapes_the_verifier_service_on_its_port() -> None:
+    _, _, port = _verifier()
+    config, _ = _prometheus_config()
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    job = jobs["eligibility-verifier"]
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    (name,) = [n for n, a in _stream_commands() if _subcommand(a) == "verify"]
+    assert targets == [f"{name}:{port}"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert name in _services()["prometheus"]["depends_on"]
 
 
 def test_compose_worker_port_is_the_code_default() -> None:
