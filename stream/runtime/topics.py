@@ -22,9 +22,9 @@ from stream.errors import TopicLayoutError
 log = logging.getLogger(__name__)
 
 _DAY_MS = 24 * 3600 * 1000
-
 # How long `training.retractions` keeps a record: 3 years, like the audit log.
 RETRACTIONS_RETENTION_DAYS = 3 * 365
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -64,7 +64,6 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # owner still skips a duplicate or late event (entries are tombstoned once
         # content.events no longer retains the events they guard against).
         TopicSpec(t.items, {"cleanup.policy": "compact", "delete.retention.ms": str(_DAY_MS)}),
-    ]
         # For trainers: every retraction, kept as long as the audit log, so a trainer
         # holding a dataset built long ago still learns what left it (the feed's
         # tombstones are gone after 7 days). Delete policy: each record stays, none
@@ -72,6 +71,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             t.retractions, {"cleanup.policy": "delete", "retention.ms": str(RETRACTIONS_RETENTION_DAYS * _DAY_MS)}
         ),
+    ]
 
 
 async def create_topics(settings: Settings) -> dict[str, str]:
