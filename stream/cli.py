@@ -1,4 +1,4 @@
-"""Operator commands: `python -m stream worker | topics create|check | generate | verify | watch`.
+"""Operator commands: `python -m stream worker | topics | generate | verify | watch | export | retractions`.
 
 Each command reads the settings once, turns a StreamError into one clear line on
 stderr and exit status 2, and never re-implements the rule.
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one operator command; its exit status (2 for a StreamError or a Kafka failure, 130 when interrupted)."""
     args = _parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = _trainer_settings() if args.command in TRAINER_COMMANDS else Settings.from_env()
     except StreamError as exc:
         _error_line(str(exc), os.environ.get("STREAM_LOG_FORMAT", "").strip().lower() == LogFormat.JSON)
         return 2
@@ -93,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--grace", type=float, default=None, help="seconds a difference may be pending [0 once, 60]")
     verify.add_argument("--examples", type=int, default=10, help="content ids listed per category [10]")
 
+    export = sub.add_parser("export", help="a snapshot of the training feed as Parquet, with its manifest")
+    export.add_argument("--out", required=True, help="directory to write feed.parquet and manifest.json to")
+    bar = export.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true", default=None, help="show the progress bar [on a terminal]")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show it")
+
+    retractions = sub.add_parser("retractions", help="the content ids retracted since an export's manifest")
+    retractions.add_argument("--since", required=True, help="the export's manifest.json")
+    retractions.add_argument("--json", action="store_true", help="one JSON object: ids, causes, offsets")
+
     watch = sub.add_parser("watch", help="live counts of decisions by reason, read from the audit log")
     watch.add_argument("--interval", type=float, default=2.0)
     watch.add_argument("--from-beginning", action="store_true")
@@ -124,6 +134,62 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         )
     if args.command == "watch":
         return asyncio.run(_watch(settings, args.interval, args.from_beginning))
+    if args.command == "export":
+        return _export(settings, args.out, args.progress)
+    if args.command == "retractions":
+        return _retractions(settings, args.since, args.json)
+    return 0
+
+
+# The trainers' commands read only the brokers, the security settings and the topic
+# names (stream.feed.reader_settings): a trainer has no pseudonym key.
+TRAINER_COMMANDS = frozenset({"export", "retractions"})
+
+
+def _trainer_settings() -> Settings:
+    from stream.feed import reader_settings
+
+    return reader_settings()
+
+
+def _export(settings: Settings, out: str, progress: bool | None) -> int:
+    """`export --out DIR`: DIR/feed.parquet and DIR/manifest.json; a summary line on stdout."""
+    from pathlib import Path
+
+    from stream.feed.export import export
+
+    manifest = export(Path(out), settings, progress=progress)
+    print(
+        f"exported {manifest.items} items to {out} (policy versions {', '.join(manifest.policy_versions) or '-'}, "
+        f"{manifest.content_hash})",
+        flush=True,
+    )
+    return 0
+
+
+def _retractions(settings: Settings, since: str, as_json: bool) -> int:
+    """`retractions --since DIR/manifest.json`: the ids to delete from that dataset, one a line (or JSON)."""
+    from pathlib import Path
+
+    from stream.feed import Manifest, ManifestError, retracted_since
+
+    try:
+        manifest = Manifest.from_json(Path(since).read_bytes())
+    except OSError as exc:
+        raise ManifestError(f"cannot read {since}: {exc.strerror}") from None
+    retracted = retracted_since(manifest, settings)
+    if as_json:
+        body = {
+            "since": manifest.taken_at,
+            "content_ids": sorted(retracted.content_ids),
+            "causes": dict(sorted(retracted.causes.items())),
+            "offsets": {str(p): o for p, o in sorted(retracted.offsets.items())},
+        }
+        sys.stdout.buffer.write(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+        sys.stdout.flush()
+        return 0
+    for content_id in sorted(retracted.content_ids):
+        print(content_id if content_id.isprintable() else ascii(content_id))
     return 0
 
 
