@@ -17,7 +17,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-trixie
 
 # The package's own wheel, built with the locked build backend.
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 COPY requirements-build.lock ./
 RUN pip install --require-hashes --no-deps --only-binary :all: -r requirements-build.lock
@@ -26,7 +26,7 @@ COPY stream ./stream
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
 
 FROM ${PYTHON_IMAGE}
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 # /data is created and owned before VOLUME: a named volume mounted there for the first
 # time takes this ownership (Docker copies the image's directory into an empty volume),
 # and changes to the directory after VOLUME would be discarded.
