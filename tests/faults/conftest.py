@@ -50,6 +50,13 @@ and source event already on the feed: at-least-once replays after a crash. They
 are harmless on the compacted feed (the same item again) and are reported, not
 failed. *Recovery* is the time from the restarted (or remaining) worker's start
 to its `/ready`, or to the end of the drain for SIGTERM.
+
+*Static membership.* The rows naming `STREAM_GROUP_INSTANCE_ID` run the workers
+with an instance id. Their kill -9 row is the same fault as the kill -9 rows
+above, whose replacement joins without one and waits for the dead member's session
+(30 s) before it gets the partitions; under the same id it takes them over at once.
+The restart row also asserts that the other worker kept its partitions, its
+rebalance count and its `/ready` throughout.
 <!-- faults:end -->"""
     path = ROOT / "docs" / "reliability.md"
     text = path.read_text()
