@@ -12,16 +12,26 @@ it deals each topic on its own.)
 
 This module owns the assignment plan: it deals out partition NUMBERS, and a member
 holding number p holds p of every topic it subscribes to. The numbers are spread
-evenly (counts differ by at most one), over the members sorted by id, so every
+evenly (counts differ by at most one), over the members in a stable order, so every
 leader computes the same plan; members beyond the count of numbers hold nothing.
 It knows nothing of the worker, the engine or the topics' roles, and keeps no state
 between rebalances (no stickiness: a worker rebuilds a partition's state it lacks
 from the changelogs, see `worker.py`).
+
+Static members (STREAM_GROUP_INSTANCE_ID): a restarted member that rejoins within
+its session gets its stored assignment back from the broker with no rebalance; the
+assignor does not even run (the broker answers a rejoining static leader as a
+follower, JoinGroup before v9, so it watches no metadata until the next rebalance).
+When a rebalance does run, the order of the members is the broker's name for each
+without its random suffix (`<instance id>-<uuid>`: the instance id), then the whole
+id: the same instance ids get the same numbers at every rebalance, however often
+their processes restarted (`tests/unit/test_assignor.py`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
 
@@ -29,6 +39,10 @@ from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 
 log = logging.getLogger(__name__)
+
+# The random part the broker appends to a member's name (a static member's instance
+# id, a dynamic member's client id) to make its member id: "-" and a UUID.
+_BROKER_SUFFIX = re.compile(r"-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # member id -> topic -> partitions, each list sorted.
 Plan = dict[str, dict[str, list[int]]]
@@ -51,7 +65,7 @@ def assign_partition_numbers(
     not assigned). Every partition of every subscribed, known topic is assigned to
     exactly one of its subscribers. Number p goes whole to one member that subscribes
     to every topic having a partition p, the one holding the fewest numbers so far
-    (ties: the first by member id), so with the same subscription everywhere, as in
+    (ties: the first in the stable order above), so with the same subscription everywhere, as in
     this project, the counts of numbers differ by at most one.
 
     Topics of differing partition counts: the numbers are their union, and a number
@@ -60,7 +74,7 @@ def assign_partition_numbers(
     subscribes to all its topics, even if that leaves the others idle; only when no
     member does is it split, each topic's p to the least loaded of its subscribers.
     """
-    members = sorted(subscriptions)
+    members = sorted(subscriptions, key=lambda m: (_BROKER_SUFFIX.sub("", m), m))
     rank = {member: i for i, member in enumerate(members)}
     subscribed = {member: frozenset(subscriptions[member]) for member in members}
     topics_of: dict[int, list[str]] = {}

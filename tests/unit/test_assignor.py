@@ -218,3 +218,17 @@ def test_assignor_metadata_carries_the_subscription_and_the_protocol_name() -> N
     metadata = CoPartitionedAssignor.metadata(["b", "a"])
     assert (metadata.version, metadata.subscription, metadata.user_data) == (0, ["a", "b"], b"")
     assert CoPartitionedAssignor.name == "copartitioned"
+
+
+@given(st.lists(st.uuids(), min_size=3, max_size=3))
+def test_assign_static_members_keep_their_numbers_whatever_ids_the_broker_gives_them(ids: list[object]) -> None:
+    # The broker names a static member `<instance id>-<uuid>`, a new uuid at every join:
+    # the members sort by instance id, so a full rebalance deals each the same numbers.
+    # One name a prefix of another: ordered by member id alone, the uuid would decide.
+    instances = ("eligibility-filter-0", "eligibility-filter-0-b", "eligibility-filter-1")
+    members = {f"{instance}-{uuid}": instance for instance, uuid in zip(instances, ids, strict=True)}
+    assert all(len(m) == len(i) + 37 for m, i in members.items())  # the broker's form: "-" and a UUID
+    plan = assign_partition_numbers(dict.fromkeys(members, INPUTS), dict.fromkeys(INPUTS, range(4)))
+
+    by_instance = {members[m]: numbers_of(plan, m) for m in plan}
+    assert by_instance == {instances[0]: {0, 3}, instances[1]: {1}, instances[2]: {2}}
