@@ -843,7 +843,7 @@ def compliance() -> Dashboard:
             ),
         ),
     )
-    return d.with_panel(
+    d = d.with_panel(
         stat_panel(
             ids,
             "Policy in force",
@@ -854,6 +854,45 @@ def compliance() -> Dashboard:
             height=3,
             text_mode=BigValueTextMode.NAME,
         )
+    )
+    return trainers(d, ids)
+
+
+def trainers(d: Dashboard, ids: Ids) -> Dashboard:
+    """The compliance view's last row: do the trainers apply the retractions (training.retractions) in time?"""
+    d = d.with_row(Row("Do trainers unlearn in time?").id(ids()))
+    oldest = verifier_sel("eligibility_trainer_oldest_unacknowledged_retraction_seconds")
+    return add(
+        d,
+        series_panel(
+            ids,
+            "Trainers: oldest unapplied retraction",
+            "Per trainer consumer group (STREAM_TRAINER_GROUPS), the age of the oldest retraction on "
+            "training.retractions it has not acknowledged (0: none), against the deadline STREAM_TRAINER_ACK_HOURS. "
+            "Above it for 10 minutes: EligibilityTrainerRetractionsUnapplied (docs/runbooks.md).",
+            "s",
+            [
+                query(f"max by (group) ({oldest})", "{{group}}"),
+                query(
+                    f"max({verifier_sel('eligibility_trainer_acknowledgement_deadline_seconds')})",
+                    "deadline",
+                    ref="B",
+                ),
+            ],
+        ),
+        series_panel(
+            ids,
+            "Trainers: unapplied retractions",
+            "Per trainer consumer group, the retractions on training.retractions past its committed offset: "
+            "items it may still train on although they left the feed (docs/trainers.md).",
+            "short",
+            [
+                query(
+                    f"max by (group) ({verifier_sel('eligibility_trainer_unacknowledged_retractions')})",
+                    "{{group}}",
+                )
+            ],
+        ),
     )
 
 

@@ -216,6 +216,11 @@ class Settings:
     # session timeout gets its partitions back without a rebalance of the others.
     group_instance_id: str | None = None
     log_format: LogFormat = LogFormat.TEXT
+    # Trainers' consumer groups on training.retractions (STREAM_TRAINER_GROUPS): the
+    # verifier exports how many retractions each has not acknowledged, and how old the
+    # oldest is; STREAM_TRAINER_ACK_HOURS is how long a trainer may take to apply one.
+    trainer_groups: tuple[str, ...] = ()
+    trainer_ack_hours: int = 24
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -244,6 +249,8 @@ class Settings:
             kafka_security=KafkaSecurity.from_env(env),
             group_instance_id=_group_instance_id(env),
             log_format=_choice(env, "STREAM_LOG_FORMAT", LogFormat, LogFormat.TEXT),
+            trainer_groups=_trainer_groups(env),
+            trainer_ack_hours=_int(env, "STREAM_TRAINER_ACK_HOURS", 24, minimum=1),
         )
 
     @property
@@ -274,6 +281,17 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
     if value < minimum:
         raise ConfigError(f"{name}={value} is below its minimum {minimum}")
     return value
+
+
+def _trainer_groups(env: Mapping[str, str]) -> tuple[str, ...]:
+    """STREAM_TRAINER_GROUPS: comma-separated consumer group ids, each at most once."""
+    raw = env.get("STREAM_TRAINER_GROUPS", "")
+    groups = tuple(g.strip() for g in raw.split(",")) if raw.strip() else ()
+    if any(not g for g in groups):
+        raise ConfigError(f"STREAM_TRAINER_GROUPS={raw!r}: an empty group name (a stray comma?)")
+    if len(set(groups)) != len(groups):
+        raise ConfigError(f"STREAM_TRAINER_GROUPS={raw!r}: a group named twice")
+    return groups
 
 
 def _compression(env: Mapping[str, str]) -> str | None:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCol
 
 from stream.verifier.compare import Problem, Report, RetractionProblem, Tally
 from stream.verifier.rule import VIOLATION_REASONS
+from stream.verifier.trainers import TrainerMetrics
 
 UTC: Final = dt.UTC
 
@@ -127,10 +128,16 @@ class VerifierMetrics:
     feed_items: Gauge
     expected_eligible: Gauge
     last_run: Gauge
+    trainers: TrainerMetrics
 
     @classmethod
-    def create(cls, registry: CollectorRegistry | None = None) -> VerifierMetrics:
-        """The gauges in `registry` (a new one by default), every label value initialised at zero."""
+    def create(
+        cls, registry: CollectorRegistry | None = None, *, trainer_groups: tuple[str, ...] = (), ack_hours: int = 24
+    ) -> VerifierMetrics:
+        """The gauges in `registry` (a new one by default), every label value initialised at zero.
+
+        `trainer_groups` and `ack_hours` are STREAM_TRAINER_GROUPS and STREAM_TRAINER_ACK_HOURS.
+        """
         r = registry if registry is not None else CollectorRegistry()
         m = cls(
             registry=r,
@@ -170,6 +177,7 @@ class VerifierMetrics:
                 "When the last successful run judged the feed (alert when it falls behind)",
                 registry=r,
             ),
+            trainers=TrainerMetrics(r, trainer_groups, ack_hours),
         )
         for reason in VIOLATION_REASONS:
             m.violations.labels(reason=reason.value)

@@ -29,6 +29,7 @@ from stream.verifier.errors import VerifyError
 from stream.verifier.report import VerifierMetrics, render, to_json
 from stream.verifier.rule import KEY_ID_HEADER, Reason, read_policy
 from stream.verifier.state import State
+from stream.verifier.trainers import trainer_lags
 
 # What scripts, tests and the CLI import from here: the shell's entry points and the report.
 __all__ = ["Reason", "Report", "VerifyError", "broker_time", "main_verify", "render", "to_json", "verify"]
@@ -271,7 +272,7 @@ def main_verify(
         return report.exit_status
 
     grace = DEFAULT_CONTINUOUS_GRACE_SECONDS if grace_seconds is None else grace_seconds
-    metrics = VerifierMetrics.create()
+    metrics = VerifierMetrics.create(trainer_groups=settings.trainer_groups, ack_hours=settings.trainer_ack_hours)
     server, _ = start_http_server(port, registry=metrics.registry)
     log.info("verify: metrics on port %d, a run every %.0fs, grace %.0fs", port, interval, grace)
     try:
@@ -295,6 +296,11 @@ def _run_continuously(
     status = 0
     while not stop.is_set():
         started = time.monotonic()
+        if settings.trainer_groups:
+            try:
+                metrics.trainers.update(asyncio.run(trainer_lags(settings, dt.datetime.now(UTC))))
+            except (StreamError, KafkaError, OSError, TimeoutError) as exc:
+                log.warning("verify: trainer acknowledgements not read, retrying in %.0fs: %s", interval, exc)
         try:
             report = asyncio.run(verify(settings, grace_seconds=grace, examples=examples))
         except (StreamError, KafkaError, OSError, TimeoutError) as exc:

@@ -155,7 +155,8 @@ def _unscoped(expr: str) -> list[str]:
     for name in metric_names_in(expr):
         required = (
             ('namespace=~"$namespace"', 'job=~"$verifier_job"')
-            if name.startswith("eligibility_verifier_")
+            # The verifier's series: its own, and the trainers' acknowledgements it reads.
+            if name.startswith(("eligibility_verifier_", "eligibility_trainer_"))
             else ('namespace=~"$namespace"', 'job=~"$job"', 'instance=~"$instance"')
         )
         for match in re.finditer(rf"(?<![\w:]){re.escape(name)}(\{{[^}}]*\}})?(?![\w:])", expr):
