@@ -24,8 +24,9 @@ This module owns the loop, the clients' settings, and the wiring of its parts, e
 in a module of its own: `intake` (a fetch sorted into a batch), `recovery`, `gate`
 (the freshness gate), `cycle` (decide and perform in the crash-safe order, with
 `sender`, `writer` and `offsets`), `deferrals` (the timer), `gauges`, `rebalance`
-(the listener), `partitions` (the held stores), `health` (readiness, replays) and
-`interrupt` (giving a batch up).
+(the listener), `partitions` (the held stores), `health` (readiness, replays),
+`interrupt` (giving a batch up) and `membership` (another process under this
+worker's static instance id stops it).
 """
 
 from __future__ import annotations
