@@ -16,6 +16,7 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -311,8 +312,11 @@ def _scrape(port: int) -> str:
 
 
 async def test_verify_continuous_mode_serves_gauges_until_stopped(bootstrap: str, tmp_path: Path) -> None:
-    settings = unique_settings(bootstrap, tmp_path)
+    # A trainer group that never acknowledged the one retraction on training.retractions.
+    settings = replace(unique_settings(bootstrap, tmp_path), trainer_groups=("trainer-silent",))
     await make_topics(settings)
+    retraction = {"content_id": "c-0", "retracted_at": "2026-11-28T09:15:00Z", "cause": "objection"}
+    await send(settings, settings.topics.retractions, [(b"c-0", js({**retraction, "policy_version": "v"}))])
     await send_at(settings, settings.topics.profiles, [profile("a-adult")], HOUR_AGO_MS)
     await send(settings, settings.topics.content, [upsert("c-1", "a-adult")])  # never published: a loss
     port = _free_port()
@@ -331,4 +335,6 @@ async def test_verify_continuous_mode_serves_gauges_until_stopped(bootstrap: str
     assert status == 1
     assert 'eligibility_verifier_violations{reason="objected"} 0.0' in text
     assert "eligibility_verifier_last_run_timestamp_seconds" in text
+    assert 'eligibility_trainer_unacknowledged_retractions{group="trainer-silent"} 1.0' in text
+    assert "eligibility_trainer_acknowledgement_deadline_seconds 86400.0" in text
     assert orjson.loads(json_path.read_bytes())["losses"]["examples"] == ["c-1"]
