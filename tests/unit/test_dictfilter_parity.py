@@ -189,7 +189,8 @@ class _Perturbed:
         r = rng.random()
         if r < 0.03 and data.get("op") == "upsert":
             # The same event_time, another event id: applies, in arrival order.
-            again = dict(data, event_id=f"{data['event_id']}-again")
+            # A malformed upsert may lack its event_id; its copy then gets "None-again".
+            again = dict(data, event_id=f"{data.get('event_id')}-again")
             if rng.random() < 0.5:
                 again["visibility"] = "private"
             self._schedule((content, key, orjson.dumps(again)), within=5)
@@ -198,7 +199,7 @@ class _Perturbed:
             self.later.append((at, (content, key, self._unreadable(data))))
             if data.get("op") == "upsert" and rng.random() < 0.5:
                 # Then readable again: a replayed unreadable record must not undo this one.
-                fixed = dict(data, event_id=f"{data['event_id']}-fixed")
+                fixed = dict(data, event_id=f"{data.get('event_id')}-fixed")
                 self.later.append((at + rng.randint(0, 3), (content, key, orjson.dumps(fixed))))
         elif r < 0.065:
             yield from self._hostile(key, data)
