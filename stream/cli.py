@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -39,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error_line(str(exc), os.environ.get("STREAM_LOG_FORMAT", "").strip().lower() == LogFormat.JSON)
         return 2
     logs.configure(args.log_level, settings.log_format)
+    if args.command != "worker":
+        # The worker stops on SIGTERM through Faust's own handler. The other commands
+        # would ignore it as a container's PID 1 (no default action there), and a pod
+        # would wait out its grace period: SIGTERM ends them like Ctrl-C.
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return _run(settings, args)
     except StreamError as exc:
@@ -53,8 +59,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.log_format is LogFormat.JSON,
         )
         return 2
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the command unwinds like an interrupt and exits 143."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _error_line(message: str, as_json: bool) -> None:

@@ -161,3 +161,33 @@ async def test_worker_process_gets_ready_decides_generated_load_and_drains_on_si
         if worker.poll() is None:
             worker.kill()
         log.close()
+
+
+@pytest.mark.parametrize("command", ["verify", "watch"])
+async def test_long_running_commands_stop_on_sigterm_with_143(bootstrap: str, tmp_path: Path, command: str) -> None:
+    # As a container's PID 1 a process without a SIGTERM handler ignores SIGTERM and a
+    # pod waits out its grace period; the commands end on it like on Ctrl-C.
+    settings = unique_settings(bootstrap, tmp_path)
+    assert _cli(settings, "topics", "create").returncode == 0
+    port = free_port()
+    args = ["verify", "--interval", "600", "--port", str(port)] if command == "verify" else ["watch"]
+    out = (tmp_path / f"{command}.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stream", *args], env=_env(settings), stdout=out, stderr=subprocess.STDOUT
+    )
+    try:
+        async with asyncio.timeout(60):
+            if command == "verify":  # up once its metrics answer
+                while (await http_get(f"http://127.0.0.1:{port}/metrics"))[0] != 200:
+                    assert process.poll() is None, (tmp_path / f"{command}.log").read_text()[-3000:]
+                    await asyncio.sleep(0.2)
+            else:  # up once its first count is printed
+                while not (tmp_path / f"{command}.log").read_text().strip():
+                    assert process.poll() is None
+                    await asyncio.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+        out.close()
