@@ -10,10 +10,13 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The runtime dependencies come from the image's lock file (hash-checked, the same
+# versions the image runs); the package and its dev tools on top.
+$(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --require-hashes --no-deps --only-binary :all: -r requirements.lock
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
