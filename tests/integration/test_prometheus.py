@@ -185,7 +185,8 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
             str(verifier_port),
         ],
         tmp_path / "verifier.log",
-        _env(settings),
+        # A trainer group, so the compliance dashboard's trainer panels have series.
+        _env(settings, STREAM_TRAINER_GROUPS="trainer-a"),
     )
     prometheus = Process(
         [
