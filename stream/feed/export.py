@@ -67,19 +67,22 @@ def export(
     if (out / MANIFEST_FILE).exists() or (out / DATA_FILE).exists():
         raise FeedError(f"{out} already holds an export ({DATA_FILE}, {MANIFEST_FILE}); choose another directory")
     snap = snapshot(settings)
-    total = snap.prepare()
     schema = _schema()
     partial = out / f".{DATA_FILE}.partial"
     # tqdm's own rule when not told: a bar on a terminal, none in a log file.
     disable = None if progress is None else not progress
-    with (
-        tqdm(total=total, unit="item", desc="export", disable=disable, file=stream or sys.stderr) as bar,
-        pq.ParquetWriter(partial, schema, compression="zstd") as writer,
-    ):
-        for chunk in _chunks(snap, ROW_GROUP_ITEMS):
-            columns = {name: [getattr(item, name) for item in chunk] for name in FIELDS}
-            writer.write_table(pa.table(columns, schema=schema))
-            bar.update(len(chunk))
+    try:
+        total = snap.prepare()
+        with (
+            tqdm(total=total, unit="item", desc="export", disable=disable, file=stream or sys.stderr) as bar,
+            pq.ParquetWriter(partial, schema, compression="zstd") as writer,
+        ):
+            for chunk in _chunks(snap, ROW_GROUP_ITEMS):
+                columns = {name: [getattr(item, name) for item in chunk] for name in FIELDS}
+                writer.write_table(pa.table(columns, schema=schema))
+                bar.update(len(chunk))
+    finally:
+        snap.close()  # a no-op once the iteration has released the reader
     os.replace(partial, out / DATA_FILE)
     manifest = snap.manifest
     tmp = out / f".{MANIFEST_FILE}.partial"

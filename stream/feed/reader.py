@@ -233,6 +233,12 @@ class Snapshot:
             self._plan = _Plan.make(self._settings)
         return self._plan.expected
 
+    def close(self) -> None:
+        """Release the reader of a snapshot prepared but never iterated (iterating releases it at the end)."""
+        if self._plan is not None and not self._started:
+            self._started = True
+            self._plan.kafka.close()
+
     def __iter__(self) -> Iterator[FeedItem]:
         if self._started:
             raise FeedError("a snapshot is read once; take another for another pass")
@@ -283,7 +289,9 @@ class _Plan:
     retraction_ends: dict[Any, int]
     latest: dict[bytes, tuple[int, int]]  # key -> (partition, offset) of its latest live record
     tombstones: int
-    recently_retracted: dict[str, str]  # content id -> latest retracted_at within the race window
+    # Content id -> the latest retracted_at of its records within the race window (None:
+    # a record whose time cannot be read, which withholds the item whatever its version).
+    recently_retracted: dict[str, dt.datetime | None]
     expected: int
 
     @classmethod
@@ -299,11 +307,14 @@ class _Plan:
             feed_ends = kafka.ends(feed_tps)
             feed_ranges = {tp: (start, feed_ends[tp]) for tp, start in kafka.beginnings(feed_tps).items()}
             window = kafka.offsets_at(retraction_tps, taken_at - RACE_WINDOW, retraction_ends)
-            recently: dict[str, str] = {}
+            recently: dict[str, dt.datetime | None] = {}
             for r in kafka.read({tp: (window[tp], retraction_ends[tp]) for tp in retraction_tps}):
-                content_id, retracted_at = _retraction(r.key, r.value)
-                if content_id is not None and retracted_at is not None:
-                    recently[content_id] = max(retracted_at, recently.get(content_id, retracted_at))
+                content_id, text = _retraction(r.key, r.value)
+                if content_id is None:
+                    continue
+                at = _parse_utc(text) if text is not None else None
+                before = recently.get(content_id, at)
+                recently[content_id] = None if at is None or before is None else max(at, before)
             latest: dict[bytes, tuple[int, int]] = {}
             tombstones = 0
             for r in kafka.read(feed_ranges):
@@ -321,10 +332,10 @@ class _Plan:
 
     def withholds(self, item: FeedItem) -> bool:
         """Whether a retraction record of the race window retracted this very version of the item."""
-        retracted_at = self.recently_retracted.get(item.content_id)
-        if retracted_at is None:
+        if item.content_id not in self.recently_retracted:
             return False
-        decided, retracted = _parse_utc(item.decided_at), _parse_utc(retracted_at)
+        retracted = self.recently_retracted[item.content_id]
+        decided = _parse_utc(item.decided_at)
         # No later than: a version published and retracted within one batch has both times equal.
         return decided is None or retracted is None or decided <= retracted
 
