@@ -221,6 +221,9 @@ class Settings:
     # oldest is; STREAM_TRAINER_ACK_HOURS is how long a trainer may take to apply one.
     trainer_groups: tuple[str, ...] = ()
     trainer_ack_hours: int = 24
+    # How long `topics create` makes training.retractions keep a record
+    # (STREAM_RETRACTIONS_RETENTION_DAYS): the oldest dataset a trainer can still clean.
+    retractions_retention_days: int = 3 * 365
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -251,6 +254,7 @@ class Settings:
             log_format=_choice(env, "STREAM_LOG_FORMAT", LogFormat, LogFormat.TEXT),
             trainer_groups=_trainer_groups(env),
             trainer_ack_hours=_int(env, "STREAM_TRAINER_ACK_HOURS", 24, minimum=1),
+            retractions_retention_days=_int(env, "STREAM_RETRACTIONS_RETENTION_DAYS", 3 * 365, minimum=1),
         )
 
     @property

@@ -22,8 +22,6 @@ from stream.errors import TopicLayoutError
 log = logging.getLogger(__name__)
 
 _DAY_MS = 24 * 3600 * 1000
-# How long `training.retractions` keeps a record: 3 years, like the audit log.
-RETRACTIONS_RETENTION_DAYS = 3 * 365
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +66,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # holding a dataset built long ago still learns what left it (the feed's
         # tombstones are gone after 7 days). Delete policy: each record stays, none
         # replaces another.
+        # (STREAM_RETRACTIONS_RETENTION_DAYS, 3 years by default, like the audit log.)
         TopicSpec(
-            t.retractions, {"cleanup.policy": "delete", "retention.ms": str(RETRACTIONS_RETENTION_DAYS * _DAY_MS)}
+            t.retractions,
+            {"cleanup.policy": "delete", "retention.ms": str(settings.retractions_retention_days * _DAY_MS)},
         ),
     ]
 
