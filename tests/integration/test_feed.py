@@ -232,20 +232,25 @@ async def test_feed_follow_commits_its_position_and_acknowledge_commits_the_retr
         await _drained(settings, "before")
         _, manifest = await asyncio.to_thread(_read_snapshot, settings)
         await _leave(settings)
+        # An edit of a live item: a replacement.
+        edit = upsert("c-gb-1", "a-gb", event_id="e-c-gb-1-edit", event_time="2026-11-28T09:17:00Z", text="edited")
+        await send(settings, settings.topics.content, [edit])
         await read_until(settings, settings.topics.retractions, len(LEAVES))
         await _drained(settings, "after")
     group = f"{settings.group_id}-trainer"
 
-    def follow_and_commit() -> list[str]:
+    def follow_and_commit() -> list[tuple[ChangeKind, str]]:
         with follow(manifest, settings, group_id=group, until_end=True) as follower:
-            seen = [c.content_id for c in follower]
+            seen = [(c.kind, c.content_id) for c in follower]
             follower.commit()
             return seen
 
     first = await asyncio.to_thread(follow_and_commit)
-    assert set(first) == LEAVES | {"c-gb-3"}
+    assert {cid for kind, cid in first if kind is ChangeKind.RETRACTED} == LEAVES
+    assert [cid for kind, cid in first if kind is ChangeKind.ADDED] == ["c-gb-3"]
+    assert [cid for kind, cid in first if kind is ChangeKind.REPLACED] == ["c-gb-1"]
     assert await asyncio.to_thread(follow_and_commit) == []  # resumed at the committed position
-    feed_end = sum(1 for _ in await read_all(settings, settings.topics.feed))
+    feed_end = len(await read_all(settings, settings.topics.feed))
     assert await committed(replace(settings, group_id=group), settings.topics.feed) == {0: feed_end}
 
     retracted = await asyncio.to_thread(retracted_since, manifest, settings)

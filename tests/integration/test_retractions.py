@@ -61,3 +61,30 @@ async def test_retractions_crash_between_tombstone_and_record_then_wiped_disk_ev
         body = record.json()
         assert body.keys() == {"content_id", "retracted_at", "cause", "policy_version"}
         assert (body["content_id"].encode(), body["cause"]) == (record.key, "objection")
+
+
+async def test_retractions_topic_missing_worker_refuses_to_start_naming_it(bootstrap: str, tmp_path: Path) -> None:
+    # An upgrade that skipped `topics create`: the layout check names the missing topic.
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from stream.errors import TopicLayoutError
+    from stream.runtime.topics import check_layout
+
+    settings = unique_settings(bootstrap, tmp_path / "data")
+    await make_topics(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([settings.topics.retractions])
+    finally:
+        await admin.close()
+    with pytest.raises(TopicLayoutError, match=f"topic '{settings.topics.retractions}' does not exist"):
+        await until_raises(check_layout, settings)
+
+
+async def until_raises(check: Any, settings: Any) -> None:
+    """Call `check` until it raises: a deleted topic leaves the brokers' metadata a moment later."""
+    async with asyncio.timeout(30):
+        while True:
+            await check(settings)
+            await asyncio.sleep(0.2)  # polling the metadata, not a guess at timing
