@@ -165,6 +165,9 @@ TRAINER_COMMANDS = frozenset({"export", "retractions"})
 def _trainer_settings() -> Settings:
     from stream.feed import reader_settings
 
+    # The reader assigns partitions one after another, and aiokafka logs each assignment
+    # at INFO: lines between a trainer's progress bar, with nothing to act on.
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     return reader_settings()
 
 

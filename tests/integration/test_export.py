@@ -3,8 +3,13 @@ processes, the real broker, no pseudonym key."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import orjson
@@ -26,6 +31,32 @@ def _trainer(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]
     return subprocess.run(
         [sys.executable, "-m", "stream", *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def _on_a_terminal(settings: Settings, *args: str) -> str:
+    """What a command writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
+    env = {k: v for k, v in process_env(settings).items() if k not in ("STREAM_DEV_MODE", "STREAM_PSEUDONYM_KEY")}
+    primary, secondary = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide, where tqdm draws an empty bar: give it a real width.
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream", *args], env=env, stdout=subprocess.DEVNULL, stderr=secondary
+        )
+        os.close(secondary)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the terminal closed: the process has exited
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=120) == 0, out.decode(errors="replace")
+        return out.decode(errors="replace")
+    finally:
+        os.close(primary)
 
 
 async def test_export_writes_parquet_and_manifest_and_retractions_lists_what_left_since(
@@ -56,6 +87,8 @@ async def test_export_writes_parquet_and_manifest_and_retractions_lists_what_lef
         assert again.returncode == 2 and "already holds an export" in again.stderr
         quiet = _trainer(settings, "export", "--out", str(tmp_path / "quiet"))  # not a terminal: no bar
         assert quiet.returncode == 0 and "export:" not in quiet.stderr
+        on_a_terminal = _on_a_terminal(settings, "export", "--out", str(tmp_path / "tty"))
+        assert "export: 100%" in on_a_terminal and "aiokafka" not in on_a_terminal
 
         await _leave(settings)
         await read_until(settings, settings.topics.retractions, len(LEAVES))
