@@ -66,6 +66,9 @@ class TopicNames:
     # For trainers: one record per retraction (content id, time, cause, policy
     # version; no account ids), kept 3 years where the feed's tombstones last 7 days.
     retractions: str = "training.retractions"
+    # Shadow mode only (STREAM_SHADOW_POLICY_PATH): one record per upsert the shadow
+    # policy decides differently from the policy in force (no account ids, no text).
+    shadow: str = "eligibility.shadow"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TopicNames:
@@ -82,6 +85,7 @@ class TopicNames:
             published=env.get("STREAM_TOPIC_ELIGIBILITY_PUBLISHED", defaults.published),
             items=env.get("STREAM_TOPIC_ELIGIBILITY_ITEMS", defaults.items),
             retractions=env.get("STREAM_TOPIC_TRAINING_RETRACTIONS", defaults.retractions),
+            shadow=env.get("STREAM_TOPIC_ELIGIBILITY_SHADOW", defaults.shadow),
         )
 
     def inputs(self) -> tuple[str, str, str]:
@@ -196,6 +200,9 @@ class Settings:
     # verifier reads it, to accept feed records made before the rotation (README).
     previous_pseudonym_key: bytes | None = field(default=None, repr=False)
     policy_path: Path | None = None
+    # A second policy run beside the one in force (STREAM_SHADOW_POLICY_PATH): its
+    # differences are counted and recorded, never published (docs/policy-rollout.md).
+    shadow_policy_path: Path | None = None
     partitions: int = 4
     replication_factor: int = 1
     web_port: int = 6066
@@ -236,6 +243,7 @@ class Settings:
             pseudonym_key=_pseudonym_key(env, dev_mode),
             previous_pseudonym_key=_previous_pseudonym_key(env, dev_mode),
             policy_path=Path(env["STREAM_POLICY_PATH"]) if env.get("STREAM_POLICY_PATH") else None,
+            shadow_policy_path=Path(env["STREAM_SHADOW_POLICY_PATH"]) if env.get("STREAM_SHADOW_POLICY_PATH") else None,
             partitions=_int(env, "STREAM_PARTITIONS", 4, minimum=1),
             replication_factor=_int(env, "STREAM_REPLICATION_FACTOR", 1, minimum=1),
             web_port=_int(env, "STREAM_WEB_PORT", 6066, minimum=0),

@@ -28,6 +28,8 @@ class OutputTopic(StrEnum):
     PUBLISHED = "published"
     ITEMS = "items"
     RETRACTIONS = "retractions"
+    # Only with a shadow policy (`shadow`): where it would have decided differently.
+    SHADOW = "shadow"
 
 
 # Our changelogs: a record goes to the partition number of the input it came from,
@@ -115,11 +117,17 @@ class BatchResult:
     event_times: list[float] = field(default_factory=list)
     # Broker append time (ms) of each `objected` record applied, for propagation latency.
     objections: list[int] = field(default_factory=list)
+    # Shadow mode only (`shadow`): the diff records, sent with `produce` but apart from
+    # it, so the records in force are the same with and without a shadow; and their
+    # count by (reason in force, shadow reason).
+    shadow: list[Produce] = field(default_factory=list)
+    shadow_differences: Counter[tuple[Reason, Reason]] = field(default_factory=Counter)
 
     def records(self) -> Iterator[Produce]:
         """Every record of the batch, in the order they are sent."""
         yield from self.first
         yield from self.produce
+        yield from self.shadow
         yield from self.last
 
 

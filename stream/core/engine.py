@@ -42,8 +42,9 @@ The parts, each a module of `stream.core`: `content` (a content record's path),
 `order` (order per item), `items` (deciding one item: publish, hold, retract,
 release), `accounts` (state records and what they change), `held` (held items
 falling due), `recovery` (judging every item by the final state after a replay),
-`overlay` (the store as the batch will leave it), `isolation` (a record that raises)
-and `batch` (the result types). This module wires them into the engine's entry points.
+`overlay` (the store as the batch will leave it), `isolation` (a record that raises),
+`shadow` (a second policy's differences, shadow mode) and `batch` (the result
+types). This module wires them into the engine's entry points.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from stream.core.order import ITEM_MEMORY, ItemOrder
 from stream.core.overlay import Overlay
 from stream.core.policy import Policy
 from stream.core.recovery import Recovery
+from stream.core.shadow import ShadowDecider
 from stream.core.state import REEVALUATE_KEY, EntryKind, PartitionStore, StateKind, Update, published_item_key
 
 # The engine's vocabulary, importable from here as before the parts had modules of their own.
@@ -84,11 +86,19 @@ class Engine:
     """Applies the rule to batches of input records; holds only immutable configuration."""
 
     def __init__(
-        self, policy: Policy, pseudonym_key: bytes, topics: TopicNames, *, item_memory: dt.timedelta = ITEM_MEMORY
+        self,
+        policy: Policy,
+        pseudonym_key: bytes,
+        topics: TopicNames,
+        *,
+        item_memory: dt.timedelta = ITEM_MEMORY,
+        shadow: Policy | None = None,
     ) -> None:
         self.policy = policy
+        # Shadow mode (`shadow`): decided beside `policy`, recorded where it differs, never in force.
+        self.shadow = shadow
         self._kind_of_topic = {topics.profiles: StateKind.PROFILES, topics.objections: StateKind.OBJECTIONS}
-        decider = ItemDecider(policy, pseudonym_key)
+        decider = ItemDecider(policy, pseudonym_key, ShadowDecider(shadow) if shadow is not None else None)
         self._order = ItemOrder(item_memory)
         self._content = ContentSteps(decider, self._order)
         self._accounts = AccountChanges(decider)

@@ -16,7 +16,7 @@ from stream.core.batch import BatchResult, InputRecord, OutputTopic, Produce, ep
 from stream.core.codec import Rejected, decode_content, encode_content, encode_deferred, encode_index
 from stream.core.models import ContentEvent, Objection, ObjectionStatus, Op, Profile, Reason, RetractCause
 from stream.core.overlay import Overlay
-from stream.core.policy import Policy, decide, decide_account, refuse_content
+from stream.core.policy import Decision, Policy, decide, decide_account, refuse_content
 from stream.core.records import (
     RETRACT_CAUSE_OF_REASON,
     dead_letter_key,
@@ -27,6 +27,7 @@ from stream.core.records import (
     retract_value,
     retraction_value,
 )
+from stream.core.shadow import ShadowDecider
 from stream.core.state import deferred_key, objection_key, profile_key, unpack_objection, unpack_profile
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -37,9 +38,11 @@ _STORED_OBJECTION = {status: Objection("", status, _EPOCH, "filter:state", "") f
 class ItemDecider:
     """Applies the rule to one item and writes what follows from the decision; holds only configuration."""
 
-    def __init__(self, policy: Policy, pseudonym_key: bytes) -> None:
+    def __init__(self, policy: Policy, pseudonym_key: bytes, shadow: ShadowDecider | None = None) -> None:
         self.policy = policy
         self._key = pseudonym_key
+        # Shadow mode (`shadow`): a second policy beside this one, which only records differences.
+        self._shadow = shadow
 
     # -- the author's account, as the batch will leave it ------------------------------
 
@@ -76,6 +79,8 @@ class ItemDecider:
         result.produce.append(
             Produce(OutputTopic.DECISIONS, key, decide_value(event, decision, decided_at=now), ov.partition)
         )
+        if self._shadow is not None:  # without a shadow policy, this is all it costs
+            self._compare_shadow(self._shadow, ov, event, decision, now, result)
         if decision.eligible:
             ov.set_published(event.author_id, event.content_id, encode_index(event))
             value = feed_value(event, decision, key=self._key, decided_at=now)
@@ -86,6 +91,20 @@ class ItemDecider:
             self.retract(ov, event.author_id, event.content_id, event.event_id, event.event_time, cause, now, result)
         if decision.reason is Reason.NOTICE_PERIOD_RUNNING and decision.retry_at is not None:
             self._hold(ov, event, item, epoch_ms(decision.retry_at), result)
+
+    def _compare_shadow(
+        self,
+        shadow: ShadowDecider,
+        ov: Overlay,
+        event: ContentEvent,
+        decision: Decision,
+        now: dt.datetime,
+        result: BatchResult,
+    ) -> None:
+        """The same upsert under the shadow policy, with the same account and moment; it writes nothing here."""
+        profile = self.profile(ov, event.author_id)
+        objection = self.objection(ov, event.author_id) if profile is not None else None
+        shadow.compare(event, decision, profile, objection, now, ov.partition, result)
 
     def _delete(self, ov: Overlay, event: ContentEvent, now: dt.datetime, result: BatchResult) -> None:
         """A delete: the item leaves the feed; if it was never on it, the audit log still records the input."""

@@ -183,6 +183,25 @@ def retraction_value(*, content_id: str, cause: RetractCause, policy_version: st
     )
 
 
+def shadow_value(event: ContentEvent, in_force: Decision, shadow: Decision, *, decided_at: dt.datetime) -> bytes:
+    """The `eligibility.shadow` value: an upsert the shadow policy decides differently from the policy in force.
+
+    No account id, no text: the content id, the event (to tell a replayed duplicate),
+    both reasons with their policy versions, and when. The audit log has the rest.
+    """
+    return dumps(
+        {
+            "content_id": event.content_id,
+            "event_id": event.event_id,
+            "in_force_reason": in_force.reason.value,
+            "in_force_policy_version": in_force.policy_version,
+            "shadow_reason": shadow.reason.value,
+            "shadow_policy_version": shadow.policy_version,
+            "decided_at": decided_at,
+        }
+    )
+
+
 # A dead letter carries its input's bytes in base64 (4/3 of their size), so a letter
 # of an input near the broker's default record limit (1 MiB, also the producer's
 # max_request_size) would exceed that limit, and a batch the broker refuses is

@@ -23,6 +23,7 @@ from stream.connection import faust_credentials
 from stream.core.engine import Engine
 from stream.core.policy import load_policy
 from stream.core.records import pseudonym_key_id
+from stream.core.shadow import load_shadow_policy
 from stream.runtime.metrics import Metrics
 from stream.runtime.worker import FilterWorker
 
@@ -32,10 +33,23 @@ log = logging.getLogger(__name__)
 def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
     """The composition root: policy, metrics, engine and worker, hosted by a Faust app with its web pages."""
     policy = load_policy(settings.policy_path)
-    metrics = Metrics.create(policy_version=policy.version)
+    shadow = load_shadow_policy(settings.shadow_policy_path, policy)
+    metrics = Metrics.create(policy_version=policy.version, shadow=shadow is not None)
     _announce_pseudonym_key(settings, metrics)
+    if shadow is not None:
+        log.info(
+            "shadow policy %s beside %s in force: its differences go to %s and eligibility_shadow_differences_total, "
+            "never to the feed",
+            shadow.version,
+            policy.version,
+            settings.topics.shadow,
+        )
     engine = Engine(
-        policy, settings.pseudonym_key, settings.topics, item_memory=dt.timedelta(days=settings.item_memory_days)
+        policy,
+        settings.pseudonym_key,
+        settings.topics,
+        item_memory=dt.timedelta(days=settings.item_memory_days),
+        shadow=shadow,
     )
     worker = FilterWorker(settings, engine, metrics)
 

@@ -93,6 +93,10 @@ class _State(TypedDict):
     deferred_items: Gauge
 
 
+class _Shadow(TypedDict):
+    shadow_differences: Counter
+
+
 class _Health(TypedDict):
     ready: Gauge
     recovering: Gauge
@@ -135,13 +139,22 @@ class Metrics:
     batch_replays: Counter
     stuck: Gauge
     dev_pseudonym_key: Gauge
+    shadow_differences: Counter
 
     @classmethod
-    def create(cls, registry: CollectorRegistry | None = None, *, policy_version: str = "") -> Metrics:
-        """The bundle in `registry` (a new one by default), every label value initialised at zero."""
+    def create(
+        cls, registry: CollectorRegistry | None = None, *, policy_version: str = "", shadow: bool = False
+    ) -> Metrics:
+        """The bundle in `registry` (a new one by default), every label value initialised at zero.
+
+        `shadow`: a shadow policy runs, so the shadow's reason pairs are initialised too;
+        without one the series has no samples (156 pairs that would only ever be zero).
+        """
         r = registry if registry is not None else CollectorRegistry()
-        m = cls(registry=r, **_outcomes(r), **_latencies(r), **_state(r), **_health(r))
+        m = cls(registry=r, **_outcomes(r), **_latencies(r), **_state(r), **_health(r), **_shadow(r))
         _initialise_labels(m)
+        if shadow:
+            _initialise_shadow_labels(m)
         Info("eligibility_build", "Version of the filter and of the policy in force", registry=r).info(
             {"version": __version__, "policy_version": policy_version}
         )
@@ -162,6 +175,8 @@ class Metrics:
             self.released.inc(result.released)
         for topic, n in Tally(p.topic for p in result.records()).items():
             self.records_out.labels(output=topic.value).inc(n)
+        for (in_force, shadow), n in result.shadow_differences.items():
+            self.shadow_differences.labels(in_force_reason=in_force.value, shadow_reason=shadow.value).inc(n)
 
 
 def add_standard_collectors(registry: CollectorRegistry) -> None:
@@ -198,6 +213,14 @@ def _initialise_labels(m: Metrics) -> None:
         m.state_entries.labels(kind=kind.value)
     for part in MemoryPart:
         m.store_memory.labels(part=part.value)
+
+
+def _initialise_shadow_labels(m: Metrics) -> None:
+    """Every pair of different reasons at zero: the only pairs the shadow counts."""
+    for in_force in Reason:
+        for shadow in Reason:
+            if shadow is not in_force:
+                m.shadow_differences.labels(in_force_reason=in_force.value, shadow_reason=shadow.value)
 
 
 def _outcomes(r: CollectorRegistry) -> _Outcomes:
@@ -290,6 +313,18 @@ def _state(r: CollectorRegistry) -> _State:
         ),
         deferred_items=Gauge(
             "eligibility_deferred_items", "Items held because the author's notice period is still running", registry=r
+        ),
+    )
+
+
+def _shadow(r: CollectorRegistry) -> _Shadow:
+    """What a shadow policy (STREAM_SHADOW_POLICY_PATH) would have decided differently."""
+    return _Shadow(
+        shadow_differences=Counter(
+            "eligibility_shadow_differences_total",
+            "Upserts the shadow policy decides with another reason than the policy in force, by the pair of reasons",
+            ["in_force_reason", "shadow_reason"],
+            registry=r,
         ),
     )
 

@@ -29,7 +29,7 @@ Acked = tuple[str, int, int, int]
 class OutputSender:
     """Sends through a started producer; output partition counts are read once per topic."""
 
-    def __init__(self, producer: AIOKafkaProducer, topics: TopicNames) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topics: TopicNames, *, shadow: bool = False) -> None:
         self._producer = producer
         self._out_topic = {
             OutputTopic.FEED: topics.feed,
@@ -40,12 +40,17 @@ class OutputSender:
             OutputTopic.ITEMS: topics.items,
             OutputTopic.RETRACTIONS: topics.retractions,
         }
+        if shadow:  # the diff topic exists only where a shadow policy runs (`topics.check_layout`)
+            self._out_topic[OutputTopic.SHADOW] = topics.shadow
         self._partition_counts: dict[str, int] = {}
 
     async def deliver(self, result: BatchResult, first: list[Sent]) -> list[Acked]:
         """Await `first` (the result's index entries, sent already), then send and await the rest in order."""
         acked = await self.acknowledged(first)
-        acked += await self.acknowledged(await self.send(result.produce))
+        # A shadow's diff records go with the decisions, apart from them in the result
+        # (`BatchResult.shadow`): acknowledged before the batch is committed, like them.
+        produce = [*result.produce, *result.shadow] if result.shadow else result.produce
+        acked += await self.acknowledged(await self.send(produce))
         if result.last:
             acked += await self.acknowledged(await self.send(result.last))
         return acked

@@ -71,6 +71,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             t.retractions,
             {"cleanup.policy": "delete", "retention.ms": str(settings.retractions_retention_days * _DAY_MS)},
         ),
+        # Shadow mode's differences (docs/policy-rollout.md): read while a rule change is
+        # watched, then of no use (the metric keeps the counts). `topics create` always
+        # makes it, so a shadow can be started later; a worker requires it only with one.
+        TopicSpec(t.shadow, {"cleanup.policy": "delete", "retention.ms": str(7 * _DAY_MS)}),
     ]
 
 
@@ -139,6 +143,8 @@ def layout_problems(counts: dict[str, int | None], inputs: tuple[str, ...]) -> l
 async def check_layout(settings: Settings) -> dict[str, int | None]:
     """Raise TopicLayoutError unless every topic exists and the inputs (and deferred) are co-partitioned."""
     names = [spec.name for spec in topic_specs(settings)]
+    if settings.shadow_policy_path is None:
+        names.remove(settings.topics.shadow)  # only a worker with a shadow policy writes it
     counts = await partition_counts(settings, names)
     problems = layout_problems(counts, (*settings.topics.inputs(), *settings.topics.changelogs()))
     if problems:

@@ -240,7 +240,7 @@ class FilterWorker:
             stores,
             s.topics,
             writer=writer,
-            sender=OutputSender(producer, s.topics),
+            sender=OutputSender(producer, s.topics, shadow=self.engine.shadow is not None),
             commits=commits,
             metrics=metrics,
         )

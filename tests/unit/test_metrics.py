@@ -16,7 +16,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def _exported() -> dict[str, set[str]]:
     """Metric family name -> label names, as a scrape shows the name."""
     registry = CollectorRegistry()
-    metrics = Metrics.create(registry, policy_version="v")
+    # With a shadow policy: the shadow's series have samples only then.
+    metrics = Metrics.create(registry, policy_version="v", shadow=True)
     # `create` initialises every label value but the lag's (its partitions come with an
     # assignment): one sample, so the scrape shows its label names too.
     metrics.consumer_lag.labels(input="content", partition="0").set(0)
