@@ -1,4 +1,5 @@
-"""Operator commands: `python -m stream worker | topics | generate | verify | watch | export | retractions`.
+"""Operator commands: `python -m stream worker | topics | generate | verify | watch | export | retractions`,
+and the privacy staff's `explain | subject`.
 
 Each command reads the settings once, turns a StreamError into one clear line on
 stderr and exit status 2, and never re-implements the rule.
@@ -109,6 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--grace", type=float, default=None, help="seconds a difference may be pending [0 once, 60]")
     verify.add_argument("--examples", type=int, default=10, help="content ids listed per category [10]")
 
+    canary = sub.add_parser("canary", help="canary objectors: probe the live filter, serve the failures")
+    canary.add_argument("--port", type=int, default=6068, help="port of the canary's /metrics [6068]")
+    canary.add_argument("--post-interval", type=float, default=30.0, help="seconds between objectors' posts [30]")
+    canary.add_argument("--probe-interval", type=float, default=60.0, help="seconds between probe cycles [60]")
+    canary.add_argument("--deadline", type=float, default=5.0, help="seconds an objection may take [5]")
+    canary.add_argument("--country", default="GB", help="the canaries' country, an enabled jurisdiction [GB]")
+
     export = sub.add_parser("export", help="a snapshot of the training feed as Parquet, with its manifest")
     export.add_argument("--out", required=True, help="directory to write feed.parquet and manifest.json to")
     bar = export.add_mutually_exclusive_group()
@@ -118,6 +126,23 @@ def _parser() -> argparse.ArgumentParser:
     retractions = sub.add_parser("retractions", help="the content ids retracted since an export's manifest")
     retractions.add_argument("--since", required=True, help="the export's manifest.json")
     retractions.add_argument("--json", action="store_true", help="one JSON object: ids, causes, offsets")
+
+    explain = sub.add_parser("explain", help="why an item was used or not: its audit records in plain words")
+    explain.add_argument("content_id", help="the content id")
+    explain.add_argument("--json", action="store_true", help="one JSON object instead of the text")
+
+    subject = sub.add_parser("subject", help="an access or objection request: one account's state and items")
+    subject.add_argument("account_id", help="the raw account id (printed on stdout only, never logged)")
+    subject.add_argument("--json", action="store_true", help="one JSON object instead of the text")
+
+    evidence = sub.add_parser("evidence", help="the compliance evidence report of a period, as one HTML file")
+    evidence.add_argument("--since", required=True, help="start: 2026-12-01 (UTC) or 2026-12-01T09:00:00Z")
+    evidence.add_argument("--until", default=None, help="end of the period, the same way [now]")
+    evidence.add_argument("--out", required=True, help="the HTML file to write (with --figure: the figure's PNG)")
+    evidence.add_argument("--json", default=None, help="also write the report's numbers here, as JSON")
+    evidence.add_argument("--prometheus", default=None, help="Prometheus URL: the canaries' and the verifier's series")
+    evidence.add_argument("--figure", default=None, help="write only this figure (decisions, retractions, ...)")
+    evidence.add_argument("--no-verify", action="store_true", help="do not run the verifier in-process")
 
     watch = sub.add_parser("watch", help="live counts of decisions by reason, read from the audit log")
     watch.add_argument("--interval", type=float, default=2.0)
@@ -148,12 +173,23 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             grace_seconds=args.grace,
             examples=args.examples,
         )
+    if args.command == "canary":
+        from stream.compliance.canary import CanaryOptions, main_canary
+
+        options = CanaryOptions(args.post_interval, args.probe_interval, args.deadline, args.country)
+        return main_canary(settings, options, args.port)
     if args.command == "watch":
         return asyncio.run(_watch(settings, args.interval, args.from_beginning))
     if args.command == "export":
         return _export(settings, args.out, args.progress)
     if args.command == "retractions":
         return _retractions(settings, args.since, args.json)
+    if args.command == "evidence":
+        return _evidence(settings, args)
+    if args.command == "explain":
+        return _compliance(settings, "explain", args.content_id, args.json)
+    if args.command == "subject":
+        return _compliance(settings, "subject", args.account_id, args.json)
     return 0
 
 
@@ -209,6 +245,52 @@ def _retractions(settings: Settings, since: str, as_json: bool) -> int:
         return 0
     for content_id in sorted(retracted.content_ids):
         print(content_id if content_id.isprintable() else ascii(content_id))
+    return 0
+
+
+def _compliance(settings: Settings, command: str, name: str, as_json: bool) -> int:
+    """`explain CONTENT_ID` / `subject ACCOUNT_ID`: the answer on stdout; 1 when the topics know nothing of it."""
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        # aiokafka logs each assignment at INFO: lines around the answer with nothing to act on.
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    if command == "explain":
+        from stream.compliance import explain
+
+        item = asyncio.run(explain.explain(settings, name))
+        found, out = item.found, explain.to_json(item) if as_json else explain.render(item).encode("utf-8")
+    else:
+        from stream.compliance import subject
+
+        account = asyncio.run(subject.subject(settings, name))
+        found, out = account.found, subject.to_json(account) if as_json else subject.render(account).encode("utf-8")
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    return 0 if found else 1
+
+
+def _evidence(settings: Settings, args: argparse.Namespace) -> int:
+    """`evidence --since DATE --out FILE.html`: the report, with the verifier run in-process; one line on stdout."""
+    from pathlib import Path
+
+    from stream.compliance.evidence import make_report
+
+    def run_verifier() -> dict[str, object]:
+        from stream.verifier.verify import to_json, verify
+
+        report: dict[str, object] = orjson.loads(to_json(asyncio.run(verify(settings))))
+        return report
+
+    evidence = make_report(
+        settings,
+        since=args.since,
+        until=args.until,
+        out=Path(args.out),
+        json_path=Path(args.json) if args.json else None,
+        prometheus=args.prometheus,
+        figure=args.figure,
+        run_verifier=None if args.no_verify else run_verifier,
+    )
+    print(f"{evidence.verdict.title}: evidence for {args.since} to {evidence.period.until.isoformat()} in {args.out}")
     return 0
 
 

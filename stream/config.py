@@ -231,6 +231,9 @@ class Settings:
     # How long `topics create` makes training.retractions keep a record
     # (STREAM_RETRACTIONS_RETENTION_DAYS): the oldest dataset a trainer can still clean.
     retractions_retention_days: int = 3 * 365
+    # Account ids (and so content ids) of the canary objectors start with this
+    # (STREAM_CANARY_PREFIX): `python -m stream canary` (README, "Canary objectors").
+    canary_prefix: str = "eligibility-canary-"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -263,6 +266,7 @@ class Settings:
             trainer_groups=_trainer_groups(env),
             trainer_ack_hours=_int(env, "STREAM_TRAINER_ACK_HOURS", 24, minimum=1),
             retractions_retention_days=_int(env, "STREAM_RETRACTIONS_RETENTION_DAYS", 3 * 365, minimum=1),
+            canary_prefix=_canary_prefix(env),
         )
 
     @property
@@ -304,6 +308,14 @@ def _trainer_groups(env: Mapping[str, str]) -> tuple[str, ...]:
     if len(set(groups)) != len(groups):
         raise ConfigError(f"STREAM_TRAINER_GROUPS={raw!r}: a group named twice")
     return groups
+
+
+def _canary_prefix(env: Mapping[str, str]) -> str:
+    """STREAM_CANARY_PREFIX: non-empty, printable, no spaces (it starts synthetic ids that trainers match)."""
+    raw = env.get("STREAM_CANARY_PREFIX", "eligibility-canary-")
+    if not raw or not raw.isprintable() or any(c.isspace() for c in raw):
+        raise ConfigError(f"STREAM_CANARY_PREFIX={raw!r}: expected a non-empty prefix without spaces")
+    return raw
 
 
 def _compression(env: Mapping[str, str]) -> str | None:

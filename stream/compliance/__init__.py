@@ -1,0 +1,1 @@
+"""Compliance tools for privacy staff: answer for one item, one person, and the system as a whole."""
