@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from functools import cache
 
+from stream.compliance.canary import CanaryMetrics
 from stream.runtime.metrics import Metrics
 from stream.verifier.report import VerifierMetrics
 
@@ -39,12 +40,12 @@ _KEYWORDS = frozenset(
 
 @cache
 def defined_metric_names() -> frozenset[str]:
-    """Every series name the worker or the verifier can export: from fresh registries of both.
+    """Every series name the worker, the verifier or the canary can export: from fresh registries of each.
 
-    The standard process and Python collectors are in both (`process_*`, `python_*`).
+    The standard process and Python collectors are in all (`process_*`, `python_*`).
     """
     names: set[str] = set()
-    for registry in (Metrics.create().registry, VerifierMetrics.create().registry):
+    for registry in (Metrics.create().registry, VerifierMetrics.create().registry, CanaryMetrics.create().registry):
         for family in registry.collect():
             names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
             names.update(sample.name for sample in family.samples)
