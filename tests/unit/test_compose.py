@@ -27,6 +27,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from stream.compliance.canary import DEFAULT_PORT as CANARY_PORT
 from stream.config import Settings
 from stream.verifier.verify import DEFAULT_PORT as VERIFIER_PORT
 from tests.unit.probe import http_server, retarget, run_check
@@ -34,8 +35,8 @@ from tests.unit.probe import http_server, retarget, run_check
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 STREAM = ["python", "-m", "stream"]
-# Commands that serve HTTP: the worker's /metrics, /healthz and /ready, the verifier's /metrics.
-WEB_COMMANDS = {"worker", "verify"}
+# Commands that serve HTTP: the worker's /metrics, /healthz and /ready, the verifier's and the canary's /metrics.
+WEB_COMMANDS = {"worker", "verify", "canary"}
 
 
 @cache
@@ -169,7 +170,7 @@ def test_compose_every_named_volume_is_declared() -> None:
 
 
 def test_compose_stream_services_exist() -> None:
-    assert {"topics", "worker", "generator", "verifier"} <= {name for name, _ in _stream_commands()}
+    assert {"topics", "worker", "generator", "verifier", "canary"} <= {name for name, _ in _stream_commands()}
 
 
 def test_compose_stream_services_run_one_image_with_its_entrypoint() -> None:
@@ -290,6 +291,22 @@ def test_compose_prometheus_scrapes_the_verifier_service_on_its_port() -> None:
     (name,) = [n for n, a in _stream_commands() if _subcommand(a) == "verify"]
     assert targets == [f"{name}:{port}"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert name in _services()["prometheus"]["depends_on"]
+
+
+def test_compose_canary_serves_metrics_with_a_healthcheck_and_prometheus_scrapes_it() -> None:
+    (name, args), *others = [(n, a) for n, a in _stream_commands() if _subcommand(a) == "canary"]
+    assert not others, "one canary: a second would post under the same canary accounts"
+    service = _services()[name]
+    port = int(args[args.index("--port") + 1]) if "--port" in args else CANARY_PORT
+    assert _container_ports(service) == [port]
+    command = service["healthcheck"]["test"][1:]
+    with http_server({"/metrics": 200}) as (stand_in, asked):
+        assert run_check(retarget(command, port, stand_in), {}) == 0
+        assert asked == ["/metrics"]
+    config, _ = _prometheus_config()
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "eligibility-canary"]
+    assert [t for sc in job["static_configs"] for t in sc["targets"]] == [f"{name}:{port}"]
     assert name in _services()["prometheus"]["depends_on"]
 
 
