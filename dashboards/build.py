@@ -71,6 +71,9 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 # is the alternation of the jobs found, so `up` is never read from unrelated jobs.
 SCOPE = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
 VERIFIER_SCOPE = 'namespace=~"$namespace", job=~"$verifier_job"'
+# The canary objectors' series (`python -m stream canary`, port 6068), by the canary-job variable.
+CANARY_SCOPE = 'namespace=~"$namespace", job=~"$canary_job"'
+CANARY_SERIES = "eligibility_canary_last_check_timestamp_seconds"
 # The series each variable takes its values from: every worker exports the build info,
 # every verifier its last-run timestamp.
 WORKER_SERIES = "eligibility_build_info"
@@ -92,6 +95,7 @@ RATE = "$__rate_interval"
 ON_CONTENT = 'input="content"'
 ON_OBJECTIONS = 'input="objections"'
 ELIGIBLE = 'eligible="true"'
+RETRACTED = 'outcome="retracted"'
 # The verifier's default interval (`python -m stream verify`, 300 s); it is stale at
 # three intervals (EligibilityVerifierStale, deploy/prometheus/rules.yml).
 VERIFIER_STALE_S = 900
@@ -117,6 +121,11 @@ def sel(metric: str, *matchers: str) -> str:
 def verifier_sel(metric: str, *matchers: str) -> str:
     """A verifier series selected within the namespace and verifier-job variables (and `matchers`)."""
     return metric + "{" + ", ".join((VERIFIER_SCOPE, *matchers)) + "}"
+
+
+def canary_sel(metric: str, *matchers: str) -> str:
+    """A canary series selected within the namespace and canary-job variables (and `matchers`)."""
+    return metric + "{" + ", ".join((CANARY_SCOPE, *matchers)) + "}"
 
 
 def quantile(q: float, histogram: str) -> str:
@@ -855,7 +864,7 @@ def compliance() -> Dashboard:
             text_mode=BigValueTextMode.NAME,
         )
     )
-    return trainers(d, ids)
+    return canaries(trainers(d, ids), ids)
 
 
 def trainers(d: Dashboard, ids: Ids) -> Dashboard:
@@ -892,6 +901,77 @@ def trainers(d: Dashboard, ids: Ids) -> Dashboard:
                     "{{group}}",
                 )
             ],
+        ),
+    )
+
+
+def canaries(d: Dashboard, ids: Ids) -> Dashboard:
+    """The compliance view's canary row: do synthetic objectors stay off the feed, how fast are they retracted?"""
+    d = d.with_variable(
+        variable(
+            "canary_job",
+            "Canary job",
+            f'{CANARY_SERIES}{{namespace=~"$namespace"}}',
+            "Scrape job of the canary objectors (python -m stream canary, port 6068).",
+            of="job",
+            all_value=None,
+        )
+    )
+    d = d.with_row(Row("Canary objectors").id(ids()))
+    failures = canary_sel("eligibility_canary_failures_total")
+    propagation = canary_sel("eligibility_canary_propagation_seconds_bucket")
+    return add(
+        d,
+        stat_panel(
+            ids,
+            "Canary failures",
+            "In the selected range: items of synthetic objectors found on the feed, and probe objections not "
+            "retracted within the canary's deadline. Above 0 pages: EligibilityCanaryFailures (docs/runbooks.md).",
+            "short",
+            query(f"sum(increase({failures}[$__range]))", instant=True),
+            steps=thresholds((None, "green"), (1, "red")),
+            span=6,
+        ),
+        stat_panel(
+            ids,
+            "Canary probes retracted",
+            "Probe cycles in the selected range whose item was published, then retracted after the objection "
+            'and timed (README, "Canary objectors").',
+            "short",
+            query(
+                f"sum(increase({canary_sel('eligibility_canary_probes_total', RETRACTED)}[$__range]))",
+                instant=True,
+            ),
+            span=6,
+        ),
+        series_panel(
+            ids,
+            "Canary failures and probes",
+            "Per kind, canary failures; per outcome, probe cycles (not_published: the probe's item never reached "
+            "the feed, so nothing was timed: the filter is down or far behind).",
+            "short",
+            [
+                query(f"sum by (kind) (increase({failures}[{RATE}]))", "failure: {{kind}}"),
+                query(
+                    f"sum by (outcome) (increase({canary_sel('eligibility_canary_probes_total')}[{RATE}]))",
+                    "probe: {{outcome}}",
+                    ref="B",
+                ),
+            ],
+            span=12,
+        ),
+        series_panel(
+            ids,
+            "Canary propagation p50 / p99",
+            "From a probe's objection sent to its item's tombstone and retraction record read back, measured by "
+            "the canary itself (an upper bound of the worker's own figure). Dashed line: the 250 ms objective.",
+            "s",
+            [
+                query(f"histogram_quantile(0.5, sum by (le) (rate({propagation}[{RATE}])))", "p50", ref="A"),
+                query(f"histogram_quantile(0.99, sum by (le) (rate({propagation}[{RATE}])))", "p99", ref="B"),
+            ],
+            objective=OBJECTION_OBJECTIVE_S,
+            span=12,
         ),
     )
 

@@ -1,14 +1,16 @@
-"""Every dashboard query answers from a real Prometheus scraping a real worker and verifier under load.
+"""Every dashboard query answers from a real Prometheus scraping a real worker, verifier and canary under load.
 
 A real worker process (`python -m stream worker`, uuid-named topics) decides a
 generated workload, and a real verifier (`python -m stream verify`) checks the feed
-every few seconds, while a real Prometheus server (Debian's package binary, installed
-by scripts/install-prometheus.sh) scrapes both every second and evaluates
+every few seconds, and the canary objectors (`python -m stream canary`) probe it,
+while a real Prometheus server (Debian's package binary, installed by
+scripts/install-prometheus.sh) scrapes all three every second and evaluates
 deploy/prometheus/rules.yml. Then each PromQL expression of each panel of the
 committed dashboards, with Grafana's variables given the values their own queries find
 (or All), must return at least one series: a panel that would show "No data" fails,
-naming the panel. The dashboards' job and instance variables must find the worker and
-the verifier.
+naming the panel. The dashboards' job and instance variables must find the worker, the
+verifier and the canary. Last, a canary item planted on the feed makes
+EligibilityCanaryFailures fire on that Prometheus.
 
 Locally a missing prometheus binary skips loudly; under CI=true it is a failure.
 """
@@ -34,7 +36,7 @@ import yaml
 
 from tests.conftest import missing
 
-from .harness import free_port, http_get, process_env, unique_settings
+from .harness import free_port, http_get, process_env, send, unique_settings
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +45,7 @@ DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 JOB = "eligibility-filter"  # the job name of deploy/prometheus/prometheus.yml, which the dashboards select on
 VERIFIER_JOB = "eligibility-verifier"
+CANARY_JOB = "eligibility-canary"
 
 # Grafana's built-in variables, as Grafana would fill them for a short time range at a
 # 1 s scrape interval, and the dashboards' own as Grafana fills them with All selected
@@ -57,6 +60,7 @@ GRAFANA_VARIABLES = {
     "$job": f"({JOB})",
     "$instance": ".*",
     "$verifier_job": f"({VERIFIER_JOB})",
+    "$canary_job": f"({CANARY_JOB})",
 }
 COUNT = 3000
 
@@ -149,9 +153,9 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
     )
     assert created.returncode == 0, created.stderr
 
-    worker_port, prometheus_port, verifier_port = _free_port(), _free_port(), _free_port()
-    while len({worker_port, prometheus_port, verifier_port}) < 3:  # two probes may get the same port back
-        prometheus_port, verifier_port = _free_port(), _free_port()
+    worker_port, prometheus_port, verifier_port, canary_port = _free_port(), _free_port(), _free_port(), _free_port()
+    while len({worker_port, prometheus_port, verifier_port, canary_port}) < 4:  # two probes may get the same port
+        prometheus_port, verifier_port, canary_port = _free_port(), _free_port(), _free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(
@@ -161,6 +165,7 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
                 "scrape_configs": [
                     {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
                     {"job_name": VERIFIER_JOB, "static_configs": [{"targets": [f"127.0.0.1:{verifier_port}"]}]},
+                    {"job_name": CANARY_JOB, "static_configs": [{"targets": [f"127.0.0.1:{canary_port}"]}]},
                 ],
             }
         )
@@ -188,6 +193,24 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
         # A trainer group, so the compliance dashboard's trainer panels have series.
         _env(settings, STREAM_TRAINER_GROUPS="trainer-a"),
     )
+    canary = Process(
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "canary",
+            "--port",
+            str(canary_port),
+            "--post-interval",
+            "1",
+            "--probe-interval",
+            "0.5",
+            "--deadline",
+            "10",
+        ],
+        tmp_path / "canary.log",
+        _env(settings),
+    )
     prometheus = Process(
         [
             prometheus_binary,
@@ -207,9 +230,10 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
             while True:
                 prometheus.assert_running()
                 verifier.assert_running()
+                canary.assert_running()
                 targets = await _api(base, "/api/v1/targets")
                 up = {t["labels"]["job"] for t in (targets or {}).get("activeTargets", []) if t["health"] == "up"}
-                if {JOB, VERIFIER_JOB} <= up:
+                if {JOB, VERIFIER_JOB, CANARY_JOB} <= up:
                     break
                 await asyncio.sleep(0.5)
 
@@ -254,7 +278,7 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
                     continue
                 series, label = _label_values(_substituted(variable["query"]))
                 found = await _api(base, f"/api/v1/label/{label}/values", **{"match[]": series})
-                expected = {"job": JOB, "verifier_job": VERIFIER_JOB}.get(variable["name"])
+                expected = {"job": JOB, "verifier_job": VERIFIER_JOB, "canary_job": CANARY_JOB}.get(variable["name"])
                 if variable["name"] == "namespace":
                     assert found == [], found  # no namespace label outside Kubernetes: All (.*) matches
                 elif expected is not None:
@@ -266,7 +290,27 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
         assert {g["file"] for g in groups} == {str(RULES)}
         broken = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] == "err"]
         assert not broken, broken
+
+        # The canary probed without failure; an item planted on the feed under its prefix fires the alert.
+        assert not await _firing(base, "EligibilityCanaryFailures")
+        retracted = f'eligibility_canary_probes_total{{job="{CANARY_JOB}", outcome="retracted"}} > 0'
+        assert (await _api(base, "/api/v1/query", query=retracted))["result"], _tail(tmp_path / "canary.log")
+        planted = f"{settings.canary_prefix}objector-0-0-planted"
+        await send(settings, settings.topics.feed, [(planted.encode(), b'{"content_id": "' + planted.encode() + b'"}')])
+        async with asyncio.timeout(60):
+            while not (alerts := await _firing(base, "EligibilityCanaryFailures")):
+                canary.assert_running()
+                await asyncio.sleep(1)
+        assert [a["labels"]["kind"] for a in alerts] == ["published"]
+        assert planted in _tail(tmp_path / "canary.log")
     finally:
         prometheus.stop()
+        canary.stop()
         verifier.stop()
         worker.stop()
+
+
+async def _firing(base: str, name: str) -> list[dict[str, Any]]:
+    """The alerts named `name` that the Prometheus at `base` has firing."""
+    data = await _api(base, "/api/v1/alerts")
+    return [a for a in (data or {}).get("alerts", []) if a["labels"]["alertname"] == name and a["state"] == "firing"]

@@ -157,6 +157,9 @@ def _unscoped(expr: str) -> list[str]:
             ('namespace=~"$namespace"', 'job=~"$verifier_job"')
             # The verifier's series: its own, and the trainers' acknowledgements it reads.
             if name.startswith(("eligibility_verifier_", "eligibility_trainer_"))
+            # The canary objectors' series (python -m stream canary).
+            else ('namespace=~"$namespace"', 'job=~"$canary_job"')
+            if name.startswith("eligibility_canary_")
             else ('namespace=~"$namespace"', 'job=~"$job"', 'instance=~"$instance"')
         )
         for match in re.finditer(rf"(?<![\w:]){re.escape(name)}(\{{[^}}]*\}})?(?![\w:])", expr):
