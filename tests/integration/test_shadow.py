@@ -12,8 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import re
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +29,27 @@ from stream.config import Settings
 from stream.core.engine import Engine
 from stream.core.policy import Policy, load_policy
 from stream.core.shadow import load_shadow_policy
+from stream.errors import TopicLayoutError
 from stream.runtime.metrics import Metrics
+from stream.runtime.topics import check_layout
 from stream.runtime.worker import FilterWorker
 from stream.verifier import rule as vrule
 from stream.verifier.inputs import parse_profile
 from stream.verifier.state import Account
 
-from .harness import latest_by_key, make_topics, read_all, read_until, send, unique_settings, until
+from .harness import (
+    free_port,
+    http_get,
+    latest_by_key,
+    make_topics,
+    process_env,
+    read_all,
+    read_until,
+    send,
+    unique_settings,
+    until,
+    with_topics,
+)
 from .test_filter_scenario import CONTENT, OBJECTIONS, PROFILES
 
 pytestmark = pytest.mark.integration
@@ -186,3 +205,95 @@ async def test_shadow_worker_differences_match_independent_count_and_feed_untouc
     # Nothing was retracted, and the plain run wrote no diff record.
     assert await read_all(plain, plain.topics.shadow) == []
     assert await read_all(shadowed, shadowed.topics.retractions) == []
+
+
+# -- the worker process and its start-up checks -----------------------------------------
+
+
+def _cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        env=process_env(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_worker_process_with_shadow_policy_writes_differences_and_serves_the_metric(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path)
+    assert _cli(settings, "topics", "create").returncode == 0
+    shadow_file = tmp_path / "shadow.toml"
+    shadow_file.write_text(SHADOW_TOML)
+    port = free_port()
+    env = process_env(settings, STREAM_WEB_PORT=str(port), STREAM_SHADOW_POLICY_PATH=str(shadow_file))
+    log_path = tmp_path / "worker.log"
+    log = log_path.open("w")
+    worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        async with asyncio.timeout(90):
+            while (await http_get(f"http://127.0.0.1:{port}/ready"))[0] != 200:
+                assert worker.poll() is None, log_path.read_text()[-3000:]
+                await asyncio.sleep(0.2)
+        await send(settings, settings.topics.profiles, PROFILES)
+        await send(settings, settings.topics.objections, OBJECTIONS)
+        await send(settings, settings.topics.content, [record for record, _ in CONTENT.values()])
+        diffs = await read_until(settings, settings.topics.shadow, 3)
+        assert {d.json()["content_id"] for d in diffs} == {"c-de", "c-notice", "c-was-minor"}
+
+        series = "eligibility_shadow_differences_total"
+        wanted = (
+            f'{series}{{in_force_reason="jurisdiction_not_enabled",shadow_reason="eligible"}} 1.0',
+            f'{series}{{in_force_reason="notice_period_running",shadow_reason="eligible"}} 1.0',
+            f'{series}{{in_force_reason="created_while_minor",shadow_reason="minor"}} 1.0',
+            f'{series}{{in_force_reason="eligible",shadow_reason="minor"}} 0.0',  # every pair from start-up
+        )
+
+        async def scraped() -> str:
+            return (await http_get(f"http://127.0.0.1:{port}/metrics"))[1].decode()
+
+        async with asyncio.timeout(30):  # counted in the batch's tail, after the acknowledgements
+            text = await scraped()
+            while not all(line in text for line in wanted):
+                await asyncio.sleep(0.2)
+                text = await scraped()
+        assert 'eligibility_output_records_total{output="shadow"} 3.0' in text
+        feed = latest_by_key(await read_all(settings, settings.topics.feed))
+        assert set(feed) == {cid.encode() for cid, (_, reason) in CONTENT.items() if reason == "eligible"}
+
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        log.close()
+    assert "shadow policy shadow-it-1 beside" in log_path.read_text()
+
+
+def test_worker_shadow_policy_with_the_version_in_force_refused_naming_the_variable(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(bootstrap, tmp_path)
+    assert _cli(settings, "topics", "create").returncode == 0
+    same = tmp_path / "same.toml"
+    same.write_text(SHADOW_TOML.replace('"shadow-it-1"', f'"{load_policy().version}"'))
+    result = _cli(settings, "worker", STREAM_SHADOW_POLICY_PATH=str(same))
+    assert result.returncode == 2
+    assert "STREAM_SHADOW_POLICY_PATH" in result.stderr and "version" in result.stderr
+    invalid = tmp_path / "invalid.toml"
+    invalid.write_text(SHADOW_TOML.replace("minimum_age = 30", "minimum_age = 12"))
+    result = _cli(settings, "worker", STREAM_SHADOW_POLICY_PATH=str(invalid))
+    assert result.returncode == 2
+    assert "STREAM_SHADOW_POLICY_PATH" in result.stderr and "minimum_age" in result.stderr
+
+
+async def test_layout_check_requires_the_shadow_topic_only_with_a_shadow_policy(bootstrap: str, tmp_path: Path) -> None:
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    missing_topic = with_topics(settings, shadow=settings.topics.shadow + ".missing")
+    await check_layout(missing_topic)  # no shadow policy: the diff topic is not needed
+    with pytest.raises(TopicLayoutError, match=re.escape(missing_topic.topics.shadow)):
+        await check_layout(replace(missing_topic, shadow_policy_path=tmp_path / "shadow.toml"))
