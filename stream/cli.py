@@ -36,7 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one operator command; its exit status (2 for a StreamError or a Kafka failure, 130 when interrupted)."""
     args = _parser().parse_args(argv)
     try:
-        settings = _trainer_settings() if args.command in TRAINER_COMMANDS else Settings.from_env()
+        if args.command in TRAINER_COMMANDS:
+            settings = _trainer_settings()
+        elif args.command == "canary":
+            from stream.compliance.canary import canary_settings  # no pseudonym key: it never pseudonymises
+
+            settings = canary_settings()
+        else:
+            settings = Settings.from_env()
     except StreamError as exc:
         _error_line(str(exc), os.environ.get("STREAM_LOG_FORMAT", "").strip().lower() == LogFormat.JSON)
         return 2

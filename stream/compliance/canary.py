@@ -39,9 +39,10 @@ import asyncio
 import datetime as dt
 import itertools
 import logging
+import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -174,6 +175,17 @@ class CanaryOptions:
                 raise CanaryError(f"--{name.replace('_', '-')} must be above 0, not {getattr(self, name)}")
         if len(self.country) != 2 or not self.country.isascii() or not self.country.isupper():
             raise CanaryError(f"--country {self.country!r}: expected an ISO 3166-1 alpha-2 code such as GB")
+
+
+def canary_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings from the environment, without the pseudonym key: the canary never pseudonymises.
+
+    Read by `Settings.from_env`, so every other variable is checked as for any command,
+    but a missing key does not refuse the canary, and its pod is given none (least privilege).
+    """
+    env = os.environ if env is None else env
+    without_key = {k: v for k, v in env.items() if not k.startswith("STREAM_PSEUDONYM_")}
+    return Settings.from_env({**without_key, "STREAM_DEV_MODE": "1"})
 
 
 def partition_of(key: bytes, partitions: int) -> int:

@@ -108,6 +108,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "kafka": {"securityProtocol": "SSL"},
         "strimzi": {"enabled": True, "users": {"authentication": "tls"}, "topics": {"skip": ["content"]}},
     },
+    # The canary objectors on, with Strimzi users (SCRAM), its ServiceMonitor and a prefix of its own.
+    "canary": {
+        "pseudonymKey": {"existingSecret": "pseudonym"},
+        "strimzi": {"enabled": True},
+        "canary": {"enabled": True, "prefix": "synthetic-canary-", "deadlineSeconds": 2.5},
+        "serviceMonitor": {"enabled": True},
+    },
     # No verifier, no disruption budget, plaintext and the development key (a demo cluster).
     "verifier-off": {
         "devMode": True,
@@ -342,7 +349,13 @@ def _acls(user: dict[str, Any]) -> dict[tuple[str, str, str], set[str]]:
 
 
 # The README's principals (its "Secured Kafka" table) and the chart's KafkaUser of each.
-README_PRINCIPALS = {"worker": "worker", "verifier": "verifier", "trainer": "trainer", "objection form": "objections"}
+README_PRINCIPALS = {
+    "worker": "worker",
+    "verifier": "verifier",
+    "trainer": "trainer",
+    "objection form": "objections",
+    "canary": "canary",
+}
 
 
 def _readme_acls() -> dict[str, dict[tuple[str, str, str], set[str]]]:
@@ -364,7 +377,10 @@ def _readme_acls() -> dict[str, dict[tuple[str, str, str], set[str]]]:
 
 def test_chart_kafkausers_grant_exactly_the_readme_acls(helm: str) -> None:
     objs = _of_kind(rendered(helm, "strimzi-tls"), "KafkaUser")
-    values = {"strimzi": {"users": {"trainer": {"enabled": True}, "objectionProducer": {"enabled": True}}}}
+    values = {
+        "strimzi": {"users": {"trainer": {"enabled": True}, "objectionProducer": {"enabled": True}}},
+        "canary": {"enabled": True},
+    }
     all_users = _render(helm, _merge(VALUE_SETS["strimzi-tls"], values))
     users = {
         u["metadata"]["name"].removeprefix("test-eligibility-filter-"): u for u in _of_kind(all_users, "KafkaUser")
@@ -425,7 +441,7 @@ def test_chart_strimzi_users_are_the_programs_credentials(helm: str) -> None:
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_chart_pods_run_non_root_read_only_without_privileges(helm: str, name: str) -> None:
     templates = _pod_templates(rendered(helm, name))
-    assert len(templates) == (1 if name == "verifier-off" else 2)
+    assert len(templates) == {"verifier-off": 1, "canary": 3}.get(name, 2)
     for template in templates:
         pod = template["spec"]
         sc = pod["securityContext"]
@@ -656,3 +672,42 @@ def test_chart_copies_cover_rules_dashboards_and_topics() -> None:
     )
     topics = yaml.safe_load((files / "topics.yaml").read_text())["topics"]
     assert [t["name"] for t in topics] == [s.name for s in topic_specs(Settings())]
+
+
+def test_chart_canary_is_off_by_default(helm: str) -> None:
+    objs = rendered(helm, "defaults")
+    assert not [o for o in objs if o["metadata"]["name"].endswith("-canary")]
+
+
+def test_chart_canary_runs_the_canary_command_without_the_pseudonym_key(helm: str) -> None:
+    from stream.compliance.canary import canary_settings
+
+    objs = rendered(helm, "canary")
+    deployment = _one(objs, "Deployment", "-canary")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    help_text = subprocess.run(
+        [sys.executable, "-m", "stream", "canary", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert container["args"][0] == "canary"
+    for arg in container["args"][1:]:
+        assert arg.split("=")[0] in help_text
+    assert "--port=6068" in container["args"] and "--deadline=2.5" in container["args"]
+    assert container["ports"][0]["containerPort"] == 6068
+    env = _env(container)
+    assert env["KAFKA_SASL_USERNAME"] == "test-eligibility-filter-canary"
+    # The canary never pseudonymises: no key in its environment or its volumes, and it starts without one.
+    assert not [k for k in env if k.startswith("STREAM_PSEUDONYM_")]
+    assert "pseudonym-key" not in {v["name"] for v in pod["volumes"]}
+    plain = {k: v for k, v in env.items() if isinstance(v, str) and not k.startswith("KAFKA_")}
+    assert canary_settings(plain).canary_prefix == "synthetic-canary-"
+    # Scraped as the job the compose stack's Prometheus and the dashboards use.
+    (relabel,) = _one(objs, "ServiceMonitor", "-canary")["spec"]["endpoints"][0]["relabelings"]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    assert relabel["replacement"] == "eligibility-canary" in {job["job_name"] for job in scrape}
+    service = _one(objs, "Service", "-canary")
+    assert service["metadata"]["labels"]["eligibility-filter/metrics"] == "canary"
+    # Its principal: Write on the three inputs, Read on the feed and the retractions (the README's table).
+    user = _one(objs, "KafkaUser", "-canary")
+    assert _acls(user) == _readme_acls()["canary"]

@@ -124,6 +124,9 @@ template renders first: the pseudonym key, each program's credentials, the repli
 {{- if .Values.verifier.enabled -}}
 {{- $_ := include "ef.credentials" (dict "root" . "component" "verifier" "values" .Values.verifier) -}}
 {{- end -}}
+{{- if .Values.canary.enabled -}}
+{{- $_ := include "ef.credentials" (dict "root" . "component" "canary" "values" .Values.canary) -}}
+{{- end -}}
 {{- if gt (int .Values.worker.replicas) (int .Values.topics.partitions) -}}
 {{- fail (printf "worker.replicas=%d exceeds topics.partitions=%d: each worker holds whole partition numbers, so the extra pods would get none, never turn ready and stall every rolling update" (int .Values.worker.replicas) (int .Values.topics.partitions)) -}}
 {{- end -}}
@@ -139,7 +142,10 @@ sasl: /etc/eligibility-filter/kafka/sasl
 tlsClient: /etc/eligibility-filter/kafka/client
 {{- end -}}
 
-{{/* Environment both programs read: (dict "root" $ "component" "worker" "values" .Values.worker) */}}
+{{/*
+Environment every program reads: (dict "root" $ "component" "worker" "values" .Values.worker).
+The canary never pseudonymises: it gets no pseudonym key.
+*/}}
 {{- define "ef.commonEnv" -}}
 {{- $root := .root -}}
 {{- $paths := include "ef.paths" $root | fromYaml -}}
@@ -174,7 +180,7 @@ tlsClient: /etc/eligibility-filter/kafka/client
 - name: STREAM_DEV_MODE
   value: "1"
 {{- end }}
-{{- if $root.Values.pseudonymKey.existingSecret }}
+{{- if and $root.Values.pseudonymKey.existingSecret (ne .component "canary") }}
 - name: STREAM_PSEUDONYM_KEY_FILE
   value: {{ printf "%s/key" $paths.pseudonymKey | quote }}
 {{- end }}
@@ -209,7 +215,7 @@ tlsClient: /etc/eligibility-filter/kafka/client
 {{- $creds := include "ef.credentials" . | fromYaml -}}
 - name: tmp
   mountPath: /tmp
-{{- if $root.Values.pseudonymKey.existingSecret }}
+{{- if and $root.Values.pseudonymKey.existingSecret (ne .component "canary") }}
 - name: pseudonym-key
   mountPath: {{ $paths.pseudonymKey }}
   readOnly: true
@@ -248,7 +254,7 @@ tlsClient: /etc/eligibility-filter/kafka/client
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
-{{- if $root.Values.pseudonymKey.existingSecret }}
+{{- if and $root.Values.pseudonymKey.existingSecret (ne .component "canary") }}
 - name: pseudonym-key
   secret:
     secretName: {{ $root.Values.pseudonymKey.existingSecret }}
