@@ -864,7 +864,7 @@ def compliance() -> Dashboard:
             text_mode=BigValueTextMode.NAME,
         )
     )
-    return canaries(trainers(d, ids), ids)
+    return shadow(canaries(trainers(d, ids), ids), ids)
 
 
 def trainers(d: Dashboard, ids: Ids) -> Dashboard:
@@ -901,6 +901,43 @@ def trainers(d: Dashboard, ids: Ids) -> Dashboard:
                     "{{group}}",
                 )
             ],
+        ),
+    )
+
+
+def shadow(d: Dashboard, ids: Ids) -> Dashboard:
+    """The compliance view's rollout row: what a shadow policy (STREAM_SHADOW_POLICY_PATH) would decide differently."""
+    d = d.with_row(Row("Policy rollout: shadow differences").id(ids()))
+    differences = sel("eligibility_shadow_differences_total")
+    decisions = sel("eligibility_decisions_total")
+    return add(
+        d,
+        stat_panel(
+            ids,
+            "Shadow: share of decisions that would change",
+            "In the selected range, the upserts a shadow policy decides with another reason than the policy in "
+            "force, as a share of all decisions. Empty unless workers run a shadow (docs/policy-rollout.md).",
+            "percentunit",
+            query(
+                f"sum(increase({differences}[$__range])) / sum(increase({decisions}[$__range]))",
+                instant=True,
+            ),
+            span=6,
+        ),
+        series_panel(
+            ids,
+            "Shadow policy differences",
+            "Per pair of reasons (in force -> shadow), the upserts the shadow policy would decide differently; "
+            "never published. Each pair must follow from the change being rolled out (docs/policy-rollout.md); "
+            "examples are on eligibility.shadow.",
+            "short",
+            [
+                query(
+                    f"sum by (in_force_reason, shadow_reason) (increase({differences}[{RATE}]))",
+                    "{{in_force_reason}} -> {{shadow_reason}}",
+                )
+            ],
+            span=18,
         ),
     )
 

@@ -171,10 +171,17 @@ async def test_prometheus_every_dashboard_query_returns_series_from_a_real_worke
         )
     )
     base = f"http://127.0.0.1:{prometheus_port}"
+    # A shadow policy (the packaged one with DE enabled), so the compliance dashboard's rollout row has series.
+    shadow = tmp_path / "shadow.toml"
+    shadow.write_text(
+        'version = "shadow-prometheus"\ncontent_types = ["post", "comment", "photo", "caption"]\nminimum_age = 18\n'
+        "[jurisdictions.GB]\nnotice_period_days = 0\n[jurisdictions.BR]\nnotice_period_days = 30\n"
+        "[jurisdictions.DE]\nnotice_period_days = 0\n"
+    )
     worker = Process(
         [sys.executable, "-m", "stream", "worker"],
         tmp_path / "worker.log",
-        _env(settings, STREAM_WEB_PORT=str(worker_port)),
+        _env(settings, STREAM_WEB_PORT=str(worker_port), STREAM_SHADOW_POLICY_PATH=str(shadow)),
     )
     verifier = Process(
         [
