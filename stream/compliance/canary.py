@@ -213,7 +213,7 @@ def _now_text() -> str:
 
 
 @dataclass(slots=True)
-class _Probe:
+class Probe:
     """One probe cycle's item, from the withdrawal until it is forgotten."""
 
     content_id: str
@@ -245,9 +245,9 @@ class Canary:
         self.prefix = settings.canary_prefix
         self.objectors: list[str] = []
         self.probe_accounts: list[str] = []
-        self.probes: dict[str, _Probe] = {}
+        self.probes: dict[str, Probe] = {}
         # Probes whose author objected again and whose tombstone is not read yet.
-        self.awaiting: dict[str, _Probe] = {}
+        self.awaiting: dict[str, Probe] = {}
         # Set once the accounts are set up and the feed was read to its end once.
         self.started = asyncio.Event()
         # Canary items live on the feed when the canary started (a cycle cut short by a
@@ -421,18 +421,19 @@ class Canary:
             fetched = await self._consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
             for tp, records in fetched.items():
                 for r in records:
-                    content_id = self._canary_id(r.key)
-                    if content_id is None:
-                        continue
                     if tp.topic == topics.feed:
-                        self._on_feed(content_id, r.value)
+                        self.on_feed(r.key, r.value)
                     elif tp.topic == topics.retractions:
-                        self._on_retraction(content_id)
-            self._check_overdue()
+                        self.on_retraction(r.key)
+            self.check_overdue()
             if sum(len(records) for records in fetched.values()) < FETCH_RECORDS:
                 self.metrics.last_check.set(time.time())  # nothing left behind by this read
 
-    def _on_feed(self, content_id: str, value: bytes | None) -> None:
+    def on_feed(self, key: bytes | None, value: bytes | None) -> None:
+        """Judge a feed record: of a canary item, a value is a failure unless a probe cycle expects it."""
+        content_id = self._canary_id(key)
+        if content_id is None:
+            return  # not a canary item: none of the canary's business
         probe = self.probes.get(content_id)
         if value is None:
             self.suspects.pop(content_id, None)
@@ -446,12 +447,14 @@ class Canary:
         self.suspects.pop(content_id, None)
         self._fail(FailureKind.PUBLISHED, content_id)
 
-    def _on_retraction(self, content_id: str) -> None:
-        probe = self.probes.get(content_id)
+    def on_retraction(self, key: bytes | None) -> None:
+        """Note a training.retractions record of a canary item (a probe's retraction needs it and its tombstone)."""
+        content_id = self._canary_id(key)
+        probe = self.probes.get(content_id) if content_id is not None else None
         if probe is not None:
             probe.note_retraction(tombstone=False)
 
-    def _check_overdue(self) -> None:
+    def check_overdue(self) -> None:
         """Items on the feed at start that outlived their deadline; probes not retracted long after theirs."""
         now = time.monotonic()
         for content_id, due in list(self.suspects.items()):
@@ -494,7 +497,7 @@ class Canary:
     async def probe_once(self, account: str) -> ProbeOutcome:
         """Withdraw, post, see the item on the feed, object, time its retraction; the cycle's outcome."""
         topics = self.settings.topics
-        probe = _Probe(f"{account}-probe-{uuid.uuid4().hex[:12]}")
+        probe = Probe(f"{account}-probe-{uuid.uuid4().hex[:12]}")
         self._remember(probe)
         await self._send_all(topics.objections, [(account, self._objection(account, "withdrawn"))])
         await self._send_all(topics.content, [(account, self._content(account, probe.content_id))])
@@ -527,7 +530,7 @@ class Canary:
         log.info("canary: probe retracted %.3fs after the objection", seconds)
         return ProbeOutcome.RETRACTED
 
-    def _remember(self, probe: _Probe) -> None:
+    def _remember(self, probe: Probe) -> None:
         self.probes[probe.content_id] = probe
         while len(self.probes) > REMEMBERED_PROBES:
             del self.probes[next(iter(self.probes))]
