@@ -75,6 +75,10 @@ PUBLISH_WAIT_SECONDS: Final = 60.0
 # After the deadline a probe keeps waiting this long for its retraction, so the
 # histogram still gets the (slow) time; then the cycle ends.
 LATE_WAIT_SECONDS: Final = 60.0
+# A probe item that was not on the feed when its author objected again may still arrive
+# (decided before the objection); after this long it is forgotten, and arriving later is a
+# failure like any canary item of an objector.
+UNPUBLISHED_WAIT_SECONDS: Final = 3600.0
 # Probe cycles whose items are remembered after they ended: a value on the feed for an
 # item retracted earlier is a failure, one for an item forgotten is one too.
 REMEMBERED_PROBES: Final = 10_000
@@ -469,6 +473,11 @@ class Canary:
                 probe.overdue = True
                 del self.awaiting[content_id]
                 self._fail(FailureKind.PUBLISHED, content_id)
+            elif not probe.published.is_set() and now >= objected_at + UNPUBLISHED_WAIT_SECONDS:
+                # Never published (the filter was down): forgotten, so that its item appearing
+                # on the feed now, long after its author objected, counts as published.
+                del self.awaiting[content_id]
+                self.probes.pop(content_id, None)
 
     def _fail(self, kind: FailureKind, content_id: str) -> None:
         self.metrics.failures.labels(kind=kind.value).inc()

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from stream.compliance.canary import (
+    UNPUBLISHED_WAIT_SECONDS,
     Canary,
     CanaryError,
     CanaryMetrics,
@@ -115,3 +117,17 @@ async def test_canary_counts_a_leftover_item_only_when_its_deadline_passed() -> 
     assert list(canary.suspects) == ["c-probe-0-1-later"]
     canary.on_feed(b"c-probe-0-1-later", None)  # tombstoned in time
     assert canary.suspects == {}
+
+
+async def test_canary_forgets_an_unpublished_probe_after_an_hour_and_counts_its_item_then() -> None:
+    metrics = CanaryMetrics.create()
+    canary = Canary(Settings(canary_prefix="c-"), CanaryOptions(), metrics)
+    late, forgotten = Probe("c-probe-0-1-late"), Probe("c-probe-0-1-forgotten")
+    late.objected_at, forgotten.objected_at = time.monotonic(), time.monotonic() - UNPUBLISHED_WAIT_SECONDS
+    for probe in (late, forgotten):
+        canary.probes[probe.content_id] = canary.awaiting[probe.content_id] = probe
+    canary.check_overdue()
+    assert list(canary.awaiting) == list(canary.probes) == ["c-probe-0-1-late"]
+    canary.on_feed(b"c-probe-0-1-late", b"{}")  # decided before the objection: still expected, then retracted
+    canary.on_feed(b"c-probe-0-1-forgotten", b"{}")
+    assert _failures(metrics, FailureKind.PUBLISHED) == 1
