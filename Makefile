@@ -31,6 +31,13 @@ broker-stop: ## stop the local Kafka broker
 run: install ## broker, topics, worker, a synthetic workload and live counts by reason (Ctrl-C stops)
 	scripts/demo.sh
 
+# By hand, never in `make test`: a two-minute session like `make run` on topics of its own,
+# its evidence report, and Debian's Chromium (apt-get install -y chromium) rendering it.
+evidence-screenshot: install ## by hand: a short demo session, its evidence report, rendered to docs/evidence-report.png
+	scripts/evidence_screenshot.sh
+
+.PHONY: evidence-screenshot
+
 # The tests start the local broker themselves (scripts/kafka.sh) unless one answers
 # at KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092); under CI=true a broker that
 # does not start fails the run.

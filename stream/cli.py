@@ -279,7 +279,10 @@ def _evidence(settings: Settings, args: argparse.Namespace) -> int:
     """`evidence --since DATE --out FILE.html`: the report, with the verifier run in-process; one line on stdout."""
     from pathlib import Path
 
-    from stream.compliance.evidence import make_report
+    from stream.compliance.evidence import make_report, utc_text
+
+    # The reader assigns partitions, and aiokafka logs each assignment at INFO: nothing to act on.
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
     def run_verifier() -> dict[str, object]:
         from stream.verifier.verify import to_json, verify
@@ -297,7 +300,8 @@ def _evidence(settings: Settings, args: argparse.Namespace) -> int:
         figure=args.figure,
         run_verifier=None if args.no_verify else run_verifier,
     )
-    print(f"{evidence.verdict.title}: evidence for {args.since} to {evidence.period.until.isoformat()} in {args.out}")
+    period = f"{utc_text(evidence.period.since)} to {utc_text(evidence.period.until)}"
+    print(f"{evidence.verdict.title}: the evidence for {period} is in {args.out}", flush=True)
     return 0
 
 

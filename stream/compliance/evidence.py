@@ -359,7 +359,7 @@ class Tallies:
 
 
 # Timeline buckets: the smallest of these giving at most TIMELINE_BUCKETS bars.
-_BUCKETS: Final = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+_BUCKETS: Final = (5, 10, 15, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 TIMELINE_BUCKETS: Final = 60
 
 
@@ -633,7 +633,7 @@ def verdict(t: Tallies, verifier: Mapping[str, Any] | None, monitoring: Monitori
 
 
 def _items(n: object) -> str:
-    return "1 item" if n == 1 else f"{n} items"
+    return "1 item" if n == 1 else (f"{n:,} items" if isinstance(n, int) else f"{n} items")
 
 
 def _share(share: float | None) -> str:
@@ -663,7 +663,7 @@ _GREEN, _GREY, _RED, _BLUE = "#2e7d32", "#78909c", "#c62828", "#1565c0"
 
 def _bars(plt: Any, counts: Mapping[str, int], title: str, colour: Callable[[str], str]) -> Any:
     items = sorted(counts.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.32 * max(1, len(items))))
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.32 * max(1, len(items))))
     if items:
         labels = [k for k, _ in items]
         values = [v for _, v in items]
@@ -689,12 +689,17 @@ def _integer_ticks() -> Any:
 
 
 def _propagation_figure(plt: Any, p: Propagation) -> Any:
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
-    ms = sorted(s * 1000 for s in p.seconds)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    objective_ms = OBJECTIVE_SECONDS * 1000
+    # A logarithmic axis from 1 ms: a propagation under 1 ms is drawn at 1 ms.
+    ms = sorted(max(1.0, s * 1000) for s in p.seconds)
     if ms:
         share = [(i + 1) / len(ms) for i in range(len(ms))]
-        ax.step(ms, share, where="post", color=_BLUE, label="objections retracted within x")
+        ax.step([ms[0], *ms], [0.0, *share], where="post", color=_BLUE, label="objections retracted within x")
+        if len(ms) <= 20:
+            ax.plot(ms, share, "o", color=_BLUE, markersize=3)
         ax.set_xscale("log")
+        ax.set_xlim(min(ms[0], objective_ms) / 2, max(ms[-1], objective_ms) * 2)
     else:
         ax.text(0.5, 0.5, "no objection measured in the period", ha="center", va="center", transform=ax.transAxes)
     ax.axvline(
@@ -714,7 +719,7 @@ def _propagation_figure(plt: Any, p: Propagation) -> Any:
 def _timeline_figure(plt: Any, t: Tallies, period: Period) -> Any:
     import matplotlib.dates as mdates
 
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    fig, ax = plt.subplots(figsize=(9, 3.2))
     starts = [period.since + dt.timedelta(seconds=t.bucket_seconds * i) for i in range(len(t.timeline["eligible"]))]
     width = dt.timedelta(seconds=t.bucket_seconds * 0.9)
     ax.bar(starts, t.timeline["eligible"], width=width, align="edge", color=_GREEN, label="eligible")
@@ -750,11 +755,11 @@ def _timeline_figure(plt: Any, t: Tallies, period: Period) -> Any:
 
 
 def _duration(seconds: int) -> str:
-    for unit, size in (("week", 7 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60)):
+    for unit, size in (("week", 7 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
         if seconds % size == 0:
             n = seconds // size
             return unit if n == 1 else f"{n} {unit}s"
-    return f"{seconds} s"
+    return f"{seconds} seconds"
 
 
 def figures(t: Tallies, period: Period, names: Iterable[str] = FIGURES) -> dict[str, bytes]:
@@ -888,7 +893,7 @@ h1{font-size:24px;margin-bottom:2px}h2{font-size:19px;border-bottom:1px solid #c
 td,th{border:1px solid #d5d8dc;padding:3px 9px;text-align:left;vertical-align:top}th{background:#f2f4f4}
 td.n{text-align:right;font-variant-numeric:tabular-nums}.kpi td:first-child{color:#444}
 figure{margin:10px 0}img{max-width:100%}pre{background:#f4f6f7;padding:6px 9px;font-size:12px;white-space:pre-wrap;
-word-break:break-all;margin:4px 0}figcaption{font-size:13px;color:#444}.note{font-size:13px;color:#555}
+overflow-wrap:anywhere;margin:4px 0}figcaption{font-size:13px;color:#444}.note{font-size:13px;color:#555}
 """
 
 
@@ -916,9 +921,9 @@ def _figure(e: Evidence, name: str, png: bytes, caption: str) -> str:
     )
 
 
-def _counted(counts: Counter[str], words: Mapping[str, str]) -> list[tuple[str, int, str]]:
+def _counted(counts: Counter[str], words: Mapping[str, str]) -> list[tuple[str, str, str]]:
     return [
-        (code, n, words.get(code, "a code this report does not know: see the contract"))
+        (code, f"{n:,}", words.get(code, "a code this report does not know: see the contract"))
         for code, n in counts.most_common()
     ]
 
