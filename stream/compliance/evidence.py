@@ -502,8 +502,8 @@ class Canaries:
 class VerifierHistory:
     """The continuous verifier over the period, from Prometheus."""
 
-    runs: float
-    max_violations: float
+    runs: float  # runs completed in the period
+    max_violations: float  # the most violations of one reason at any run
     max_losses: float
 
 
@@ -552,13 +552,16 @@ def query_prometheus(url: str, period: Period) -> Monitoring:
                 f"(increase(eligibility_canary_propagation_seconds_bucket{window})))"
             ),
         )
-    runs = scalar(f"changes(max(eligibility_verifier_last_run_timestamp_seconds)[{window[1:-1]}:15s])")
+    # Each run sets the last-run time anew: its changes are the runs completed in the period. The
+    # worst run is the largest count of one reason (or of losses) any scrape saw: exact at every
+    # scrape, where a sum over reasons would need a subquery and its coarser steps.
+    runs = scalar(f"max(changes(eligibility_verifier_last_run_timestamp_seconds{window}))")
     verifier = None
     if runs is not None:
         verifier = VerifierHistory(
-            runs=runs + 1,
-            max_violations=scalar(f"max_over_time(sum(eligibility_verifier_violations)[{window[1:-1]}:15s])") or 0.0,
-            max_losses=scalar(f"max_over_time(sum(eligibility_verifier_losses)[{window[1:-1]}:15s])") or 0.0,
+            runs=runs,
+            max_violations=scalar(f"max(max_over_time(eligibility_verifier_violations{window}))") or 0.0,
+            max_losses=scalar(f"max(max_over_time(eligibility_verifier_losses{window}))") or 0.0,
         )
     within = f'le="{OBJECTIVE_SECONDS:g}"'
     objections = scalar(f"sum(increase(eligibility_objection_propagation_seconds_count{window}))")
@@ -622,8 +625,8 @@ def verdict(t: Tallies, verifier: Mapping[str, Any] | None, monitoring: Monitori
         passing.append("no canary failed in the period")
     if monitoring is not None and monitoring.verifier is not None and monitoring.verifier.max_violations > 0:
         failing.append(
-            f"the continuous verifier reported up to {monitoring.verifier.max_violations:.0f} violations "
-            "during the period"
+            f"the continuous verifier reported violations during the period (up to "
+            f"{monitoring.verifier.max_violations:.0f} of one reason at a run)"
         )
     if failing:
         return Verdict(False, tuple(failing), tuple(unchecked))
@@ -1104,8 +1107,9 @@ def _verifier_html(e: Evidence) -> str:
     m = e.monitoring
     if m is not None and m.verifier is not None:
         html_parts.append(
-            f"<p>The continuous verifier during the period (Prometheus): about {m.verifier.runs:,.0f} runs, at most "
-            f"{m.verifier.max_violations:,.0f} violations and {m.verifier.max_losses:,.0f} losses at any run.</p>"
+            f"<p>The continuous verifier during the period (Prometheus): {m.verifier.runs:,.0f} runs completed; "
+            f"the worst run found {m.verifier.max_violations:,.0f} violations of one reason and "
+            f"{m.verifier.max_losses:,.0f} losses.</p>"
         )
     return "".join(html_parts)
 

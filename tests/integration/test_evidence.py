@@ -298,3 +298,114 @@ def test_evidence_bad_arguments_are_one_clear_error_line(
     assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+# -- with a real Prometheus --------------------------------------------------------------
+
+
+async def test_evidence_reads_canaries_verifier_and_worker_series_from_a_real_prometheus(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """Debian's Prometheus scrapes a stand-in exporter of the canary's, verifier's and worker's series; the
+    report's Prometheus numbers follow what the exporter counted in the period, and a canary failure fails it."""
+    import shutil
+    import urllib.parse
+
+    import yaml
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+    from tests.conftest import missing
+
+    from .harness import free_port, http_get
+    from .test_prometheus import Process
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        missing("PROMETHEUS", "evidence's Prometheus test", "no prometheus binary: run scripts/install-prometheus.sh")
+    settings = unique_settings(bootstrap, tmp_path / "data")
+    await make_topics(settings)
+
+    registry = CollectorRegistry()
+    failures = Counter("eligibility_canary_failures_total", "canary failures", ["kind"], registry=registry)
+    canary_seconds = Histogram("eligibility_canary_propagation_seconds", "canary", registry=registry)
+    violations = Gauge("eligibility_verifier_violations", "violations", ["reason"], registry=registry)
+    losses = Gauge("eligibility_verifier_losses", "losses", registry=registry)
+    last_run = Gauge("eligibility_verifier_last_run_timestamp_seconds", "last run", registry=registry)
+    objections = Histogram(
+        "eligibility_objection_propagation_seconds", "objections", buckets=(0.1, 0.25, 1.0), registry=registry
+    )
+    failures.labels(kind="published")
+    violations.labels(reason="minor").set(0)
+    losses.set(0)
+    last_run.set(time.time())
+    exporter_port, prometheus_port = free_port(), free_port()
+    while exporter_port == prometheus_port:
+        prometheus_port = free_port()
+    server, _ = start_http_server(exporter_port, addr="127.0.0.1", registry=registry)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {"job_name": "stand-in", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
+                ],
+            }
+        )
+    )
+    base = f"http://127.0.0.1:{prometheus_port}"
+    prometheus = Process(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ],
+        tmp_path / "prometheus.log",
+    )
+
+    async def scraped_after(moment: float) -> None:
+        """Until Prometheus holds a sample of the stand-in taken after `moment` (Unix seconds)."""
+        query = urllib.parse.urlencode({"query": "max(timestamp(eligibility_verifier_losses))"})
+        async with asyncio.timeout(60):
+            while True:
+                prometheus.assert_running()
+                status, body = await http_get(f"{base}/api/v1/query?{query}")
+                result = orjson.loads(body)["data"]["result"] if status == 200 else []
+                if result and float(result[0]["value"][1]) > moment:
+                    return
+                await asyncio.sleep(0.2)
+
+    try:
+        since = time.time()
+        await scraped_after(since)  # a sample of the counters before they move, inside the period
+        failures.labels(kind="published").inc(3)
+        for _ in range(5):
+            canary_seconds.observe(0.1)
+        for seconds in [0.05] * 9 + [0.5]:
+            objections.observe(seconds)
+        for _ in range(3):  # three verifier runs, each seen by a scrape
+            last_run.set(time.time())
+            await scraped_after(time.time())
+        done, out, json_path = _evidence(
+            settings, tmp_path, "prom", "--since", _since_text(int(since * 1000)), "--prometheus", base, "--no-verify"
+        )
+    finally:
+        prometheus.stop()
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    figures = orjson.loads(json_path.read_bytes())
+    prom = figures["prometheus"]
+    # increase() extrapolates to the window's edges: the counts are at least what was counted.
+    assert prom["canaries"]["failures"] >= 3 and prom["canaries"]["propagations"] >= 5
+    assert 0.05 < prom["canaries"]["p99_seconds"] <= 0.25  # in the bucket holding 0.1
+    assert prom["verifier"]["runs"] >= 3 and prom["verifier"]["max_violations"] == 0
+    assert prom["worker_objections"] >= 10 and prom["worker_share_within"] == pytest.approx(0.9)
+    assert figures["verdict"]["compliant"] is False
+    assert any("canaries failed" in reason for reason in figures["verdict"]["reasons"])
+    page = out.read_text()
+    assert _cell(page, "canary failures (an item on the feed, or an objection too slow)") == (
+        f"{prom['canaries']['failures']:,.0f}"
+    )
+    assert f"--prometheus {base}" in page and "Not compliant" in page
