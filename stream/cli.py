@@ -1,5 +1,5 @@
 """Operator commands: `python -m stream worker | topics | generate | verify | watch | export | retractions`,
-and the privacy staff's `explain | subject | evidence`.
+and the privacy staff's `explain | subject | evidence`, and the `canary` objectors.
 
 Each command reads the settings once, turns a StreamError into one clear line on
 stderr and exit status 2, and never re-implements the rule.
