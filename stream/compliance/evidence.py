@@ -24,8 +24,9 @@ Privacy: the report holds counts, policy versions, reason codes and content ids
 payload. Account ids are read from the audit log and the objections only to pair an
 objection with its retractions, in memory.
 
-Layout: a pure part (`Period`, `tally`, `propagation`, `verdict`, `render_html`,
-`figures`) and a thin shell (`read_period`, `query_prometheus`).
+Layout: a pure part (`Period`; `Counts`, which counts record by record as they are
+read, so memory grows with the objections, not with the audit log; `verdict`,
+`render_html`, `figures`) and a thin shell (`read_period`, `query_prometheus`).
 """
 
 from __future__ import annotations
@@ -168,16 +169,18 @@ class Rec:
     value: dict[str, Any] | None
 
 
+# topic -> partition -> (first offset read, end offset): the report's sources.
+Ranges = dict[str, dict[int, tuple[int, int]]]
+
+
 @dataclass(slots=True)
 class Read:
-    """Each topic's records from the period's start to the end offsets taken at the start of the run."""
+    """Records of each topic as lists: what the unit tests count (the command counts as it reads)."""
 
     decisions: list[Rec] = field(default_factory=list)
     retractions: list[Rec] = field(default_factory=list)
     dead_letters: list[Rec] = field(default_factory=list)
     objections: list[Rec] = field(default_factory=list)
-    # topic -> partition -> (first offset read, end offset): the report's sources.
-    ranges: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
 
 
 def _parse(value: bytes | None) -> dict[str, Any] | None:
@@ -190,17 +193,18 @@ def _parse(value: bytes | None) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-async def read_period(settings: Settings, period: Period) -> Read:
-    """Read the four topics from the period's start to their current end; EvidenceError for a missing topic."""
+async def read_period(settings: Settings, period: Period) -> tuple[Tallies, Ranges]:
+    """Count the four topics from the period's start to their current end; EvidenceError for a missing topic."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
     topics = settings.topics
-    wanted = {
-        topics.decisions: "decisions",
-        topics.retractions: "retractions",
-        topics.dlq: "dead_letters",
-        topics.objections: "objections",
+    counts = Counts(period)
+    wanted: dict[str, Callable[[Rec], None]] = {
+        topics.decisions: counts.decision,
+        topics.retractions: counts.retraction,
+        topics.dlq: counts.dead_letter,
+        topics.objections: counts.objection,
     }
     consumer = AIOKafkaConsumer(
         **client_options(settings),
@@ -211,15 +215,15 @@ async def read_period(settings: Settings, period: Period) -> Read:
         max_partition_fetch_bytes=8 << 20,
     )
     await consumer.start()
-    read = Read()
+    ranges: Ranges = {}
     try:
-        counts = await _partition_counts(settings, list(wanted))
-        tps = [TopicPartition(name, p) for name, n in counts.items() for p in range(n)]
+        partitions = await _partition_counts(settings, list(wanted))
+        tps = [TopicPartition(name, p) for name, n in partitions.items() for p in range(n)]
         ends = await consumer.end_offsets(tps)
         found = await consumer.offsets_for_times({tp: period.since_ms for tp in tps})
         starts = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
         for tp in tps:
-            read.ranges.setdefault(tp.topic, {})[tp.partition] = (starts[tp], ends[tp])
+            ranges.setdefault(tp.topic, {})[tp.partition] = (starts[tp], ends[tp])
         behind = {tp for tp in tps if starts[tp] < ends[tp]}
         consumer.assign(tps)
         for tp in tps:
@@ -238,9 +242,9 @@ async def read_period(settings: Settings, period: Period) -> Read:
                 kept = [r for r in records if r.offset < ends[tp]]
                 if kept:
                     last_progress = loop.time()
-                getattr(read, wanted[tp.topic]).extend(
-                    Rec(r.timestamp, tp.partition, r.offset, r.key, _parse(r.value)) for r in kept
-                )
+                add = wanted[tp.topic]
+                for r in kept:
+                    add(Rec(r.timestamp, tp.partition, r.offset, r.key, _parse(r.value)))
             if loop.time() - last_progress > READ_STALL_SECONDS:
                 names = sorted(f"{tp.topic}[{tp.partition}]" for tp in behind)
                 raise EvidenceError(f"no records for {READ_STALL_SECONDS:.0f}s while reading {', '.join(names)}")
@@ -248,7 +252,7 @@ async def read_period(settings: Settings, period: Period) -> Read:
         raise EvidenceError(f"cannot read the topics from {settings.bootstrap_servers}: {exc!r}") from exc
     finally:
         await consumer.stop()
-    return read
+    return counts.result(), ranges
 
 
 async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:
@@ -374,75 +378,125 @@ def _text(value: dict[str, Any] | None, name: str) -> str | None:
     return field_value if isinstance(field_value, str) else None
 
 
-def tally(read: Read, period: Period) -> Tallies:
-    """Count what the period's records say; records after `until` only close objections open at `until`."""
-    decisions: Counter[str] = Counter()
-    skips: Counter[str] = Counter()
-    audit: Counter[str] = Counter()
-    unreadable: Counter[str] = Counter()
-    spans: dict[str, list[int]] = {}
-    width = bucket_seconds(period)
-    bars = max(1, math.ceil((period.until_ms - period.since_ms) / (width * 1000)))
-    timeline = {name: [0] * bars for name in ("eligible", "refused", "retracted", "dead_letters")}
+class Counts:
+    """The report's counts, taken record by record as they are read.
 
-    def bar(ms: int) -> int:
-        return min(bars - 1, (ms - period.since_ms) // (width * 1000))
+    Memory grows with the objections and their retractions, not with the decisions: a
+    period of millions of audit records keeps only counters. Records after `until`
+    are read too, but only to close objections made before it.
+    """
 
-    for r in read.decisions:
-        if not period.holds(r.ms):
-            continue
+    def __init__(self, period: Period) -> None:
+        """Empty counts for `period`."""
+        self.period = period
+        self.decisions: Counter[str] = Counter()
+        self.skips: Counter[str] = Counter()
+        self.audit: Counter[str] = Counter()
+        self.retractions: Counter[str] = Counter()
+        self.dead: Counter[str] = Counter()
+        self.dead_topics: Counter[str] = Counter()
+        self.unreadable: Counter[str] = Counter()
+        self.spans: dict[str, list[int]] = {}
+        self.width = bucket_seconds(period)
+        self.bars = max(1, math.ceil((period.until_ms - period.since_ms) / (self.width * 1000)))
+        self.timeline = {name: [0] * self.bars for name in ("eligible", "refused", "retracted", "dead_letters")}
+        # author -> Kafka times of their `retract` records of cause `objection` (any time read).
+        self.retracted: dict[str, list[int]] = {}
+        self.objections: list[Rec] = []
+
+    def _bar(self, ms: int) -> int:
+        return min(self.bars - 1, (ms - self.period.since_ms) // (self.width * 1000))
+
+    def decision(self, r: Rec) -> None:
+        """Count one audit record."""
         v = r.value
+        action = _text(v, "action")
+        if action == "retract" and _text(v, "cause") == "objection":
+            author = _text(v, "author_id")
+            if author is not None:
+                self.retracted.setdefault(author, []).append(r.ms)
+        if not self.period.holds(r.ms):
+            return
         if v is None:
-            unreadable["eligibility.decisions"] += 1
-            continue
-        action, version = _text(v, "action"), _text(v, "policy_version") or "(none)"
-        span = spans.setdefault(version, [r.ms, r.ms, 0])
+            self.unreadable["eligibility.decisions"] += 1
+            return
+        version = _text(v, "policy_version") or "(none)"
+        span = self.spans.setdefault(version, [r.ms, r.ms, 0])
         span[0], span[1], span[2] = min(span[0], r.ms), max(span[1], r.ms), span[2] + 1
         if action == "decide":
             reason = _text(v, "reason") or "(none)"
-            decisions[reason] += 1
-            timeline["eligible" if reason == "eligible" else "refused"][bar(r.ms)] += 1
+            self.decisions[reason] += 1
+            self.timeline["eligible" if reason == "eligible" else "refused"][self._bar(r.ms)] += 1
         elif action == "skip":
-            skips[_text(v, "reason") or "(none)"] += 1
+            self.skips[_text(v, "reason") or "(none)"] += 1
         elif action == "retract":
-            audit[_text(v, "cause") or "(none)"] += 1
+            self.audit[_text(v, "cause") or "(none)"] += 1
         else:
-            unreadable["eligibility.decisions"] += 1
-    retractions: Counter[str] = Counter()
-    for r in read.retractions:
-        if period.holds(r.ms):
-            if r.value is None:
-                unreadable["training.retractions"] += 1
-                continue
-            retractions[_text(r.value, "cause") or "(none)"] += 1
-            timeline["retracted"][bar(r.ms)] += 1
-    dead: Counter[str] = Counter()
-    dead_topics: Counter[str] = Counter()
-    for r in read.dead_letters:
-        if period.holds(r.ms):
-            dead[_text(r.value, "reason") or "(unreadable)"] += 1
-            dead_topics[_text(r.value, "topic") or "(unknown)"] += 1
-            timeline["dead_letters"][bar(r.ms)] += 1
-    versions = tuple(
-        VersionSpan(version, _from_ms(first), _from_ms(last), n)
-        for version, (first, last, n) in sorted(spans.items(), key=lambda kv: kv[1][0])
-    )
-    return Tallies(
-        decisions=decisions,
-        skips=skips,
-        audit_retractions=audit,
-        retractions=retractions,
-        dead_letters=dead,
-        dead_letter_topics=dead_topics,
-        unreadable=unreadable,
-        versions=versions,
-        propagation=propagation(read, period),
-        bucket_seconds=width,
-        timeline=timeline,
-    )
+            self.unreadable["eligibility.decisions"] += 1
+
+    def retraction(self, r: Rec) -> None:
+        """Count one record of training.retractions."""
+        if not self.period.holds(r.ms):
+            return
+        if r.value is None:
+            self.unreadable["training.retractions"] += 1
+            return
+        self.retractions[_text(r.value, "cause") or "(none)"] += 1
+        self.timeline["retracted"][self._bar(r.ms)] += 1
+
+    def dead_letter(self, r: Rec) -> None:
+        """Count one dead letter."""
+        if self.period.holds(r.ms):
+            self.dead[_text(r.value, "reason") or "(unreadable)"] += 1
+            self.dead_topics[_text(r.value, "topic") or "(unknown)"] += 1
+            self.timeline["dead_letters"][self._bar(r.ms)] += 1
+
+    def objection(self, r: Rec) -> None:
+        """Keep one record of accounts.objections (its key, time, place and status) for the pairing."""
+        status = _text(r.value, "status")
+        self.objections.append(Rec(r.ms, r.partition, r.offset, r.key, {"status": status} if status else None))
+
+    def result(self) -> Tallies:
+        """The counts, with each objection of the period paired with its retractions."""
+        versions = tuple(
+            VersionSpan(version, _from_ms(first), _from_ms(last), n)
+            for version, (first, last, n) in sorted(self.spans.items(), key=lambda kv: kv[1][0])
+        )
+        return Tallies(
+            decisions=self.decisions,
+            skips=self.skips,
+            audit_retractions=self.audit,
+            retractions=self.retractions,
+            dead_letters=self.dead,
+            dead_letter_topics=self.dead_topics,
+            unreadable=self.unreadable,
+            versions=versions,
+            propagation=_pair(self.retracted, self.objections, self.period),
+            bucket_seconds=self.width,
+            timeline=self.timeline,
+        )
+
+
+def tally(read: Read, period: Period) -> Tallies:
+    """The counts of records already read into lists (the command counts as it reads)."""
+    counts = Counts(period)
+    for roles, add in (
+        (read.decisions, counts.decision),
+        (read.retractions, counts.retraction),
+        (read.dead_letters, counts.dead_letter),
+        (read.objections, counts.objection),
+    ):
+        for r in roles:
+            add(r)
+    return counts.result()
 
 
 def propagation(read: Read, period: Period) -> Propagation:
+    """Objection propagation of the period from records already read into lists."""
+    return tally(read, period).propagation
+
+
+def _pair(retracted: Mapping[str, list[int]], objection_records: Iterable[Rec], period: Period) -> Propagation:
     """Each objection of the period paired with the retractions it caused, from the audit log.
 
     An `objected` record's time is its Kafka timestamp on accounts.objections; its
@@ -454,15 +508,9 @@ def propagation(read: Read, period: Period) -> Propagation:
     behind the objection form's cannot lose them. An objection with no such retraction
     had nothing on the feed (or is not yet applied): counted apart, not measured.
     """
-    retracted: dict[str, list[int]] = {}
-    for r in read.decisions:
-        if _text(r.value, "action") == "retract" and _text(r.value, "cause") == "objection":
-            author = _text(r.value, "author_id")
-            if author is not None:
-                retracted.setdefault(author, []).append(r.ms)
     # An account's records share a partition: offset order is their order.
     by_account: dict[bytes, list[Rec]] = {}
-    for r in sorted(read.objections, key=lambda r: (r.partition, r.offset)):
+    for r in sorted(objection_records, key=lambda r: (r.partition, r.offset)):
         if r.key is not None:
             by_account.setdefault(r.key, []).append(r)
     objections = withdrawals = without = 0
@@ -1135,7 +1183,8 @@ def _canaries_html(m: Monitoring | None) -> str:
 
 
 def build(
-    read: Read,
+    t: Tallies,
+    ranges: Ranges,
     period: Period,
     *,
     settings: Settings,
@@ -1144,8 +1193,7 @@ def build(
     verifier_note: str,
     monitoring: Monitoring | None,
 ) -> Evidence:
-    """The report's content from what was read."""
-    t = tally(read, period)
+    """The report's content from the counts and the offsets read."""
     topics = settings.topics
     return Evidence(
         period=period,
@@ -1161,7 +1209,7 @@ def build(
             "dead_letters": topics.dlq,
             "objections": topics.objections,
         },
-        ranges=read.ranges,
+        ranges=ranges,
     )
 
 
@@ -1197,7 +1245,7 @@ def make_report(
     if figure is not None and figure not in FIGURES:
         raise EvidenceError(f"--figure {figure!r}: one of {', '.join(FIGURES)}")
     _pyplot()  # a missing matplotlib fails before the topics are read
-    read = asyncio.run(read_period(settings, period))
+    tallies, ranges = asyncio.run(read_period(settings, period))
     verifier: Mapping[str, Any] | None = None
     if figure is not None or run_verifier is None:
         note = "not run (--no-verify)" if figure is None else "not needed for one figure"
@@ -1210,7 +1258,14 @@ def make_report(
             note = f"It ran in-process when the report was made, at {verifier.get('checked_at', '?')}"
     monitoring = query_prometheus(prometheus, period) if prometheus and figure is None else None
     evidence = build(
-        read, period, settings=settings, now=now, verifier=verifier, verifier_note=note, monitoring=monitoring
+        tallies,
+        ranges,
+        period,
+        settings=settings,
+        now=now,
+        verifier=verifier,
+        verifier_note=note,
+        monitoring=monitoring,
     )
     if figure is not None:
         _write(out, figures(evidence.tallies, period, [figure])[figure])

@@ -150,7 +150,14 @@ def test_verdict_needs_the_verifier_and_fails_on_any_failing_check() -> None:
 def _evidence(read: Read) -> evidence.Evidence:
     settings = Settings(bootstrap_servers="b:9092")
     return evidence.build(
-        read, PERIOD, settings=settings, now=PERIOD.until, verifier=VERIFIER_OK, verifier_note="ran", monitoring=None
+        evidence.tally(read, PERIOD),
+        {},
+        PERIOD,
+        settings=settings,
+        now=PERIOD.until,
+        verifier=VERIFIER_OK,
+        verifier_note="ran",
+        monitoring=None,
     )
 
 
