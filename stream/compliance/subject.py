@@ -84,6 +84,11 @@ class ItemState:
     content_id: str
     records: list[AuditRecord] = field(default_factory=list)
     on_feed: bool = False
+    # Whether the live feed record carries this account's pseudonym under the configured
+    # key(s). False while on the feed: another author's item under the same content id,
+    # or a key this command was not given; it is still reported as on the feed (a privacy
+    # answer must not hide an item because a key is missing), with this flag.
+    pseudonym_matches: bool = False
     withdrawn_at: dt.datetime | None = None  # broker time of its latest withdrawal, if any
     withdrawn_cause: str | None = None
 
@@ -222,8 +227,8 @@ async def subject(settings: Settings, account_id: str, now: dt.datetime | None =
                 claimed = orjson.loads(record.value).get("author_pseudonym")
             except (orjson.JSONDecodeError, AttributeError):
                 claimed = None
-            # Another author's item under the same content id is not theirs.
-            item.on_feed = is_pseudonym_of(claimed, account_id, keys)
+            item.on_feed = True
+            item.pseudonym_matches = is_pseudonym_of(claimed, account_id, keys)
         withdrawals = [r for r in item.records if r.action == "retract"]
         if withdrawals:
             item.withdrawn_at, item.withdrawn_cause = withdrawals[-1].written_at, withdrawals[-1].cause
@@ -308,8 +313,13 @@ def render(s: Subject) -> str:
     lines.append("")
     for item in s.items:
         r = item.last
-        if item.on_feed:
+        if item.on_feed and item.pseudonym_matches:
             status = "ON THE FEED"
+        elif item.on_feed:
+            status = (
+                "ON THE FEED under another pseudonym than this account's (another author's item with the same "
+                "content id, or the pseudonym key this command was given is not the worker's)"
+            )
         elif item.withdrawn_at is not None:
             status = f"withdrawn at {utc_text(item.withdrawn_at)} ({item.withdrawn_cause})"
         else:
@@ -353,6 +363,7 @@ def to_json(s: Subject) -> bytes:
             {
                 "content_id": i.content_id,
                 "on_feed": i.on_feed,
+                "pseudonym_matches": i.pseudonym_matches if i.on_feed else None,
                 "withdrawn_at": utc_text(i.withdrawn_at) if i.withdrawn_at else None,
                 "withdrawn_cause": i.withdrawn_cause,
                 "last_action": i.last.action,

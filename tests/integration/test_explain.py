@@ -392,6 +392,21 @@ async def test_subject_each_account_state_and_its_items(scenario: Settings) -> N
     assert nothing["found"] is False and nothing["items"] == []
 
 
+async def test_subject_with_another_pseudonym_key_still_reports_items_on_feed_flagged(scenario: Settings) -> None:
+    right = await subject_of(scenario, "a-gb")
+    assert {i["content_id"]: i["pseudonym_matches"] for i in right["items"] if i["on_feed"]} == {
+        "c-eligible": True,
+        ODD_ID: True,
+    }
+    wrong = await subject_of(replace(scenario, pseudonym_key=b"not-the-workers-key"), "a-gb")
+    assert sorted(wrong["on_feed"]) == sorted(["c-eligible", ODD_ID])  # never hidden for want of the key
+    assert {i["content_id"]: i["pseudonym_matches"] for i in wrong["items"] if i["on_feed"]} == {
+        "c-eligible": False,
+        ODD_ID: False,
+    }
+    assert all(i["pseudonym_matches"] is None for i in wrong["items"] if not i["on_feed"])
+
+
 async def test_subject_cli_prints_the_id_on_stdout_but_never_logs_it(scenario: Settings) -> None:
     for args in (("--log-level", "debug", "subject", SECRET_ACCOUNT), ("--log-level", "debug", "explain", "c-r-obj")):
         for fmt in ("text", "json"):
