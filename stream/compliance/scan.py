@@ -41,7 +41,7 @@ class ComplianceError(StreamError):
 
 # --- Kafka's default partitioner ------------------------------------------------------
 # A copy of `stream.core.partitioning` (this package imports nothing of the filter):
-# tests/unit/test_compliance_wording.py checks that both, and aiokafka's, agree.
+# tests/unit/test_compliance.py checks that both, and aiokafka's, agree.
 
 _SEED: Final = 0x9747B28C
 _M: Final = 0x5BD1E995

@@ -1,7 +1,7 @@
 """The audit log's codes in plain words: one sentence per reason, skip reason and retraction cause.
 
 What a privacy officer reads instead of the contract: `explain` and `subject` print
-these beside the code. tests/unit/test_compliance_wording.py checks that every value
+these beside the code. tests/unit/test_compliance.py checks that every value
 of the contract's enums (the schema of `eligibility.decisions` and the filter's own
 enums) has its sentence here, so a new reason cannot reach the audit log unexplained.
 """
