@@ -49,6 +49,7 @@ async def _cleanup_policies(settings: Settings) -> dict[str, str]:
             settings.topics.published,
             settings.topics.items,
             settings.topics.retractions,
+            settings.topics.shadow,
         ]
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
         policies: dict[str, str] = {}
@@ -67,8 +68,9 @@ async def test_topics_create_twice_is_idempotent_with_contract_cleanup_policies(
     first = _cli(settings, "topics", "create")
     second = _cli(settings, "topics", "create")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count(": created") == 10  # the contract's seven and our three changelogs
-    assert second.returncode == 0 and second.stdout.count(": exists") == 10
+    # The contract's seven, our three changelogs and eligibility.shadow.
+    assert first.stdout.count(": created") == 11
+    assert second.returncode == 0 and second.stdout.count(": exists") == 11
     assert "layout ok" in second.stdout
     t = settings.topics
     assert await _cleanup_policies(settings) == {
@@ -82,6 +84,7 @@ async def test_topics_create_twice_is_idempotent_with_contract_cleanup_policies(
         t.published: "compact",
         t.items: "compact",
         t.retractions: "delete",
+        t.shadow: "delete",
     }
 
 
