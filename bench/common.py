@@ -128,6 +128,8 @@ class Run:
         if self.created:
             # Also what the worker's Faust host made for itself (`<group>-host-__assignor-__leader`).
             await delete_topics(self.bootstrap, sorted(self.created), prefix=f"bench-{self.tag}-")
+            # And the Quix peer's changelog topics (`changelog__<group>--<stream id>--<store>`).
+            await delete_topics(self.bootstrap, [], prefix=f"changelog__bench-{self.tag}-")
             self.created.clear()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -211,11 +213,19 @@ class Loaded:
 
 
 async def preload(
-    bootstrap: str, inputs: TopicNames, records: Iterable[Record], *, partitions: int = PARTITIONS, progress: str = ""
+    bootstrap: str,
+    inputs: TopicNames,
+    records: Iterable[Record],
+    *,
+    partitions: int = PARTITIONS,
+    progress: str = "",
+    stamp: Callable[[TopicKind], int | None] | None = None,
 ) -> Loaded:
     """Send `records` as fast as the broker takes them: per-partition BatchBuilders, lz4, few awaits.
 
     lz4 is the upstream's compression here, not the worker's (zstd by default).
+    `stamp` gives a record's timestamp (ms) by its topic; without it, or when it
+    returns None, the time it is appended.
 
     Keys are partitioned with murmur2 like every Kafka client's default partitioner, so
     the worker finds an account's content, profile and objection in the same partition.
@@ -248,10 +258,11 @@ async def preload(
             builder = builders.get(tp)
             if builder is None:
                 builder = builders[tp] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None) is None:
+            ts = stamp(kind) if stamp is not None else None
+            if builder.append(key=key, value=value, timestamp=ts) is None:
                 inflight.append(await producer.send_batch(builder, topic, partition=p))
                 builder = builders[tp] = producer.create_batch()
-                builder.append(key=key, value=value, timestamp=None)
+                builder.append(key=key, value=value, timestamp=ts)
                 if len(inflight) >= 32:
                     await asyncio.gather(*inflight)
                     inflight.clear()
@@ -336,6 +347,7 @@ COMMANDS = {
     "worker": [PYTHON, "-m", "stream", "worker"],
     "raw": [PYTHON, "-m", "bench.baseline_raw"],
     "faust": [PYTHON, "-m", "bench.baseline_faust"],
+    "quix": [PYTHON, "-m", "bench.baseline_quix"],
 }
 
 
@@ -614,8 +626,20 @@ def machine(bootstrap: str) -> dict[str, Any]:
         "faust_streaming": faust.__version__,
         "rocksdict": version("rocksdict"),
         "orjson": version("orjson"),
+        "quixstreams": _version_or_none("quixstreams"),
+        "confluent_kafka": _version_or_none("confluent-kafka"),
         "bootstrap": bootstrap,
     }
+
+
+def _version_or_none(package: str) -> str | None:
+    """The installed version of `package`, or None: the Quix peer's packages are bench-only."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def code_version() -> dict[str, Any]:

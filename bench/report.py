@@ -240,6 +240,7 @@ def render(r: dict[str, Any]) -> None:
     add("python -m bench all                 # full run: 1M events / 1M accounts drain, rate ladder, latency, 10M soak")
     add("make bench                          # the same, then the objection-propagation benchmark")
     add("python -m bench drain --events 200000 --accounts 200000 --consumers worker,raw   # one part, other sizes")
+    add("python -m bench drain --events 500000 --accounts 100000 --consumers worker,raw,quix   # with the Quix peer")
     add("python -m bench latency --latency-rate 2500 --latency-runs 1   # one latency run alone (default: three)")
     add("```")
     add("")
@@ -340,6 +341,7 @@ def render(r: dict[str, Any]) -> None:
             "worker": "worker (`python -m stream worker`)",
             "raw": "ceiling: raw aiokafka (`bench/baseline_raw.py`)",
             "faust": "floor: naive Faust (`bench/baseline_faust.py`)",
+            "quix": "peer: Quix Streams (`bench/baseline_quix.py`)",
         }
         for kind, x in drain["consumers"].items():
             if "outputs" not in x:

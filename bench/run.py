@@ -7,7 +7,8 @@ docs/benchmarks.png from them (`report` renders only).
 
 Sub-benchmarks (all bounded in count and time; every run deletes its topics):
   drain    pre-load N content events over M accounts, then drain them with the worker,
-           the raw aiokafka baseline and the naive Faust baseline; compare their feeds;
+           the raw aiokafka baseline and the naive Faust baseline (and the Quix Streams
+           peer with `--consumers ...,quix`); compare their feeds;
            then the start-up times on the worker's state, then a second worker drain
            under py-spy for the profile
   startup  (inside drain) restart to /ready with state on disk, and with it wiped
@@ -30,6 +31,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,25 @@ def _interpolate(samples: list[Sample], t: float, attr: str) -> float:
             return float(getattr(prev, attr)) + w * (float(getattr(s, attr)) - float(getattr(prev, attr)))
         prev = s
     return float(getattr(samples[-1], attr))
+
+
+def state_first_stamps(t0: int) -> Callable[[TopicKind], int | None]:
+    """Record timestamps for a drain's backlog: every state record at `t0`, every content record after it.
+
+    The records go to the topics in the generator's order; only their timestamps say
+    that the state came first. The worker and the raw and Faust baselines read the
+    state topics to their end before deciding content whatever the timestamps say; the
+    Quix peer processes its concatenated inputs in timestamp order (Quix's time
+    alignment), and so decides on the same state as they do only with these stamps.
+    Content keeps its append time, but never `t0` or earlier.
+    """
+
+    def stamp(kind: TopicKind) -> int | None:
+        if kind is TopicKind.CONTENT:
+            return max(int(time.time() * 1000), t0 + 1)
+        return t0
+
+    return stamp
 
 
 async def drain_one(
@@ -347,7 +368,9 @@ async def bench_drain(args: argparse.Namespace, run: Run, results: dict[str, Any
         for item in workload.stream(args.events):
             yield item.record
 
-    loaded = await common.preload(run.bootstrap, inputs, records(), progress="pre-load")
+    loaded = await common.preload(
+        run.bootstrap, inputs, records(), progress="pre-load", stamp=state_first_stamps(int(time.time() * 1000))
+    )
     n_content = loaded.counts[inputs.content]
     n_state = loaded.counts[inputs.profiles] + loaded.counts[inputs.objections]
     objectors = sum(
@@ -371,7 +394,7 @@ async def bench_drain(args: argparse.Namespace, run: Run, results: dict[str, Any
         },
         "consumers": {},
     }
-    consumers = [c for c in ("worker", "raw", "faust") if c in args.consumers]
+    consumers = [c for c in ("worker", "raw", "faust", "quix") if c in args.consumers]
     for kind in consumers:
         try:
             drain["consumers"][kind] = await drain_one(run, inputs, kind, n_content, n_state)
@@ -864,12 +887,12 @@ async def main_async(args: argparse.Namespace) -> int:
         },
     }
     save(results)
-    # `all`: the 1M-account drain against the raw ceiling, the naive Faust floor on
-    # 200k accounts (on 1M it takes ~25 min), the rate ladder with the latency run at
-    # half the sustainable rate, and the soak.
+    # `all`: the 1M-account drain against the raw ceiling and the Quix Streams peer, the
+    # naive Faust floor on 200k accounts (on 1M it takes ~25 min), the rate ladder with the
+    # latency run at half the sustainable rate, and the soak.
     benches: list[tuple[str, dict[str, Any]]] = (
         [
-            ("drain", {"consumers": ["worker", "raw"]}),
+            ("drain", {"consumers": ["worker", "raw", "quix"]}),
             (
                 "drain",
                 {"accounts": 200_000, "consumers": ["worker", "raw", "faust"], "no_profile": True, "no_startup": True},
@@ -942,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         "--consumers",
         type=lambda s: s.split(","),
         default=["worker", "raw", "faust"],
-        help="drain consumers [worker,raw,faust]",
+        help="drain consumers, of worker, raw, faust and quix (Quix Streams, the bench-quix deps) [worker,raw,faust]",
     )
     parser.add_argument("--soak-accounts", type=int, help="accounts of the soak [200,000; quick 20,000]")
     parser.add_argument("--seed", type=int, default=42)
