@@ -762,7 +762,7 @@ def _propagation_figure(plt: Any, p: Propagation) -> Any:
     ax.set_ylabel("share of objections", fontsize=8)
     ax.set_title("Objection propagation (cumulative)", fontsize=10, loc="left")
     ax.tick_params(labelsize=8)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
@@ -790,18 +790,23 @@ def _timeline_figure(plt: Any, t: Tallies, period: Period) -> Any:
         marker=".",
         label="retracted from the feed",
     )
+    # Room above the highest bar for the policy labels.
+    highest = max((e + r for e, r in zip(t.timeline["eligible"], t.timeline["refused"], strict=True)), default=0)
+    ax.set_ylim(0, max(1, highest, *t.timeline["retracted"]) * 1.15)
     for span in t.versions[1:]:
         ax.axvline(span.first, color=_BLUE, linestyle="--")
         ax.text(span.first, ax.get_ylim()[1], f" policy {span.version}", fontsize=7, color=_BLUE, va="top")
-    # matplotlib.dates declares no types for DateFormatter's constructor.
-    formatter = mdates.DateFormatter("%m-%d %H:%M", tz=UTC)  # type: ignore[no-untyped-call]
-    ax.xaxis.set_major_formatter(formatter)
+    # Ticks as fine as the period needs (seconds in a short one, days in a long one), in UTC.
+    # matplotlib.dates declares no types for these constructors.
+    locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))  # type: ignore[no-untyped-call]
     ax.set_ylabel(f"records per {_duration(t.bucket_seconds)}", fontsize=8)
     ax.set_title("Decisions and retractions over the period (UTC)", fontsize=10, loc="left")
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, loc="upper left")
+    # Above the axes, right of the title: never over a bar or a policy label.
+    ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.autofmt_xdate()
     return fig
 
 
@@ -1018,6 +1023,7 @@ def render_html(e: Evidence, pngs: Mapping[str, bytes]) -> str:
                     f"objections retracted within {OBJECTIVE_SECONDS * 1000:.0f} ms (objective {OBJECTIVE_SHARE:.0%})",
                     f"{_share(p.share_within)} of {len(p.seconds):,} measured",
                 ),
+                ("canary failures", _canary_summary(e.monitoring)),
                 ("policy versions in force", ", ".join(s.version for s in t.versions) or "-"),
             ],
             numeric=[1],
@@ -1160,6 +1166,13 @@ def _verifier_html(e: Evidence) -> str:
             f"{m.verifier.max_losses:,.0f} losses.</p>"
         )
     return "".join(html_parts)
+
+
+def _canary_summary(m: Monitoring | None) -> str:
+    if m is None or m.canaries is None:
+        return "not available"
+    c = m.canaries
+    return f"{c.failures:,.0f} ({c.propagations:,.0f} probes timed)"
 
 
 def _canaries_html(m: Monitoring | None) -> str:
