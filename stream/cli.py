@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from stream import logs
 from stream.config import LogFormat, Settings
 from stream.connection import client_options
-from stream.errors import StreamError
+from stream.errors import ConfigError, StreamError
 
 log = logging.getLogger("stream")
 
@@ -96,7 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("worker", help="run the filter (Faust worker with /metrics, /healthz, /ready)")
+    worker = sub.add_parser("worker", help="run the filter (Faust worker with /metrics, /healthz, /ready)")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="worker processes in the group under one supervisor, at most the partition count "
+        "[STREAM_WORKER_PROCESSES, 1]",
+    )
 
     topics = sub.add_parser("topics", help="create or check the contract's topics")
     topics.add_argument("action", choices=["create", "check"])
@@ -161,6 +168,13 @@ def _parser() -> argparse.ArgumentParser:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     """Run the parsed command with the settings read once."""
     if args.command == "worker":
+        processes = settings.worker_processes if args.processes is None else args.processes
+        if processes < 1:
+            raise ConfigError(f"--processes {processes}: at least 1")
+        if processes > 1:
+            from stream.runtime.supervisor import supervise
+
+            return supervise(settings, processes, args.log_level)
         return _worker(settings, args.log_level)
     if args.command == "topics":
         return asyncio.run(_topics(settings, args.action))

@@ -234,6 +234,9 @@ class Settings:
     # Account ids (and so content ids) of the canary objectors start with this
     # (STREAM_CANARY_PREFIX): `python -m stream canary` (README, "Canary objectors").
     canary_prefix: str = "eligibility-canary-"
+    # Worker processes in one consumer group under one supervisor (STREAM_WORKER_PROCESSES,
+    # `worker --processes`): one process uses about one core (README, "Using a pod's cores").
+    worker_processes: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -267,6 +270,7 @@ class Settings:
             trainer_ack_hours=_int(env, "STREAM_TRAINER_ACK_HOURS", 24, minimum=1),
             retractions_retention_days=_int(env, "STREAM_RETRACTIONS_RETENTION_DAYS", 3 * 365, minimum=1),
             canary_prefix=_canary_prefix(env),
+            worker_processes=_int(env, "STREAM_WORKER_PROCESSES", 1, minimum=1),
         )
 
     @property

@@ -1,0 +1,70 @@
+"""The supervisor's one /metrics for N worker processes: the names and labels of one worker, values merged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream import __version__
+from stream.config import Settings
+from stream.runtime.metrics import Input, Metrics
+from stream.runtime.supervisor import child_env, merge_metrics
+
+
+def _child(*, content: int, ready: int, lag: dict[int, int], last_batch: float, shadow: bool = False) -> str:
+    m = Metrics.create(CollectorRegistry(), policy_version="p1", shadow=shadow)
+    m.records_in.labels(input=Input.CONTENT.value).inc(content)
+    m.batch_seconds.observe(0.004)
+    m.ready.set(ready)
+    for partition, n in lag.items():
+        m.consumer_lag.labels(input="content", partition=str(partition)).set(n)
+    m.last_batch.set(last_batch)
+    return generate_latest(m.registry).decode()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def test_counters_and_histograms_are_summed_and_the_series_are_one_workers() -> None:
+    a = _child(content=100, ready=1, lag={0: 5}, last_batch=1000.0)
+    b = _child(content=250, ready=1, lag={1: 7}, last_batch=1010.0)
+    merged = _samples(merge_metrics([a, b]).decode())
+    assert merged[("eligibility_input_records_total", (("input", "content"),))] == 350
+    assert merged[("eligibility_batch_duration_seconds_count", ())] == 2
+    assert merged[("eligibility_batch_duration_seconds_bucket", (("le", "0.005"),))] == 2
+    # Per-partition lag: each partition from the process that holds it.
+    assert merged[("eligibility_consumer_lag_records", (("input", "content"), ("partition", "0")))] == 5
+    assert merged[("eligibility_consumer_lag_records", (("input", "content"), ("partition", "1")))] == 7
+    # Not doubled: readiness, info series.
+    assert merged[("eligibility_ready", ())] == 1
+    assert merged[("eligibility_build_info", (("policy_version", "p1"), ("version", __version__)))] == 1
+    # The same series as one worker's, no more and no fewer.
+    assert set(merged) == set(_samples(a)) | set(_samples(b))
+
+
+def test_ready_only_when_every_process_is_and_the_last_batch_is_the_oldest_behind() -> None:
+    a = _child(content=1, ready=1, lag={0: 0}, last_batch=1000.0)
+    b = _child(content=1, ready=0, lag={1: 9}, last_batch=500.0)
+    merged = _samples(merge_metrics([a, b]).decode())
+    assert merged[("eligibility_ready", ())] == 0
+    # b has lag and has made no batch since 500: the no-progress alert must see 500.
+    assert merged[("eligibility_last_batch_timestamp_seconds", ())] == 500.0
+    idle = _samples(merge_metrics([a, _child(content=1, ready=1, lag={1: 0}, last_batch=500.0)]).decode())
+    assert idle[("eligibility_last_batch_timestamp_seconds", ())] == 1000.0  # none behind: the newest
+
+
+def test_each_child_has_its_own_data_dir_instance_id_and_loopback_port() -> None:
+    settings = Settings(data_dir=Path("/data"), group_instance_id="filter-3")
+    env = child_env(settings, 1, 40001, {"HOSTNAME": "filter-3", "STREAM_WORKER_PROCESSES": "2"})
+    assert env["STREAM_DATA_DIR"] == "/data/1"
+    assert env["STREAM_GROUP_INSTANCE_ID"] == "filter-3-1"
+    assert env["STREAM_WEB_PORT"] == "40001" and env["WEB_BIND"] == "127.0.0.1"
+    assert env["STREAM_WORKER_PROCESSES"] == "1"
+    assert child_env(Settings(), 0, 1, {})["STREAM_GROUP_INSTANCE_ID"] == "none"
