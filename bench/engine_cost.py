@@ -1,0 +1,159 @@
+"""The engine's own CPU cost per content event, in process: `python -m bench.engine_cost`.
+
+No broker, no RocksDB, no event loop: `Engine.process` over a generated workload
+(`stream.workload.generator.Workload`, malformed records included) with in-memory
+stores, performed as the worker performs a batch's store writes. The machine is
+shared, so an end-to-end drain cannot tell a few microseconds apart; this can. The
+figure is CPU time (`time.process_time`) of the `process` calls only, divided by
+the content events decided, the best of several repetitions (each from the same
+pre-loaded state). docs/benchmarks.md ("Engine cost per event") records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import datetime as dt
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from stream.config import TopicNames
+from stream.core.engine import Engine
+from stream.core.partitioning import partition_for
+from stream.core.policy import load_policy
+from stream.core.state import EntryKind, StateKind, Update
+from stream.runtime.store import MemoryPartitionStore
+from stream.workload.generator import Record, TopicKind, Workload
+
+_NOW = dt.datetime(2026, 11, 28, 9, 15, tzinfo=dt.UTC)
+_KEY = b"engine-cost-pseudonym-key"
+
+
+@dataclass(frozen=True, slots=True)
+class _In:
+    """A consumed record, as the engine reads it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+Batch = tuple[list[_In], list[_In]]
+
+
+class _SortedStore(MemoryPartitionStore):
+    """The in-memory store with its keys also kept sorted, so `scan` costs what a RocksDB iterator does.
+
+    `MemoryPartitionStore.scan` sorts every key of the store on each call, which at
+    tens of thousands of keys would be most of what this measures.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._keys: list[bytes] = []
+
+    def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under `prefix` (after `after`), in key order."""
+        keys = self._keys
+        start = bisect.bisect_right(keys, after) if after is not None and after >= prefix else 0
+        i = max(start, bisect.bisect_left(keys, prefix))
+        while i < len(keys) and keys[i].startswith(prefix):
+            yield keys[i], self._data[keys[i]]
+            i += 1
+
+    def apply(
+        self,
+        updates: Iterable[Update],
+        offsets: Mapping[StateKind, int] | None = None,
+        counts: Mapping[EntryKind, int] | None = None,
+        *,
+        wait: bool = True,
+    ) -> bool:
+        """Write as the base store does, keeping the sorted keys in step."""
+        updates = list(updates)
+        before = set(self._data)
+        super().apply(updates, offsets, counts, wait=wait)
+        for key in before - self._data.keys():
+            del self._keys[bisect.bisect_left(self._keys, key)]
+        for key in self._data.keys() - before:
+            bisect.insort(self._keys, key)
+        return True
+
+
+def _inputs(records: list[Record], topics: TopicNames, partitions: int, size: int) -> list[Batch]:
+    """Records as batches of `size` content records, each with the state records before them."""
+    names = {TopicKind.CONTENT: topics.content, TopicKind.PROFILES: topics.profiles}
+    names[TopicKind.OBJECTIONS] = topics.objections
+    offsets: dict[tuple[str, int], int] = {}
+    batches: list[Batch] = []
+    state: list[_In] = []
+    content: list[_In] = []
+    ms = int(_NOW.timestamp() * 1000)
+    for record in records:
+        topic = names[record.topic]
+        partition = partition_for(record.key, partitions) if record.key is not None else 0
+        offset = offsets.get((topic, partition), 0)
+        offsets[topic, partition] = offset + 1
+        one = _In(topic, partition, offset, record.key, record.value, ms)
+        (content if record.topic is TopicKind.CONTENT else state).append(one)
+        if len(content) >= size:
+            batches.append((state, content))
+            state, content = [], []
+    if state or content:
+        batches.append((state, content))
+    return batches
+
+
+def _run(engine: Engine, stores: dict[int, _SortedStore], batches: list[Batch], timed: bool) -> float:
+    """Process `batches` in order, performing each result's store writes; CPU seconds inside `process`."""
+    spent = 0.0
+    for n, (state, content) in enumerate(batches):
+        now = _NOW + dt.timedelta(seconds=n)
+        start = time.process_time()
+        result = engine.process(stores, state, content, now)
+        spent += time.process_time() - start
+        for partition, updates in result.pre_updates.items():
+            stores[partition].apply(updates)
+        for partition in result.post_updates.keys() | result.state_offsets.keys():
+            stores[partition].apply(result.post_updates.get(partition, ()), result.state_offsets.get(partition, {}))
+    return spent if timed else 0.0
+
+
+def measure(accounts: int, events: int, repeat: int, batch: int, partitions: int = 4) -> dict[str, float]:
+    """Best and median CPU microseconds per content event of `Engine.process` over `repeat` runs."""
+    topics = TopicNames()
+    workload = Workload(seed=21, accounts=accounts, now=_NOW)
+    setup = _inputs([labelled.record for labelled in workload.setup()], topics, partitions, batch)
+    stream = _inputs([labelled.record for labelled in workload.stream(events)], topics, partitions, batch)
+    content = sum(len(c) for _, c in stream)
+    engine = Engine(load_policy(), _KEY, topics)
+    runs = []
+    for _ in range(repeat):
+        stores = {p: _SortedStore() for p in range(partitions)}
+        _run(engine, stores, setup, timed=False)
+        runs.append(_run(engine, stores, stream, timed=True) / content * 1e6)
+    runs.sort()
+    return {"best_us": runs[0], "median_us": runs[len(runs) // 2], "events": float(content)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the engine's CPU microseconds per content event (best and median of the repetitions)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=2_000)
+    args = parser.parse_args(argv)
+    figures = measure(args.accounts, args.events, args.repeat, args.batch)
+    print(
+        f"{int(figures['events'])} content events, {args.accounts} accounts: "
+        f"best {figures['best_us']:.1f} us/event, median {figures['median_us']:.1f} us/event"
+    )
+
+
+if __name__ == "__main__":
+    main()
