@@ -345,10 +345,16 @@ COMMANDS = {
     # terminal spinner and sets the root logger to DEBUG, so every aiokafka `log.debug` in the
     # per-record send path builds a LogRecord (about 9 % of the worker's CPU; docs/benchmarks.md).
     "worker": [PYTHON, "-m", "stream", "worker"],
+    # Two worker processes in one group under the supervisor (`--processes 2`, issue #21).
+    "workers2": [PYTHON, "-m", "stream", "worker", "--processes", "2"],
     "raw": [PYTHON, "-m", "bench.baseline_raw"],
     "faust": [PYTHON, "-m", "bench.baseline_faust"],
     "quix": [PYTHON, "-m", "bench.baseline_quix"],
 }
+
+
+# The kinds with a /ready page.
+SERVES_READY = frozenset({"worker", "workers2"})
 
 
 @dataclass
@@ -483,6 +489,12 @@ def cpu_seconds(p: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return list(proc.children(recursive=True))
+    return []
+
+
 @dataclass
 class Sample:
     """One sample of progress and resource use during a run."""
@@ -498,8 +510,10 @@ async def sample(offsets: Offsets, group: str, proc: psutil.Process | None) -> S
     """Take a `Sample` now: committed and end offsets, and the process's CPU and memory."""
     cpu, rss = 0.0, 0
     if proc is not None:
-        with contextlib.suppress(psutil.Error):
-            cpu, rss = cpu_seconds(proc), proc.memory_info().rss
+        # With its child processes (the supervisor's workers): the CPU and memory of the whole pod.
+        for p in (proc, *_children(proc)):
+            with contextlib.suppress(psutil.Error):
+                cpu, rss = cpu + cpu_seconds(p), rss + p.memory_info().rss
     end = await offsets.end()
     committed = await offsets.committed(group)
     return Sample(time.time(), committed, end, cpu, rss)
@@ -711,7 +725,7 @@ async def running(
     """A worker (or baseline) process for the block; waits for /ready when it has one."""
     proc = start_process(kind, settings, log_dir, suffix=suffix)
     try:
-        if kind == "worker":
+        if kind in SERVES_READY:
             await wait_ready(proc, ready_timeout)
         yield proc
     finally:

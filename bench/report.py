@@ -339,6 +339,7 @@ def render(r: dict[str, Any]) -> None:
         add("|---|---|---|---|---|---|---|---|")
         names = {
             "worker": "worker (`python -m stream worker`)",
+            "workers2": "two worker processes (`python -m stream worker --processes 2`)",
             "raw": "ceiling: raw aiokafka (`bench/baseline_raw.py`)",
             "faust": "floor: naive Faust (`bench/baseline_faust.py`)",
             "quix": "peer: Quix Streams (`bench/baseline_quix.py`)",

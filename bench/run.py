@@ -175,7 +175,7 @@ async def drain_one(
         async with Offsets(run.bootstrap, inputs.content) as off:
             end = await off.end()
             deadline = time.monotonic() + timeout
-            if kind == "worker":
+            if kind in common.SERVES_READY:
                 ready_s = await common.wait_ready(proc, timeout)
                 if pyspy_out is not None:
                     spy = subprocess.Popen(  # noqa: S603 - our own py-spy on our own worker
@@ -394,7 +394,7 @@ async def bench_drain(args: argparse.Namespace, run: Run, results: dict[str, Any
         },
         "consumers": {},
     }
-    consumers = [c for c in ("worker", "raw", "faust", "quix") if c in args.consumers]
+    consumers = [c for c in ("worker", "workers2", "raw", "faust", "quix") if c in args.consumers]
     for kind in consumers:
         try:
             drain["consumers"][kind] = await drain_one(run, inputs, kind, n_content, n_state)
@@ -934,7 +934,8 @@ async def main_async(args: argparse.Namespace) -> int:
         }
     )
     save(results)
-    report.render(results)
+    if not args.no_render:
+        report.render(results)
     return 0
 
 
@@ -965,13 +966,19 @@ def main(argv: list[str] | None = None) -> int:
         "--consumers",
         type=lambda s: s.split(","),
         default=["worker", "raw", "faust"],
-        help="drain consumers, of worker, raw, faust and quix (Quix Streams, the bench-quix deps) [worker,raw,faust]",
+        help="drain consumers, of worker, workers2 (the worker with --processes 2), raw, faust and quix "
+        "(Quix Streams, the bench-quix deps) [worker,raw,faust]",
     )
     parser.add_argument("--soak-accounts", type=int, help="accounts of the soak [200,000; quick 20,000]")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up measurement of the drain")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled second worker drain")
     parser.add_argument("--fresh", action="store_true", help="discard earlier results instead of merging")
+    parser.add_argument(
+        "--no-render",
+        action="store_true",
+        help="record the results only; leave docs/benchmarks.md and its figure as they are",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     defaults = QUICK if args.quick else FULL
