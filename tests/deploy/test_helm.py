@@ -500,6 +500,13 @@ def _pages() -> set[str]:
     return set(re.findall(r'@app\.page\("([^"]+)"\)', APP.read_text()))
 
 
+def test_chart_worker_processes_become_the_setting(helm: str) -> None:
+    assert _env(_worker_container(rendered(helm, "defaults")))["STREAM_WORKER_PROCESSES"] == "1"
+    values = {"devMode": True, "kafka": {"securityProtocol": "PLAINTEXT"}, "worker": {"processes": 4}}
+    processes = _env(_worker_container(_render(helm, values)))["STREAM_WORKER_PROCESSES"]
+    assert Settings.from_env({"STREAM_DEV_MODE": "1", "STREAM_WORKER_PROCESSES": processes}).worker_processes == 4
+
+
 def test_chart_worker_probes_use_pages_the_app_serves(helm: str) -> None:
     container = _worker_container(rendered(helm, "defaults"))
     paths = {
@@ -634,6 +641,10 @@ def test_chart_policy_is_a_configmap_both_programs_read(helm: str) -> None:
         (
             {"devMode": True, "kafka": {"securityProtocol": "PLAINTEXT"}, "worker": {"logFormat": "xml"}},
             "/worker/logFormat",
+        ),
+        (
+            {"devMode": True, "kafka": {"securityProtocol": "PLAINTEXT"}, "worker": {"processes": 5}},
+            "worker.replicas=3 x worker.processes=5 exceeds topics.partitions=12",
         ),
     ],
 )

@@ -130,6 +130,9 @@ template renders first: the pseudonym key, each program's credentials, the repli
 {{- if gt (int .Values.worker.replicas) (int .Values.topics.partitions) -}}
 {{- fail (printf "worker.replicas=%d exceeds topics.partitions=%d: each worker holds whole partition numbers, so the extra pods would get none, never turn ready and stall every rolling update" (int .Values.worker.replicas) (int .Values.topics.partitions)) -}}
 {{- end -}}
+{{- if gt (mul (int .Values.worker.replicas) (int (.Values.worker.processes | default 1))) (int .Values.topics.partitions) -}}
+{{- fail (printf "worker.replicas=%d x worker.processes=%d exceeds topics.partitions=%d: each worker process holds whole partition numbers, so the extra ones would get none" (int .Values.worker.replicas) (int (.Values.worker.processes | default 1)) (int .Values.topics.partitions)) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Where the secrets are mounted (read-only, one directory each). */}}
