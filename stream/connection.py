@@ -4,18 +4,20 @@ One place turns `Settings.kafka_security` into what the clients take: keyword
 options for each aiokafka consumer, producer and admin client (`client_options`)
 and the Faust host's `broker_credentials` (`faust_credentials`). Every client
 construction in `stream/` passes them (tests/unit/test_connection.py fails when one
-does not). This module reads the files the settings name (CA, certificate, key) and
-nothing else; it imports neither Faust nor aiokafka at import time, so the verifier
-can use it without pulling in the filter's shell.
+does not). It also says how many partitions topics have (`partition_counts`), which
+every reader outside the worker needs before it reads. It imports neither Faust nor
+aiokafka at import time, so the verifier can use it without pulling in the filter's
+shell.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from stream.config import KafkaSecurity, Settings
-from stream.errors import ConfigError
+from stream.errors import ConfigError, StreamError
 
 
 def ssl_context(security: KafkaSecurity) -> ssl.SSLContext | None:
@@ -92,3 +94,31 @@ def faust_credentials(settings: Settings) -> Any:
     if context is not None:
         return faust.auth.SSLCredentials(context)
     return None
+
+
+async def partition_counts(
+    settings: Settings, names: Sequence[str], *, client_id: str, error: type[StreamError]
+) -> dict[str, int]:
+    """How many partitions each of `names` has; `error` naming any topic that is missing or undescribable.
+
+    The verifier, the canary, the evidence report and the compliance scans all need
+    it before they read; each passes its own error class so its command's message
+    and exit status stay its own.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id=client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in names if name not in existing]
+        if missing:
+            raise error(f"topics do not exist: {', '.join(missing)} (see `python -m stream topics check`)")
+        described: list[Any] = await admin.describe_topics(list(names))
+    finally:
+        await admin.close()
+    counts = {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0}
+    unreadable = [name for name in names if not counts.get(name)]
+    if unreadable:
+        raise error(f"cannot describe topics: {', '.join(unreadable)}")
+    return counts

@@ -59,7 +59,7 @@ from prometheus_client import (
 )
 
 from stream.config import Settings
-from stream.connection import client_options
+from stream.connection import client_options, partition_counts
 from stream.errors import StreamError
 
 log = logging.getLogger(__name__)
@@ -302,8 +302,11 @@ class Canary:
 
     async def _set_up(self) -> None:
         topics = self.settings.topics
-        partitions = await self._partition_counts(
-            [topics.objections, topics.feed, topics.retractions, topics.content, topics.profiles]
+        partitions = await partition_counts(
+            self.settings,
+            [topics.objections, topics.feed, topics.retractions, topics.content, topics.profiles],
+            client_id="eligibility-canary",
+            error=CanaryError,
         )
         n = partitions[topics.objections]
         self.objectors = canary_accounts(self.prefix, "objector", n)
@@ -347,22 +350,6 @@ class Canary:
         )
         self.metrics.last_check.set(time.time())
         self.started.set()
-
-    async def _partition_counts(self, names: list[str]) -> dict[str, int]:
-        """Partitions of each topic; CanaryError naming any that does not exist."""
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(**client_options(self.settings), client_id="eligibility-canary")
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            missing = [name for name in names if name not in existing]
-            if missing:
-                raise CanaryError(f"topics do not exist: {', '.join(missing)} (see `python -m stream topics check`)")
-            described: list[Any] = await admin.describe_topics(names)
-        finally:
-            await admin.close()
-        return {t["topic"]: len(t["partitions"]) for t in described}
 
     def _profile(self, account: str) -> bytes:
         return orjson.dumps(

@@ -51,7 +51,7 @@ import orjson
 
 from stream.compliance.wording import DECIDE_REASONS, RETRACT_CAUSES, SKIP_REASONS
 from stream.config import Settings
-from stream.connection import client_options
+from stream.connection import client_options, partition_counts
 from stream.errors import StreamError
 
 UTC: Final = dt.UTC
@@ -217,7 +217,9 @@ async def read_period(settings: Settings, period: Period) -> tuple[Tallies, Rang
     await consumer.start()
     ranges: Ranges = {}
     try:
-        partitions = await _partition_counts(settings, list(wanted))
+        partitions = await partition_counts(
+            settings, list(wanted), client_id="eligibility-evidence", error=EvidenceError
+        )
         tps = [TopicPartition(name, p) for name, n in partitions.items() for p in range(n)]
         ends = await consumer.end_offsets(tps)
         found = await consumer.offsets_for_times({tp: period.since_ms for tp in tps})
@@ -253,27 +255,6 @@ async def read_period(settings: Settings, period: Period) -> tuple[Tallies, Rang
     finally:
         await consumer.stop()
     return counts.result(), ranges
-
-
-async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:
-    """Partitions of each topic; EvidenceError naming any that does not exist."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**client_options(settings), client_id="eligibility-evidence")
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [name for name in names if name not in existing]
-        if missing:
-            raise EvidenceError(f"topics do not exist: {', '.join(missing)} (see `python -m stream topics check`)")
-        described: list[Any] = await admin.describe_topics(names)
-    finally:
-        await admin.close()
-    counts = {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0}
-    unreadable = [name for name in names if not counts.get(name)]
-    if unreadable:
-        raise EvidenceError(f"cannot describe topics: {', '.join(unreadable)}")
-    return counts
 
 
 # --- the counts ---------------------------------------------------------------------

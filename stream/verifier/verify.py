@@ -22,7 +22,7 @@ from typing import Any, Final
 from prometheus_client import start_http_server
 
 from stream.config import Settings
-from stream.connection import client_options
+from stream.connection import client_options, partition_counts
 from stream.errors import StreamError
 from stream.verifier.compare import DEFAULT_EXAMPLES, Report, RetractionRecord, compare
 from stream.verifier.errors import VerifyError
@@ -116,9 +116,11 @@ async def _read(settings: Settings) -> _Read:
     from aiokafka import AIOKafkaConsumer, TopicPartition  # the shell's dependency; the pure part needs no Kafka
 
     topics = settings.topics
-    counts = await _partition_counts(
+    counts = await partition_counts(
         settings,
         [topics.feed, topics.deferred, topics.retractions, topics.content, topics.profiles, topics.objections],
+        client_id="eligibility-verifier",
+        error=VerifyError,
     )
     partitions = {name: [TopicPartition(name, p) for p in range(n)] for name, n in counts.items()}
     # No group: nothing is committed, and the filter's group never sees this reader.
@@ -184,27 +186,6 @@ def _note_key_id(key_ids: dict[bytes, str], key: bytes, value: bytes | None, hea
         key_ids[key] = named[-1].decode("utf-8", "replace")
     else:
         key_ids.pop(key, None)
-
-
-async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:
-    """Partitions of each topic; VerifyError naming any that does not exist."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**client_options(settings), client_id="eligibility-verifier")
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [name for name in names if name not in existing]
-        if missing:
-            raise VerifyError(f"topics do not exist: {', '.join(missing)} (see `python -m stream topics check`)")
-        described: list[Any] = await admin.describe_topics(names)
-    finally:
-        await admin.close()
-    counts = {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0}
-    unreadable = [name for name in names if not counts.get(name)]
-    if unreadable:
-        raise VerifyError(f"cannot describe topics: {', '.join(unreadable)}")
-    return counts
 
 
 async def _read_to_end(consumer: Any, ends: Mapping[Any, int]) -> AsyncIterator[tuple[Any, list[Any]]]:

@@ -409,3 +409,16 @@ async def test_evidence_reads_canaries_verifier_and_worker_series_from_a_real_pr
         f"{prom['canaries']['failures']:,.0f}"
     )
     assert f"--prometheus {base}" in page and "Not compliant" in page
+
+
+async def test_evidence_missing_topic_is_an_evidence_error_naming_it(bootstrap: str, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from stream.compliance.evidence import EvidenceError, make_period, read_period
+
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    missing_dlq = replace(settings, topics=replace(settings.topics, dlq=f"{settings.topics.dlq}-missing"))
+    now = dt.datetime.now(dt.UTC)
+    with pytest.raises(EvidenceError, match=r"topics do not exist: .*dlq-missing"):
+        await read_period(missing_dlq, make_period((now - dt.timedelta(hours=1)).isoformat(), None, now))
