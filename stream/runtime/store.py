@@ -146,6 +146,9 @@ WRITE_BUFFER_BYTES = 16 << 20
 # published index had grown, and every lookup that reached a large file re-read them
 # (the worker slowed from ~8,000 to ~3,500 events/s over 3M events).
 METADATA_BLOCK_BYTES = 4096
+# The memtable bloom filter's size as a share of WRITE_BUFFER_BYTES (~330 KiB, over
+# ten bits per key for the ~200,000 entries a full memtable holds).
+MEMTABLE_BLOOM_RATIO = 0.02
 _block_cache: Cache | None = None
 _write_buffers: WriteBufferManager | None = None
 
@@ -171,7 +174,8 @@ def memory_usage() -> dict[str, int]:
     return {"memtables": memtables, "block_cache": max(0, int(_block_cache.get_usage()) - memtables)}
 
 
-def _options() -> Options:
+def store_options(*, memtable_bloom_ratio: float = MEMTABLE_BLOOM_RATIO) -> Options:
+    """The options every partition store opens with (`memtable_bloom_ratio` 0 turns the memtable filter off)."""
     cache, write_buffers = _shared()
     table = BlockBasedOptions()
     table.set_block_cache(cache)
@@ -193,6 +197,12 @@ def _options() -> Options:
     options.set_write_buffer_manager(write_buffers)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     options.set_max_write_buffer_number(2)
+    # A bloom filter over each memtable's whole keys: most lookups miss (see above),
+    # and without it a miss walks both memtables' skiplists before the files' filters
+    # (about half of a MultiGet's cost per key, bench/notes.md "RocksDB reads").
+    # Its bits come out of the memtables' own budget.
+    options.set_memtable_prefix_bloom_ratio(memtable_bloom_ratio)
+    options.set_memtable_whole_key_filtering(True)
     return options
 
 
@@ -204,8 +214,8 @@ _NO_STALL.no_slowdown = True
 class RocksPartitionStore(_Base):
     """A RocksDB store (rocksdict, raw bytes) in the worker's data directory."""
 
-    def __init__(self, path: Path) -> None:
-        options = _options()
+    def __init__(self, path: Path, options: Options | None = None) -> None:
+        options = options if options is not None else store_options()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = Rdict(str(path), options)

@@ -20,7 +20,6 @@ from stream.core.state import (
     unpack_objection,
     unpack_profile,
 )
-from stream.runtime import store as store_module
 from stream.runtime.store import MEMORY_BUDGET_BYTES, MEMTABLE_BUDGET_BYTES, RocksPartitionStore, memory_usage
 
 _UTC_TIMES = st.datetimes(
@@ -92,9 +91,7 @@ def test_stores_share_one_memtable_budget_that_flushes_instead_of_growing(tmp_pa
             store.close()
 
 
-def test_apply_without_waiting_refuses_a_write_stall_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_apply_without_waiting_refuses_a_write_stall_and_writes_nothing(tmp_path: Path) -> None:
     def stalling() -> Options:
         # Two tiny memtables, no compaction, writes stop at two L0 files: RocksDB soon has to stall.
         options = Options(raw_mode=True)
@@ -106,8 +103,7 @@ def test_apply_without_waiting_refuses_a_write_stall_and_writes_nothing(
         options.set_disable_auto_compactions(True)
         return options
 
-    monkeypatch.setattr(store_module, "_options", stalling)
-    store = RocksPartitionStore(tmp_path / "p")
+    store = RocksPartitionStore(tmp_path / "p", stalling())
     try:
         written = 0
         for i in range(20_000):
