@@ -502,7 +502,11 @@ def _pages() -> set[str]:
 
 def test_chart_worker_processes_become_the_setting(helm: str) -> None:
     assert _env(_worker_container(rendered(helm, "defaults")))["STREAM_WORKER_PROCESSES"] == "1"
-    values = {"devMode": True, "kafka": {"securityProtocol": "PLAINTEXT"}, "worker": {"processes": 4}}
+    values = {
+        "devMode": True,
+        "kafka": {"securityProtocol": "PLAINTEXT"},
+        "worker": {"processes": 4, "resources": {"requests": {"cpu": "4000m", "memory": "2Gi"}}},
+    }
     processes = _env(_worker_container(_render(helm, values)))["STREAM_WORKER_PROCESSES"]
     assert Settings.from_env({"STREAM_DEV_MODE": "1", "STREAM_WORKER_PROCESSES": processes}).worker_processes == 4
 
@@ -645,6 +649,18 @@ def test_chart_policy_is_a_configmap_both_programs_read(helm: str) -> None:
         (
             {"devMode": True, "kafka": {"securityProtocol": "PLAINTEXT"}, "worker": {"processes": 5}},
             "worker.replicas=3 x worker.processes=5 exceeds topics.partitions=12",
+        ),
+        (
+            {"devMode": True, "kafka": {"securityProtocol": "PLAINTEXT"}, "worker": {"processes": 2}},
+            "worker.processes=2 needs worker.resources.requests.cpu of at least 2 (one core per process), not 1",
+        ),
+        (
+            {
+                "devMode": True,
+                "kafka": {"securityProtocol": "PLAINTEXT"},
+                "worker": {"processes": 2, "resources": {"requests": {"cpu": "1500m"}}},
+            },
+            "worker.processes=2 needs worker.resources.requests.cpu of at least 2 (one core per process), not 1500m",
         ),
     ],
 )

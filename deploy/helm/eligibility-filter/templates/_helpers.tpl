@@ -133,6 +133,21 @@ template renders first: the pseudonym key, each program's credentials, the repli
 {{- if gt (mul (int .Values.worker.replicas) (int (.Values.worker.processes | default 1))) (int .Values.topics.partitions) -}}
 {{- fail (printf "worker.replicas=%d x worker.processes=%d exceeds topics.partitions=%d: each worker process holds whole partition numbers, so the extra ones would get none" (int .Values.worker.replicas) (int (.Values.worker.processes | default 1)) (int .Values.topics.partitions)) -}}
 {{- end -}}
+{{- /* Each worker process runs on one thread and uses about one core: a pod asking for fewer
+cores than it has processes only queues them on its share (README "Using a pod's cores"). */ -}}
+{{- $processes := int (.Values.worker.processes | default 1) -}}
+{{- $cpu := toString (dig "requests" "cpu" "" (.Values.worker.resources | default dict)) -}}
+{{- if and (gt $processes 1) $cpu -}}
+{{- $cores := 0.0 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $cores = divf (float64 (trimSuffix "m" $cpu)) 1000 -}}
+{{- else -}}
+{{- $cores = float64 $cpu -}}
+{{- end -}}
+{{- if lt $cores (float64 $processes) -}}
+{{- fail (printf "worker.processes=%d needs worker.resources.requests.cpu of at least %d (one core per process), not %s" $processes $processes $cpu) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Where the secrets are mounted (read-only, one directory each). */}}
