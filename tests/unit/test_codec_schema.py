@@ -95,6 +95,25 @@ def _finite_int(text: str) -> int:
     return number
 
 
+def _check_utf8(v: object) -> None:
+    # RFC 8259 leaves an escaped lone surrogate (`"\ud800"`) to the parser: json yields
+    # it, orjson (and so the filter) refuses it, and the oracle follows orjson. Such a
+    # string cannot be written as UTF-8 (UnicodeEncodeError). An object was checked by
+    # `_utf8_object` before its duplicate keys were merged.
+    if isinstance(v, str):
+        v.encode("utf-8")
+    elif isinstance(v, list):
+        for item in v:
+            _check_utf8(item)
+
+
+def _utf8_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    for name, v in pairs:
+        _check_utf8(name)
+        _check_utf8(v)
+    return dict(pairs)
+
+
 def _oracle(topic: str, key: bytes | None, value: bytes | None) -> DeadLetterReason | None:
     """What the contract says should happen: a dead-letter reason, or None for "accept"."""
     if value is None:
@@ -108,9 +127,14 @@ def _oracle(topic: str, key: bytes | None, value: bytes | None) -> DeadLetterRea
         return None if valid_id else DeadLetterReason.KEY_MISMATCH
     try:
         obj = json.loads(
-            value.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_finite_int
+            value.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_finite_int,
+            object_pairs_hook=_utf8_object,
         )
-    except (UnicodeDecodeError, ValueError, OverflowError):
+        _check_utf8(obj)
+    except (UnicodeError, ValueError, OverflowError):
         return DeadLetterReason.MALFORMED_JSON
     if not isinstance(obj, dict):
         return DeadLetterReason.NOT_AN_OBJECT
@@ -469,6 +493,95 @@ def test_decode_arbitrary_bytes_verdict_matches_jsonschema(topic: str, data: st.
     )
     key = data.draw(st.one_of(st.none(), st.binary(max_size=6), identifiers.map(str.encode)))
     _assert_codec_agrees(topic, key, value)
+
+
+# ---------------------------------------------------------------------------
+# Hostile bytes: JSON a decoder that reads only what it needs might let through
+#
+# Spliced into a generated record (valid or mutated) as an unknown field, a duplicate
+# of a known one or a delete's ignored field: escaped lone surrogates, invalid UTF-8,
+# numbers at and beyond a double's range, nesting, odd Unicode. A decoder that skips
+# what it does not read checking only the grammar (msgspec does, for unknown fields)
+# would accept some of these where orjson, and so the contract's dead letters, refuse
+# them (bench/notes.md, "Engine cost per event", E).
+
+HOSTILE_JSON = [
+    b'"\\ud800"',
+    b'"\\udc00"',
+    b'"\\ud800\\u0041"',
+    b'"\\ud83d\\ude00"',  # a valid pair
+    b'"\xff"',
+    b'"\xed\xa0\x80"',  # a surrogate written as UTF-8
+    b'"\xc0\xaf"',  # an overlong encoding
+    b'"\xf4\x90\x80\x80"',  # beyond U+10FFFF
+    b'"\\u0000"',
+    '"\u2028\u2029\ufeff e\u0301 \U0001f600"'.encode(),
+    b"1e400",
+    b"-1E+309",
+    b"1e-400",
+    b"1.7976931348623157e308",
+    b"1.7976931348623159e308",
+    b"18446744073709551616",
+    b"9" * 308,
+    b"9" * 310,
+    b"-0",
+    b"[" * 100 + b"]" * 100,
+    b'{"a":' * 100 + b"1" + b"}" * 100,
+    b"[1e400]",
+    b'{"b":[0,-1e999]}',
+    b"true",
+    b"null",
+]
+HOSTILE_NAMES = [
+    b'"x"',
+    b'"gen_sent_at"',
+    b'""',
+    b'"\\udfff"',
+    b'"\xff"',
+    b'"text"',
+    b'"event_id"',
+    b'"op"',
+    b'"created_at"',
+]
+
+
+@st.composite
+def hostile_content_values(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
+    record = draw(st.one_of(valid_records("content.events"), mutated_records("content.events")))
+    body = orjson.dumps(record)
+    member = draw(st.sampled_from(HOSTILE_NAMES)) + b":" + draw(st.sampled_from(HOSTILE_JSON))
+    if body == b"{}":
+        return record, b"{" + member + b"}"
+    if draw(st.booleans()):
+        return record, b"{" + member + b"," + body[1:]
+    return record, body[:-1] + b"," + member + b"}"
+
+
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_decode_hostile_member_verdict_matches_jsonschema(data: st.DataObject) -> None:
+    record, value = data.draw(hostile_content_values())
+    key = data.draw(keys_for(record, "author_id"))
+    _assert_codec_agrees("content.events", key, value)
+
+
+@pytest.mark.parametrize("fragment", HOSTILE_JSON, ids=range(len(HOSTILE_JSON)))
+def test_decode_hostile_unknown_field_on_valid_upsert_verdict_matches_jsonschema(fragment: bytes) -> None:
+    # Each fragment once, in the field a live generator adds to every upsert.
+    value = _with(_UPSERT)[:-1] + b',"gen_sent_at":' + fragment + b"}"
+    _assert_codec_agrees("content.events", _KEY, value)
+
+
+@pytest.mark.parametrize(("depth", "accepted"), [(500, True), (1023, True), (1024, False), (1100, False)])
+def test_decode_deep_unknown_field_refused_beyond_orjson_depth(depth: int, accepted: bool) -> None:
+    # Python's json (the oracle) gives up near 1000 levels, so this pins orjson's limit
+    # by hand: 1024 levels, the document's own object included.
+    value = _with(_UPSERT)[:-1] + b',"x":' + b"[" * depth + b"]" * depth + b"}"
+    result = codec.decode_content(_KEY, value)
+    assert isinstance(result, ContentEvent) is accepted
+    if not accepted:
+        assert isinstance(result, Rejected)
+        assert result.reason is DeadLetterReason.MALFORMED_JSON
 
 
 # ---------------------------------------------------------------------------
