@@ -35,9 +35,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.common import delete_topics, ensure_broker, kafka_version, machine, process_env
 from stream.compliance.explain import explain
-from stream.compliance.scan import partition_for
 from stream.compliance.subject import subject
 from stream.config import DEV_PSEUDONYM_KEY, Settings, TopicNames
+from stream.core.partitioning import partition_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"

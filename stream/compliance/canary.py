@@ -58,6 +58,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from stream.compliance.scan import partition_for
 from stream.config import Settings
 from stream.connection import client_options, partition_counts
 from stream.errors import StreamError
@@ -192,13 +193,6 @@ def canary_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings.from_env({**without_key, "STREAM_DEV_MODE": "1"})
 
 
-def partition_of(key: bytes, partitions: int) -> int:
-    """Kafka's default partition of a keyed record (murmur2), as every producer of the inputs uses."""
-    from aiokafka.partitioner import murmur2
-
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 def canary_accounts(prefix: str, kind: str, partitions: int) -> list[str]:
     """One account id per partition, `<prefix><kind>-<p>-<n>` with the first n that lands on partition p."""
     accounts = []
@@ -206,7 +200,7 @@ def canary_accounts(prefix: str, kind: str, partitions: int) -> list[str]:
         account = next(
             a
             for a in (f"{prefix}{kind}-{p}-{n}" for n in itertools.count())
-            if partition_of(a.encode(), partitions) == p
+            if partition_for(a.encode(), partitions) == p
         )
         accounts.append(account)
     return accounts

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,41 +39,17 @@ class ComplianceError(StreamError):
 
 
 # --- Kafka's default partitioner ------------------------------------------------------
-# A copy of `stream.core.partitioning` (this package imports nothing of the filter):
-# tests/unit/test_compliance.py checks that both, and aiokafka's, agree.
-
-_SEED: Final = 0x9747B28C
-_M: Final = 0x5BD1E995
-_MASK: Final = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """MurmurHash2 of `data` as the Java client computes it (`Utils.murmur2`), as an unsigned 32-bit int."""
-    length = len(data)
-    h = (_SEED ^ length) & _MASK
-    whole = length & ~3
-    for (k,) in struct.iter_unpack("<I", data[:whole]):
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    rest = length & 3
-    if rest >= 3:
-        h ^= data[whole + 2] << 16
-    if rest >= 2:
-        h ^= data[whole + 1] << 8
-    if rest >= 1:
-        h ^= data[whole]
-        h = (h * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    h ^= h >> 15
-    return h
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives `key` among `partitions`."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    """The partition Kafka's default partitioner gives `key` among `partitions` (aiokafka's murmur2).
+
+    tests/unit/test_compliance.py checks that the filter's own (`stream.core.partitioning`)
+    agrees: the tools find a record where the filter put it.
+    """
+    from aiokafka.partitioner import murmur2  # imported here, like the clients: a fast start for the CLI
+
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def identifier_key(text: str, what: str) -> bytes:

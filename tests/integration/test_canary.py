@@ -20,7 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.compliance.canary import Canary, CanaryMetrics, CanaryOptions, canary_accounts, partition_of
+from stream.compliance.canary import Canary, CanaryMetrics, CanaryOptions, canary_accounts
+from stream.compliance.scan import partition_for
 from stream.config import Settings
 from stream.verifier.verify import verify
 
@@ -54,7 +55,7 @@ async def _running_canary(settings: Settings, options: CanaryOptions) -> AsyncIt
 
 def test_canary_accounts_land_one_on_each_partition_under_the_prefix() -> None:
     accounts = canary_accounts("eligibility-canary-", "objector", 4)
-    assert [partition_of(a.encode(), 4) for a in accounts] == [0, 1, 2, 3]
+    assert [partition_for(a.encode(), 4) for a in accounts] == [0, 1, 2, 3]
     assert all(a.startswith("eligibility-canary-objector-") for a in accounts)
     assert canary_accounts("eligibility-canary-", "objector", 4) == accounts  # the same after a restart
 
