@@ -5,19 +5,26 @@ options for each aiokafka consumer, producer and admin client (`client_options`)
 and the Faust host's `broker_credentials` (`faust_credentials`). Every client
 construction in `stream/` passes them (tests/unit/test_connection.py fails when one
 does not). It also says how many partitions topics have (`partition_counts`), which
-every reader outside the worker needs before it reads. It imports neither Faust nor
+every reader outside the worker needs before it reads, and reads partitions to their
+end offsets (`read_to_end`), as the verifier, the evidence report and the compliance
+scans do. It imports neither Faust nor
 aiokafka at import time, so the verifier can use it without pulling in the filter's
 shell.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Final
 
 from stream.config import KafkaSecurity, Settings
 from stream.errors import ConfigError, StreamError
+
+# A reader gives up when the partitions it still reads yield no record for this long
+# (a broker that answers but no longer serves them): an error, never a wait for ever.
+READ_STALL_SECONDS: Final = 60.0
 
 
 def ssl_context(security: KafkaSecurity) -> ssl.SSLContext | None:
@@ -122,3 +129,39 @@ async def partition_counts(
     if unreadable:
         raise error(f"cannot describe topics: {', '.join(unreadable)}")
     return counts
+
+
+async def read_to_end(
+    consumer: Any,
+    ends: Mapping[Any, int],
+    *,
+    error: type[StreamError],
+    max_records: int = 20_000,
+    stall_seconds: float = READ_STALL_SECONDS,
+) -> AsyncIterator[tuple[Any, list[Any]]]:
+    """Yield `(partition, records)` in offset order until every partition of `ends` reached its end offset there.
+
+    The caller assigns the partitions and places each at its start. A partition at its
+    end is paused: what is appended after `ends` were taken is not part of this read,
+    and no record at or past its end is yielded. `error` (each command its own) when
+    the partitions still to read yield no record for `stall_seconds`.
+    """
+    remaining = set(ends)
+    loop = asyncio.get_running_loop()
+    last_progress = loop.time()
+    while True:
+        for tp in list(remaining):
+            if await consumer.position(tp) >= ends[tp]:
+                remaining.discard(tp)
+                consumer.pause(tp)
+        if not remaining:
+            return
+        fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=max_records)
+        for tp, records in fetched.items():
+            wanted = [r for r in records if r.offset < ends[tp]]
+            if wanted:
+                last_progress = loop.time()
+                yield tp, wanted
+        if loop.time() - last_progress > stall_seconds:
+            behind = sorted(f"{tp.topic}[{tp.partition}]" for tp in remaining)
+            raise error(f"no records for {stall_seconds:.0f}s while reading {', '.join(behind)}")

@@ -51,7 +51,7 @@ import orjson
 
 from stream.compliance.wording import DECIDE_REASONS, RETRACT_CAUSES, SKIP_REASONS
 from stream.config import Settings
-from stream.connection import client_options, partition_counts
+from stream.connection import client_options, partition_counts, read_to_end
 from stream.errors import StreamError
 
 UTC: Final = dt.UTC
@@ -62,8 +62,6 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=UTC)
 # (tests/unit/test_evidence.py fails when the rules say otherwise).
 OBJECTIVE_SECONDS: Final = 0.25
 OBJECTIVE_SHARE: Final = 0.99
-# Reading stops with an error when no record arrives for this long while behind.
-READ_STALL_SECONDS: Final = 60.0
 PROMETHEUS_TIMEOUT_SECONDS: Final = 15.0
 # The figures `--figure NAME` draws alone (the HTML report holds all of them).
 FIGURES: Final = ("decisions", "retractions", "dead_letters", "propagation", "timeline")
@@ -226,30 +224,14 @@ async def read_period(settings: Settings, period: Period) -> tuple[Tallies, Rang
         starts = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
         for tp in tps:
             ranges.setdefault(tp.topic, {})[tp.partition] = (starts[tp], ends[tp])
-        behind = {tp for tp in tps if starts[tp] < ends[tp]}
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, starts[tp])
-        loop = asyncio.get_running_loop()
-        last_progress = loop.time()
-        while behind:
-            for tp in list(behind):
-                if await consumer.position(tp) >= ends[tp]:
-                    behind.discard(tp)
-                    consumer.pause(tp)  # appended after the start: not part of this run
-            if not behind:
-                break
-            fetched = await consumer.getmany(*behind, timeout_ms=500, max_records=20_000)
-            for tp, records in fetched.items():
-                kept = [r for r in records if r.offset < ends[tp]]
-                if kept:
-                    last_progress = loop.time()
-                add = wanted[tp.topic]
-                for r in kept:
-                    add(Rec(r.timestamp, tp.partition, r.offset, r.key, _parse(r.value)))
-            if loop.time() - last_progress > READ_STALL_SECONDS:
-                names = sorted(f"{tp.topic}[{tp.partition}]" for tp in behind)
-                raise EvidenceError(f"no records for {READ_STALL_SECONDS:.0f}s while reading {', '.join(names)}")
+        # Appended after the start: not part of this run.
+        async for tp, records in read_to_end(consumer, ends, error=EvidenceError):
+            add = wanted[tp.topic]
+            for r in records:
+                add(Rec(r.timestamp, tp.partition, r.offset, r.key, _parse(r.value)))
     except KafkaError as exc:
         raise EvidenceError(f"cannot read the topics from {settings.bootstrap_servers}: {exc!r}") from exc
     finally:

@@ -10,7 +10,6 @@ only that partition is read, from its beginning to the end offset taken at the s
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from stream.config import Settings
-from stream.connection import client_options
+from stream.connection import client_options, read_to_end
 from stream.errors import StreamError
 
 UTC: Final = dt.UTC
@@ -27,8 +26,6 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=UTC)
 _LAST_MS: Final = (dt.datetime(9999, 1, 1, tzinfo=UTC) - _EPOCH) // dt.timedelta(milliseconds=1)
 # The contract's identifiers: non-empty, at most 256 characters (schemas' `identifier`).
 ID_MAX: Final = 256
-# Reading stops with an error when no record arrives for this long while behind.
-READ_STALL_SECONDS: Final = 60.0
 # Large fetches: a scan reads whole partitions, and per-request overhead dominates small ones.
 _PARTITION_FETCH_BYTES: Final = 16 << 20
 _FETCH_BYTES: Final = 64 << 20
@@ -182,32 +179,14 @@ class Reader:
         consumer.assign(tps)
         ends: dict[Any, int] = dict(await consumer.end_offsets(tps))
         await consumer.seek_to_beginning(*tps)
-        remaining = set(tps)
-        loop = asyncio.get_running_loop()
-        last_progress = loop.time()
-        while True:
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-                    consumer.pause(tp)  # records appended after the start are not part of this answer
-            if not remaining:
-                break
-            fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=100_000)
-            for tp, records in fetched.items():
-                end = ends[tp]
-                for r in records:
-                    if r.offset >= end:
-                        break
-                    result.read += 1
-                    if keep(tp.topic, r.key, r.value):
-                        result.found.append(
-                            Found(tp.topic, tp.partition, r.offset, broker_time(r.timestamp), r.key, r.value)
-                        )
-                if records:
-                    last_progress = loop.time()
-            if loop.time() - last_progress > READ_STALL_SECONDS:
-                behind = sorted(f"{tp.topic}[{tp.partition}]" for tp in remaining)
-                raise ComplianceError(f"no records for {READ_STALL_SECONDS:.0f}s while reading {', '.join(behind)}")
+        # Records appended after the start are not part of this answer.
+        async for tp, records in read_to_end(consumer, ends, error=ComplianceError, max_records=100_000):
+            result.read += len(records)
+            for r in records:
+                if keep(tp.topic, r.key, r.value):
+                    result.found.append(
+                        Found(tp.topic, tp.partition, r.offset, broker_time(r.timestamp), r.key, r.value)
+                    )
         result.found.sort(key=lambda f: (f.topic, f.partition, f.offset))
         result.seconds = time.monotonic() - started
         return result

@@ -14,7 +14,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -22,7 +21,7 @@ from typing import Any, Final
 from prometheus_client import start_http_server
 
 from stream.config import Settings
-from stream.connection import client_options, partition_counts
+from stream.connection import client_options, partition_counts, read_to_end
 from stream.errors import StreamError
 from stream.verifier.compare import DEFAULT_EXAMPLES, Report, RetractionRecord, compare
 from stream.verifier.errors import VerifyError
@@ -42,8 +41,6 @@ DEFAULT_PORT: Final = 6067
 # Continuous mode runs beside a live filter: a difference younger than this is
 # probably still in flight, not a fault (the filter's objective is well under a second).
 DEFAULT_CONTINUOUS_GRACE_SECONDS: Final = 60.0
-# Reading stops with an error when no record arrives for this long while behind.
-READ_STALL_SECONDS: Final = 60.0
 
 # --- the Kafka shell ----------------------------------------------------------------
 
@@ -149,7 +146,9 @@ async def _read(settings: Settings) -> _Read:
         # A memory past timedelta's range (a setting of millions of years) is "never forget".
         state = State(item_memory=dt.timedelta(days=min(settings.item_memory_days, dt.timedelta.max.days)))
         read = _Read(state, truncated)
-        async for tp, records in _read_to_end(consumer, ends):
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        async for tp, records in read_to_end(consumer, ends, error=VerifyError):
             if tp.topic in (topics.feed, topics.deferred):
                 live = read.feed if tp.topic == topics.feed else read.held
                 for r in records:
@@ -186,31 +185,6 @@ def _note_key_id(key_ids: dict[bytes, str], key: bytes, value: bytes | None, hea
         key_ids[key] = named[-1].decode("utf-8", "replace")
     else:
         key_ids.pop(key, None)
-
-
-async def _read_to_end(consumer: Any, ends: Mapping[Any, int]) -> AsyncIterator[tuple[Any, list[Any]]]:
-    """Yield `(partition, records)` in offset order until every partition reached its end offset."""
-    consumer.assign(list(ends))
-    await consumer.seek_to_beginning(*ends)
-    remaining = set(ends)
-    loop = asyncio.get_running_loop()
-    last_progress = loop.time()
-    while True:
-        for tp in list(remaining):
-            if await consumer.position(tp) >= ends[tp]:
-                remaining.discard(tp)
-                consumer.pause(tp)  # records appended after the start are not part of this run
-        if not remaining:
-            return
-        fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=20_000)
-        for tp, records in fetched.items():
-            wanted = [r for r in records if r.offset < ends[tp]]
-            if wanted:
-                last_progress = loop.time()
-                yield tp, wanted
-        if loop.time() - last_progress > READ_STALL_SECONDS:
-            behind = sorted(f"{tp.topic}[{tp.partition}]" for tp in remaining)
-            raise VerifyError(f"no records for {READ_STALL_SECONDS:.0f}s while reading {', '.join(behind)}")
 
 
 def _write_json(path: Path, data: bytes) -> None:
