@@ -13,17 +13,14 @@ profile and the objections on record) per state record. docs/benchmarks.md ("Eng
 from __future__ import annotations
 
 import argparse
-import bisect
 import datetime as dt
 import time
-from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from stream.config import TopicNames
 from stream.core.engine import Engine
 from stream.core.partitioning import partition_for
 from stream.core.policy import load_policy
-from stream.core.state import EntryKind, StateKind, Update
 from stream.runtime.store import MemoryPartitionStore
 from stream.workload.generator import Record, TopicKind, Workload
 
@@ -44,45 +41,6 @@ class _In:
 
 
 Batch = tuple[list[_In], list[_In]]
-
-
-class _SortedStore(MemoryPartitionStore):
-    """The in-memory store with its keys also kept sorted, so `scan` costs what a RocksDB iterator does.
-
-    `MemoryPartitionStore.scan` sorts every key of the store on each call, which at
-    tens of thousands of keys would be most of what this measures.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._keys: list[bytes] = []
-
-    def scan(self, prefix: bytes, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) under `prefix` (after `after`), in key order."""
-        keys = self._keys
-        start = bisect.bisect_right(keys, after) if after is not None and after >= prefix else 0
-        i = max(start, bisect.bisect_left(keys, prefix))
-        while i < len(keys) and keys[i].startswith(prefix):
-            yield keys[i], self._data[keys[i]]
-            i += 1
-
-    def apply(
-        self,
-        updates: Iterable[Update],
-        offsets: Mapping[StateKind, int] | None = None,
-        counts: Mapping[EntryKind, int] | None = None,
-        *,
-        wait: bool = True,
-    ) -> bool:
-        """Write as the base store does, keeping the sorted keys in step."""
-        updates = list(updates)
-        before = set(self._data)
-        super().apply(updates, offsets, counts, wait=wait)
-        for key in before - self._data.keys():
-            del self._keys[bisect.bisect_left(self._keys, key)]
-        for key in self._data.keys() - before:
-            bisect.insort(self._keys, key)
-        return True
 
 
 def _inputs(records: list[Record], topics: TopicNames, partitions: int, size: int) -> list[Batch]:
@@ -109,7 +67,7 @@ def _inputs(records: list[Record], topics: TopicNames, partitions: int, size: in
     return batches
 
 
-def _run(engine: Engine, stores: dict[int, _SortedStore], batches: list[Batch]) -> float:
+def _run(engine: Engine, stores: dict[int, MemoryPartitionStore], batches: list[Batch]) -> float:
     """Process `batches` in order, performing each result's store writes; CPU seconds inside `process`."""
     spent = 0.0
     for n, (state, content) in enumerate(batches):
@@ -138,7 +96,7 @@ def measure(accounts: int, events: int, repeat: int, batch: int, partitions: int
     accounts_records = sum(len(s) for s, _ in setup)
     runs, loads = [], []
     for _ in range(repeat):
-        stores = {p: _SortedStore() for p in range(partitions)}
+        stores = {p: MemoryPartitionStore() for p in range(partitions)}
         loads.append(_run(engine, stores, setup) / accounts_records * 1e6)
         runs.append(_run(engine, stores, stream) / content * 1e6)
     runs.sort()

@@ -75,10 +75,8 @@ class _Pass:
         """Judge up to `limit` items after key `after`; the last key judged, or None at the end."""
         last: bytes | None = None
         for prefix in (DEFERRED_DUE_PREFIX, PUBLISHED_PREFIX):
-            if after is not None and after > prefix and not after.startswith(prefix):
-                continue  # the pass is already past this prefix's keys
-            start = after if after is not None and after.startswith(prefix) else None
-            for key, value in self._ov.store.scan(prefix, after=start):
+            # A key `after` before this prefix's keys scans them all; past them, none.
+            for key, value in self._ov.store.scan(prefix, after=after):
                 if limit <= 0:
                     return last
                 limit -= 1
