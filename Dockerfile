@@ -16,12 +16,18 @@
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
 
 # The package's own wheel, built with the locked build backend.
+# The core (stream/core) is compiled by mypyc (setup.py), so this stage has a C compiler:
+# the base image's Debian release fixes its version, and it stays out of the final image.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY requirements-build.lock ./
 RUN pip install --require-hashes --no-deps --only-binary :all: -r requirements-build.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY stream ./stream
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
 

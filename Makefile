@@ -12,7 +12,8 @@ help: ## list the targets
 
 # The runtime dependencies come from the image's lock file (hash-checked, the same
 # versions the image runs); the package and its dev tools on top.
-$(STAMP): pyproject.toml requirements.lock
+# `pip install -e` also compiles the core (setup.py: mypyc; STREAM_COMPILE=0 builds plain Python).
+$(STAMP): pyproject.toml setup.py requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -22,13 +23,21 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## create .venv and install the package with its pinned dependencies
 
+# The core's extensions again after an edit of stream/core (`stream` refuses to import
+# extensions built from other sources: stream/__init__.py).
+CORE_BUILT := stream/core/COMPILED
+$(CORE_BUILT): $(STAMP) setup.py $(wildcard stream/core/*.py)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+
+compile: $(CORE_BUILT) ## compile stream/core with mypyc again after an edit (STREAM_COMPILE=0: plain Python)
+
 broker: ## start the local Kafka broker (fetched from Maven Central once)
 	scripts/kafka.sh start
 
 broker-stop: ## stop the local Kafka broker
 	scripts/kafka.sh stop
 
-run: install ## broker, topics, worker, a synthetic workload and live counts by reason (Ctrl-C stops)
+run: compile ## broker, topics, worker, a synthetic workload and live counts by reason (Ctrl-C stops)
 	scripts/demo.sh
 
 # By hand, never in `make test`: a two-minute session like `make run` on topics of its own,
@@ -41,7 +50,7 @@ evidence-screenshot: install ## by hand: a short demo session, its evidence repo
 # The tests start the local broker themselves (scripts/kafka.sh) unless one answers
 # at KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092); under CI=true a broker that
 # does not start fails the run.
-test: check prometheus helm ## the whole suite: linters, strict mypy, unit, integration and fault tests on a real broker, the Helm chart
+test: compile check prometheus helm ## the whole suite: linters, strict mypy, unit, integration and fault tests on a real broker, the Helm chart
 	$(PY) -m pytest
 
 check: install ## linters, strict mypy and the import contracts of the layout
@@ -52,14 +61,14 @@ check: install ## linters, strict mypy and the import contracts of the layout
 
 # The fault-injection suite, then the model-based and fuzz tests with their long
 # hypothesis profile (many more examples and steps than the CI profile of `make test`).
-faults: check ## the fault-injection suite alone (also part of `make test`) and the long model/fuzz search; rewrites docs/reliability.md
+faults: compile check ## the fault-injection suite alone (also part of `make test`) and the long model/fuzz search; rewrites docs/reliability.md
 	RELIABILITY_REPORT=1 $(PY) -m pytest tests/faults -v
 	HYPOTHESIS_PROFILE=long $(PY) -m pytest tests/unit/test_engine_model.py tests/unit/test_fuzz.py
 
 # By hand, never in `make test` or CI (about 12 minutes). Without the default
 # CHAOS_ARGS the docs are left alone: `make chaos CHAOS_ARGS="--minutes 1"` for a short try.
 CHAOS_ARGS ?= --docs docs/reliability.md
-chaos: install ## by hand, not in `make test`: 3 workers, 10 min of load, duplicates, reorders, a fault 20-40 s after the last, the verifier; rewrites its section of docs/reliability.md
+chaos: compile ## by hand, not in `make test`: 3 workers, 10 min of load, duplicates, reorders, a fault 20-40 s after the last, the verifier; rewrites its section of docs/reliability.md
 	scripts/kafka.sh start
 	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
@@ -67,7 +76,7 @@ chaos: install ## by hand, not in `make test`: 3 workers, 10 min of load, duplic
 # objection benchmark runs at 80 % of the sustainable rate that `bench all` just recorded in
 # bench/results/results.json and records its result there; the report is rendered again so
 # that the targets table has it, after a leak too (make then fails with the objection run's status).
-bench: install ## the benchmarks and their targets (docs/benchmarks.md), on a quiet machine; long: see bench/run.py for options
+bench: compile ## the benchmarks and their targets (docs/benchmarks.md), on a quiet machine; long: see bench/run.py for options
 	scripts/kafka.sh start
 	$(PY) -m bench all --fresh
 	status=0; $(PY) -m bench.objections || status=$$?; $(PY) -m bench report && exit $$status
@@ -111,6 +120,7 @@ lock: install ## regenerate requirements.lock and requirements-build.lock (the i
 
 clean: ## remove the virtualenv, local state and the broker's data
 	-scripts/kafka.sh reset
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache build stream/core/COMPILED stream/core/*.so stream_core__mypyc*.so
 
-.PHONY: help install broker broker-stop run test check faults chaos bench prometheus dashboards lock clean
+# compile: a file target when compiling (CORE_BUILT), and run again by each target needing it.
+.PHONY: help install compile broker broker-stop run test check faults chaos bench prometheus dashboards lock clean

@@ -43,7 +43,7 @@ class _In:
 Batch = tuple[list[_In], list[_In]]
 
 
-def _inputs(records: list[Record], topics: TopicNames, partitions: int, size: int) -> list[Batch]:
+def batches_of(records: list[Record], topics: TopicNames, partitions: int, size: int) -> list[Batch]:
     """Records as batches of `size` content records, each with the state records before them."""
     names = {TopicKind.CONTENT: topics.content, TopicKind.PROFILES: topics.profiles}
     names[TopicKind.OBJECTIONS] = topics.objections
@@ -89,8 +89,8 @@ def measure(accounts: int, events: int, repeat: int, batch: int, partitions: int
     """
     topics = TopicNames()
     workload = Workload(seed=21, accounts=accounts, now=_NOW)
-    setup = _inputs([labelled.record for labelled in workload.setup()], topics, partitions, batch)
-    stream = _inputs([labelled.record for labelled in workload.stream(events)], topics, partitions, batch)
+    setup = batches_of([labelled.record for labelled in workload.setup()], topics, partitions, batch)
+    stream = batches_of([labelled.record for labelled in workload.stream(events)], topics, partitions, batch)
     content = sum(len(c) for _, c in stream)
     engine = Engine(load_policy(), _KEY, topics)
     accounts_records = sum(len(s) for s, _ in setup)

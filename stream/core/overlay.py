@@ -132,7 +132,7 @@ class Overlay:
                     pre.append((published_key(author_id, content_id), value))
                     result.first.append(record)
                 else:
-                    post.append((published_key(author_id, content_id), value))
+                    post.append((published_key(author_id, content_id), None))
                     result.last.append(record)
         p = self.partition
         if pre:

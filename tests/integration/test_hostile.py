@@ -351,6 +351,7 @@ async def test_worker_places_records_by_content_id_whatever_the_input_partition(
     await _verified(settings)
 
 
+@pytest.mark.pure_core  # monkeypatches the core (tests/pure_core.py)
 async def test_worker_record_that_raises_is_isolated_dead_lettered_and_the_partition_goes_on(
     bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

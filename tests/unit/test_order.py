@@ -220,6 +220,7 @@ def test_held_item_stays_held_when_a_change_keeps_its_notice_period_and_is_publi
     assert [p.value for p in long_ago.produce if p.topic is OutputTopic.DEFERRED] == [None]
 
 
+@pytest.mark.pure_core  # monkeypatches the core (tests/pure_core.py)
 def test_record_whose_handling_raises_is_isolated_and_the_rest_of_the_batch_is_decided(
     worker: FakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +245,7 @@ def test_record_whose_handling_raises_is_isolated_and_the_rest_of_the_batch_is_d
     assert set(worker.feed) == {b"c-1", b"c-2"}
 
 
+@pytest.mark.pure_core  # monkeypatches the core (tests/pure_core.py)
 def test_state_record_whose_handling_raises_fails_the_account_closed(
     worker: FakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -259,6 +261,7 @@ def test_state_record_whose_handling_raises_fails_the_account_closed(
     assert worker.feed == {}
 
 
+@pytest.mark.pure_core  # monkeypatches the core (tests/pure_core.py)
 def test_fail_closed_that_raises_too_fails_the_batch(worker: FakeWorker, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: Any) -> Any:
         raise ZeroDivisionError

@@ -1,0 +1,100 @@
+"""The core as it ships, compiled by mypyc (setup.py), against its Python sources.
+
+- the core under test is the compiled one, unless the tree was built plain on purpose;
+- compiled and from its sources, the core decides a generated workload (malformed
+  records, held items, account changes) to the same bytes, every result field;
+- the tests that monkeypatch the core (marker `pure_core`) pass on its sources, in a
+  process of their own (tests/pure_core.py);
+- an extension built from other sources than the ones beside it refuses to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import stream.core.engine
+from stream import StaleBuildError, check_core_build
+from tests.pure_core import PURE_ENV, compiled
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, pure: bool, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
+    if pure:
+        env[PURE_ENV] = "1"
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_the_core_under_test_is_the_compiled_one() -> None:
+    if os.environ.get("STREAM_COMPILE", "1").strip() == "0":
+        assert not compiled(stream.core.engine), "STREAM_COMPILE=0 builds plain Python"
+    else:
+        assert compiled(stream.core.engine), "stream/core is not compiled: `make install` builds it (setup.py)"
+
+
+def test_compiled_core_decides_exactly_as_its_sources() -> None:
+    outputs = {}
+    for pure in (False, True):
+        done = _run("-m", "tests.core_digest", "40000", pure=pure, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs[pure] = done.stdout.split()
+    assert outputs[True][0] == "sources"
+    assert outputs[False][0] == ("compiled" if compiled(stream.core.engine) else "sources")
+    assert outputs[False][1] == outputs[True][1]
+
+
+@pytest.mark.integration
+def test_the_tests_that_patch_the_core_pass_on_its_sources(bootstrap: str) -> None:
+    done = _run("-m", "pytest", "-m", "pure_core", "-q", "-p", "no:cacheprovider", "tests", pure=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "4 passed" in done.stdout, done.stdout[-2000:]
+
+
+def _built_core(tmp_path: Path, sources: dict[str, bytes], manifest: dict[str, bytes] | None) -> Path:
+    core = tmp_path / "core"
+    core.mkdir()
+    for name, text in sources.items():
+        (core / name).write_bytes(text)
+    (core / "engine.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    if manifest is not None:
+        lines = [f"{hashlib.sha256(text).hexdigest()}  {name}\n" for name, text in manifest.items()]
+        (core / "COMPILED").write_text("".join(lines), encoding="utf-8")
+    return core
+
+
+def test_an_extension_built_from_these_sources_runs(tmp_path: Path) -> None:
+    sources = {"__init__.py": b"", "engine.py": b"x = 1\n"}
+    check_core_build(_built_core(tmp_path, sources, sources))
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        {"__init__.py": b"", "engine.py": b"x = 0\n"},  # an edit after the build
+        {"__init__.py": b""},  # a module added after it
+        {"__init__.py": b"", "engine.py": b"x = 1\n", "gone.py": b""},  # a module removed
+        None,  # no record of the build at all
+    ],
+)
+def test_an_extension_built_from_other_sources_refuses_to_run(
+    tmp_path: Path, manifest: dict[str, bytes] | None
+) -> None:
+    sources = {"__init__.py": b"", "engine.py": b"x = 1\n"}
+    with pytest.raises(StaleBuildError, match="make install"):
+        check_core_build(_built_core(tmp_path, sources, manifest))
+
+
+def test_sources_without_extensions_run_as_they_are(tmp_path: Path) -> None:
+    core = tmp_path / "core"
+    core.mkdir()
+    (core / "engine.py").write_bytes(b"x = 1\n")
+    check_core_build(core)
