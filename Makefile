@@ -26,7 +26,8 @@ install: $(STAMP) ## create .venv and install the package with its pinned depend
 # The core's extensions again after an edit of stream/core (`stream` refuses to import
 # extensions built from other sources: stream/__init__.py).
 CORE_BUILT := stream/core/COMPILED
-$(CORE_BUILT): $(STAMP) setup.py $(wildcard stream/core/*.py)
+# After $(STAMP) (order only: its install compiled the core already).
+$(CORE_BUILT): setup.py $(wildcard stream/core/*.py) | $(STAMP)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 
 compile: $(CORE_BUILT) ## compile stream/core with mypyc again after an edit (STREAM_COMPILE=0: plain Python)
