@@ -28,7 +28,7 @@ def _ext_modules() -> list[Any]:
     sources = sorted(CORE.glob("*.py"))
     if os.environ.get("STREAM_COMPILE", "1").strip() == "0":
         MANIFEST.unlink(missing_ok=True)
-        for built in CORE.glob("*.so"):
+        for built in [*CORE.glob("*.so"), *Path().glob("stream_core__mypyc*.so")]:
             built.unlink()
         return []
     from mypyc.build import mypycify

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from stream.config import TopicNames
-from stream.core.engine import Engine
+from stream.core.engine import BatchResult, Engine
 from stream.core.partitioning import partition_for
 from stream.core.policy import load_policy
 from stream.runtime.store import MemoryPartitionStore
@@ -75,11 +75,16 @@ def _run(engine: Engine, stores: dict[int, MemoryPartitionStore], batches: list[
         start = time.process_time()
         result = engine.process(stores, state, content, now)
         spent += time.process_time() - start
-        for partition, updates in result.pre_updates.items():
-            stores[partition].apply(updates)
-        for partition in result.post_updates.keys() | result.state_offsets.keys():
-            stores[partition].apply(result.post_updates.get(partition, ()), result.state_offsets.get(partition, {}))
+        write(stores, result)
     return spent
+
+
+def write(stores: dict[int, MemoryPartitionStore], result: BatchResult) -> None:
+    """Perform a result's store writes as the worker does: the writes before the sends, then the rest."""
+    for partition, updates in result.pre_updates.items():
+        stores[partition].apply(updates)
+    for partition in result.post_updates.keys() | result.state_offsets.keys():
+        stores[partition].apply(result.post_updates.get(partition, ()), result.state_offsets.get(partition, {}))
 
 
 def measure(accounts: int, events: int, repeat: int, batch: int, partitions: int = 4) -> dict[str, float]:

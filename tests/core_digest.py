@@ -19,7 +19,7 @@ if os.environ.get(PURE_ENV) == "1":
     source_first()
 
 import stream.core.engine
-from bench.engine_cost import batches_of
+from bench.engine_cost import batches_of, write
 from stream.config import TopicNames
 from stream.core.engine import BatchResult, Engine
 from stream.core.policy import load_policy
@@ -61,10 +61,7 @@ def digest(events: int) -> str:
     for n, (state, content) in enumerate(batches):
         result = engine.process(stores, state, content, NOW + dt.timedelta(hours=n))
         sha.update(repr(_fields(result)).encode())
-        for partition, updates in result.pre_updates.items():
-            stores[partition].apply(updates)
-        for partition in result.post_updates.keys() | result.state_offsets.keys():
-            stores[partition].apply(result.post_updates.get(partition, ()), result.state_offsets.get(partition, {}))
+        write(stores, result)
     return sha.hexdigest()
 
 
