@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol, final
 
 from stream.core.models import DeadLetterReason, Reason, RetractCause, SkipReason
 from stream.core.state import EntryKind, StateKind, Update
@@ -65,24 +65,40 @@ class InputRecord(Protocol):
         """Its broker timestamp, ms since the epoch."""
 
 
-class Produce(NamedTuple):
+@final
+@dataclass(init=False)
+class Produce:
     """One record to send. A None value is a real Kafka tombstone.
 
     `partition` is the input partition the record comes from. Changelog records
     (`CHANGELOGS`) go to that partition number; the others go where Kafka's default
     partitioner puts their key (the worker's `partitioning`), so a content id's
     records stay on one partition however the inputs are partitioned.
-    A NamedTuple, not a frozen dataclass: two or three are built per event, and a
-    frozen dataclass's __init__ costs several times a tuple's.
+    Two or three are built per event: immutable like the models built per event
+    (`models.ContentEvent` says why not frozen), a native class once compiled.
     """
 
-    topic: OutputTopic
-    key: bytes | None
-    value: bytes | None
-    partition: int
+    topic: Final[OutputTopic]
+    key: Final[bytes | None]
+    value: Final[bytes | None]
+    partition: Final[int]
     # Kafka headers: a feed record names the key of its pseudonym (`records.key_id_headers`).
     # A list, as aiokafka's record builder requires; shared between records, never changed.
-    headers: list[tuple[str, bytes]] | None = None
+    headers: Final[list[tuple[str, bytes]] | None]
+
+    def __init__(
+        self,
+        topic: OutputTopic,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.key = key
+        self.value = value
+        self.partition = partition
+        self.headers = headers
 
 
 class Isolated(NamedTuple):

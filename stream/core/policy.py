@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Final, final
 
 from stream.core.models import ContentEvent, ContentType, Objection, ObjectionStatus, Profile, Reason, Visibility
 from stream.errors import ConfigError
@@ -42,19 +43,35 @@ class Policy:
     jurisdictions: dict[str, Jurisdiction]
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(init=False)
 class Decision:
     """The outcome of the rule for one upsert.
 
     `jurisdiction` is set only when eligible; `retry_at` only for
     `notice_period_running` (when the period ends and the item may be decided again).
+    Immutable like the models built per event (`models.ContentEvent` says why not frozen).
     """
 
-    eligible: bool
-    reason: Reason
-    policy_version: str
-    jurisdiction: str | None = None
-    retry_at: dt.datetime | None = None
+    eligible: Final[bool]
+    reason: Final[Reason]
+    policy_version: Final[str]
+    jurisdiction: Final[str | None]
+    retry_at: Final[dt.datetime | None]
+
+    def __init__(
+        self,
+        eligible: bool,
+        reason: Reason,
+        policy_version: str,
+        jurisdiction: str | None = None,
+        retry_at: dt.datetime | None = None,
+    ) -> None:
+        self.eligible = eligible
+        self.reason = reason
+        self.policy_version = policy_version
+        self.jurisdiction = jurisdiction
+        self.retry_at = retry_at
 
 
 def load_policy(path: Path | None = None) -> Policy:
@@ -152,31 +169,28 @@ def decide_account(
     now: dt.datetime,
 ) -> Decision:
     """The rule's remaining steps, for an upsert `refuse_content` let through."""
-
-    def no(reason: Reason, retry_at: dt.datetime | None = None) -> Decision:
-        return Decision(False, reason, policy.version, None, retry_at)
-
+    version = policy.version
     if profile is None:
-        return no(Reason.ACCOUNT_UNKNOWN)
+        return Decision(False, Reason.ACCOUNT_UNKNOWN, version)
     if objection is not None and objection.status is ObjectionStatus.OBJECTED:
-        return no(Reason.OBJECTED)
+        return Decision(False, Reason.OBJECTED, version)
     if profile.country is None:
-        return no(Reason.COUNTRY_UNKNOWN)
+        return Decision(False, Reason.COUNTRY_UNKNOWN, version)
     jurisdiction = policy.jurisdictions.get(profile.country)
     if jurisdiction is None:
-        return no(Reason.JURISDICTION_NOT_ENABLED)
+        return Decision(False, Reason.JURISDICTION_NOT_ENABLED, version)
     if profile.notified_at is None:
-        return no(Reason.NOT_NOTIFIED)
+        return Decision(False, Reason.NOT_NOTIFIED, version)
     notice_ends = profile.notified_at + jurisdiction.notice_period
     if now < notice_ends:
-        return no(Reason.NOTICE_PERIOD_RUNNING, retry_at=notice_ends)
+        return Decision(False, Reason.NOTICE_PERIOD_RUNNING, version, None, notice_ends)
     if profile.birth_date is None:
-        return no(Reason.AGE_UNKNOWN)
+        return Decision(False, Reason.AGE_UNKNOWN, version)
     adult_from = attains_age_on(profile.birth_date, policy.minimum_age)
     if now.astimezone(_UTC).date() < adult_from:
-        return no(Reason.MINOR)
+        return Decision(False, Reason.MINOR, version)
     created_at = event.created_at
     if created_at is None or created_at.astimezone(_UTC).date() < adult_from:
         # A missing created_at cannot prove the item was made as an adult: fail closed.
-        return no(Reason.CREATED_WHILE_MINOR)
+        return Decision(False, Reason.CREATED_WHILE_MINOR, version)
     return Decision(True, Reason.ELIGIBLE, policy.version, jurisdiction.code)

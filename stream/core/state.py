@@ -25,8 +25,9 @@ from __future__ import annotations
 import datetime as dt
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import Final, Protocol, final
 
 from stream.core.models import ObjectionStatus, Profile
 
@@ -155,20 +156,33 @@ _KIND_OF_PREFIX = {
 }
 
 
-class ItemVersion(NamedTuple):
+@final
+@dataclass(init=False)
+class ItemVersion:
     """The latest event applied to an item (contract: "Order per item"), and when to forget it.
 
     `partition` and `offset` place that event in `content.events`: a replayed record
     the worker cannot read, found before it in the log, was handled before it and must
-    not undo it (see `order.ItemOrder.applied_after`).
+    not undo it (see `order.ItemOrder.applied_after`). Read once per event: immutable
+    like the models built per event (`models.ContentEvent` says why not frozen).
     """
 
-    event_time_us: int
-    event_id: str
-    deleted: bool
-    expires_ms: int
-    partition: int
-    offset: int
+    event_time_us: Final[int]
+    event_id: Final[str]
+    deleted: Final[bool]
+    expires_ms: Final[int]
+    partition: Final[int]
+    offset: Final[int]
+
+    def __init__(
+        self, event_time_us: int, event_id: str, deleted: bool, expires_ms: int, partition: int, offset: int
+    ) -> None:
+        self.event_time_us = event_time_us
+        self.event_id = event_id
+        self.deleted = deleted
+        self.expires_ms = expires_ms
+        self.partition = partition
+        self.offset = offset
 
 
 # event_time µs since the epoch, expires ms, deleted, content partition and offset; then the event id

@@ -5,11 +5,13 @@
   records, held items, account changes) to the same bytes, every result field;
 - the tests that monkeypatch the core (marker `pure_core`) pass on its sources, in a
   process of their own (tests/pure_core.py);
-- an extension built from other sources than the ones beside it refuses to run.
+- an extension built from other sources than the ones beside it refuses to run;
+- the values built per event are native classes once compiled: read-only, equal by value.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import subprocess
@@ -20,6 +22,10 @@ import pytest
 
 import stream.core.engine
 from stream import StaleBuildError, check_core_build
+from stream.core.batch import OutputTopic, Produce
+from stream.core.models import ContentEvent, Op, Profile, Reason
+from stream.core.policy import Decision
+from stream.core.state import ItemVersion
 from tests.pure_core import PURE_ENV, compiled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +56,29 @@ def test_compiled_core_decides_exactly_as_its_sources() -> None:
     assert outputs[True][0] == "sources"
     assert outputs[False][0] == ("compiled" if compiled(stream.core.engine) else "sources")
     assert outputs[False][1] == outputs[True][1]
+
+
+def _values_built_per_event() -> list[object]:
+    at = dt.datetime(2026, 11, 28, 9, 15, tzinfo=dt.UTC)
+    return [
+        ContentEvent("e-1", Op.UPSERT, "c-1", "a-1", at, text="hi"),
+        Profile("a-1", dt.date(1990, 1, 1), "GB", at, at),
+        Decision(False, Reason.NOTICE_PERIOD_RUNNING, "2026-11-28", None, at),
+        Produce(OutputTopic.FEED, b"c-1", b"{}", 3, [("key_id", b"k1")]),
+        ItemVersion(1, "e-1", False, 2, 3, 4),
+    ]
+
+
+def test_values_built_per_event_are_read_only_and_equal_by_value() -> None:
+    # Immutable through Final attributes, not frozen=True (models.ContentEvent says why):
+    # mypy refuses an assignment in either build; compiled, the attribute is read-only.
+    for value, again in zip(_values_built_per_event(), _values_built_per_event(), strict=True):
+        assert value == again and value is not again
+        assert repr(value).startswith(type(value).__name__ + "(")
+        if compiled(stream.core.engine):
+            name = next(iter(vars(type(value))["__dataclass_fields__"]))
+            with pytest.raises(AttributeError):
+                setattr(value, name, getattr(value, name))
 
 
 @pytest.mark.integration
