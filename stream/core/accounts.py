@@ -10,6 +10,7 @@ before, since the update may have been the one that refuses it.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Final
 
 from stream.core.batch import BatchResult, InputRecord, broker_time, state_event_id
 from stream.core.codec import Rejected, account_of_key, decode_index, decode_objection, decode_profile
@@ -20,7 +21,7 @@ from stream.core.policy import decide
 from stream.core.state import StateKind, item_id, objection_key, pack_objection, pack_profile, profile_key
 
 # An unreadable objection update fails closed: the account is treated as objecting.
-_FAIL_CLOSED_OBJECTION = pack_objection(ObjectionStatus.OBJECTED)
+_FAIL_CLOSED_OBJECTION: Final = pack_objection(ObjectionStatus.OBJECTED)
 
 
 class AccountChanges:

@@ -34,7 +34,7 @@ class OutputTopic(StrEnum):
 
 # Our changelogs: a record goes to the partition number of the input it came from,
 # since partition p's store is restored from partition p of each of them.
-CHANGELOGS = frozenset({OutputTopic.DEFERRED, OutputTopic.PUBLISHED, OutputTopic.ITEMS})
+CHANGELOGS: Final = frozenset({OutputTopic.DEFERRED, OutputTopic.PUBLISHED, OutputTopic.ITEMS})
 
 
 class InputRecord(Protocol):

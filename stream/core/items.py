@@ -11,6 +11,7 @@ item's events (`order`) or at state records (`accounts`).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Final
 
 from stream.core.batch import BatchResult, InputRecord, OutputTopic, Produce, epoch_ms
 from stream.core.codec import Rejected, decode_content, encode_content, encode_deferred, encode_index
@@ -30,9 +31,9 @@ from stream.core.records import (
 from stream.core.shadow import ShadowDecider
 from stream.core.state import deferred_key, objection_key, profile_key, unpack_objection, unpack_profile
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # What `objection` hands the rule: the stored status, nothing of who or when.
-_STORED_OBJECTION = {status: Objection("", status, _EPOCH, "filter:state", "") for status in ObjectionStatus}
+_STORED_OBJECTION: Final = {status: Objection("", status, _EPOCH, "filter:state", "") for status in ObjectionStatus}
 
 
 class ItemDecider:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from typing import Final
 
 from stream.core.batch import BatchResult, InputRecord, OutputTopic, Produce, epoch_ms
 from stream.core.models import ContentEvent, Op, SkipReason
@@ -30,7 +31,7 @@ from stream.core.state import (
 # default (`STREAM_ITEM_MEMORY_DAYS`): at least as long as `content.events` retains
 # records (7 days, `topics.py`), so that no duplicate or late copy still on the topic
 # can find the item forgotten.
-ITEM_MEMORY = dt.timedelta(days=8)
+ITEM_MEMORY: Final = dt.timedelta(days=8)
 
 
 class ItemOrder:

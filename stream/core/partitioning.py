@@ -10,31 +10,44 @@ to their input's partition number instead: see `engine.CHANGELOGS`.)
 
 from __future__ import annotations
 
-import struct
 from functools import lru_cache
+from typing import Final
 
-_SEED = 0x9747B28C
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
+from mypy_extensions import i64, u8
+
+# Native 64-bit ints once compiled (mypyc), so the hash's products wrap in C instead of
+# growing into Python longs (about 60 ns a content id against over a microsecond); each
+# product is masked to 32 bits, so the result is the same wherever a product overflows
+# and in the plain Python build, where i64 and u8 are int.
+_SEED: Final[i64] = 0x9747B28C
+_M: Final[i64] = 0x5BD1E995
+_MASK: Final[i64] = 0xFFFFFFFF
 
 
 def murmur2(data: bytes) -> int:
     """MurmurHash2 of `data` as the Java client computes it (`Utils.murmur2`), as an unsigned 32-bit int."""
-    length = len(data)
-    h = (_SEED ^ length) & _MASK
-    whole = length & ~3
-    for (k,) in struct.iter_unpack("<I", data[:whole]):
+    length: i64 = len(data)
+    h: i64 = (_SEED ^ length) & _MASK
+    whole: i64 = length & ~3
+    i: i64 = 0
+    while i < whole:  # little-endian 32-bit words
+        b0: u8 = data[i]
+        b1: u8 = data[i + 1]
+        b2: u8 = data[i + 2]
+        b3: u8 = data[i + 3]
+        k: i64 = i64(b0) | (i64(b1) << 8) | (i64(b2) << 16) | (i64(b3) << 24)
         k = (k * _M) & _MASK
         k ^= k >> 24
         k = (k * _M) & _MASK
         h = ((h * _M) & _MASK) ^ k
-    rest = length & 3
+        i += 4
+    rest: i64 = length & 3
     if rest >= 3:
-        h ^= data[whole + 2] << 16
+        h ^= i64(data[whole + 2]) << 16
     if rest >= 2:
-        h ^= data[whole + 1] << 8
+        h ^= i64(data[whole + 1]) << 8
     if rest >= 1:
-        h ^= data[whole]
+        h ^= i64(data[whole])
         h = (h * _M) & _MASK
     h ^= h >> 13
     h = (h * _M) & _MASK

@@ -17,12 +17,12 @@ from typing import Final, final
 from stream.core.models import ContentEvent, ContentType, Objection, ObjectionStatus, Profile, Reason, Visibility
 from stream.errors import ConfigError
 
-_UTC = dt.UTC
+_UTC: Final = dt.UTC
 
 # Upper bounds of the policy's numbers: with them, the rule's date arithmetic on any
 # date the codec accepts (up to `codec.MAX_YEAR`) stays inside Python's years 1-9999.
-MAX_MINIMUM_AGE = 150
-MAX_NOTICE_PERIOD_DAYS = 3650
+MAX_MINIMUM_AGE: Final = 150
+MAX_NOTICE_PERIOD_DAYS: Final = 3650
 
 
 @dataclass(frozen=True, slots=True)

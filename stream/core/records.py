@@ -15,6 +15,7 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+from typing import Final
 
 from stream.core.codec import dumps
 from stream.core.models import Action, ContentEvent, DeadLetterReason, Reason, RetractCause, SkipReason
@@ -41,8 +42,8 @@ def pseudonym(key: bytes, account_id: str) -> str:
 # with (`pseudonym_key_id`). A header, not a field: the contract fixes the feed value's
 # fields, and a header changes nothing a trainer parses. It lets a key be rotated: the
 # verifier checks each record against the key it names (README, "Rotating the pseudonym key").
-PSEUDONYM_KEY_ID_HEADER = "pseudonym_key_id"
-_KEY_ID_LABEL = b"eligibility-filter pseudonym key id"
+PSEUDONYM_KEY_ID_HEADER: Final = "pseudonym_key_id"
+_KEY_ID_LABEL: Final = b"eligibility-filter pseudonym key id"
 
 
 @functools.lru_cache(maxsize=4)
@@ -75,7 +76,7 @@ def _hmac_states(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
 # The layout of a `training.feed` value, carried in every record as `schema_version`
 # (schemas/training.feed.schema.json): raised when a field is added, removed or changes
 # meaning, so a trainer can tell which layout a record (or an exported dataset) has.
-FEED_SCHEMA_VERSION = 1
+FEED_SCHEMA_VERSION: Final = 1
 
 
 def feed_value(event: ContentEvent, decision: Decision, *, key: bytes, decided_at: dt.datetime) -> bytes:
@@ -209,16 +210,16 @@ def shadow_value(event: ContentEvent, in_force: Decision, shadow: Decision, *, d
 # names topic, partition and offset, where the input stays for its topic's
 # retention, with its size and SHA-256). Half the limit keeps a letter clear of it
 # with compression off and with a batch's overhead, and within one producer batch.
-DEAD_LETTER_MAX_BYTES = 480 << 10
+DEAD_LETTER_MAX_BYTES: Final = 480 << 10
 # Room for the letter's other fields (reason, detail, where, when).
-_DEAD_LETTER_OVERHEAD = 4 << 10
+_DEAD_LETTER_OVERHEAD: Final = 4 << 10
 
 
 # A dead letter's Kafka key is its input's key, as received, unless it is longer than
 # any id could be: a key of megabytes would make the letter one the broker refuses.
 # Such a key is replaced by its SHA-256 (hex); the letter still carries the key itself
 # (or, if too large, its size and SHA-256).
-DEAD_LETTER_KEY_MAX_BYTES = 4096
+DEAD_LETTER_KEY_MAX_BYTES: Final = 4096
 
 
 def dead_letter_key(key: bytes | None) -> bytes | None:
@@ -281,7 +282,7 @@ def dead_letter_value(
 
 
 # Which retraction cause a new refusal of a published item stands for.
-RETRACT_CAUSE_OF_REASON: dict[Reason, RetractCause] = {
+RETRACT_CAUSE_OF_REASON: Final[dict[Reason, RetractCause]] = {
     Reason.PRIVATE_MESSAGE: RetractCause.VISIBILITY_CHANGED,
     Reason.NOT_PUBLIC: RetractCause.VISIBILITY_CHANGED,
     Reason.CONTENT_TYPE_NOT_ENABLED: RetractCause.VISIBILITY_CHANGED,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Final
 
 from stream.core.batch import BatchResult, OutputTopic, Produce
 from stream.core.models import ContentEvent, Objection, Profile
@@ -33,7 +34,7 @@ from stream.core.policy import Decision, Policy, decide, load_policy
 from stream.core.records import shadow_value
 from stream.errors import ConfigError
 
-SHADOW_POLICY_VARIABLE = "STREAM_SHADOW_POLICY_PATH"
+SHADOW_POLICY_VARIABLE: Final = "STREAM_SHADOW_POLICY_PATH"
 
 
 def load_shadow_policy(path: Path | None, in_force: Policy) -> Policy | None:

@@ -84,11 +84,11 @@ def published_key(author_id: str, content_id: str) -> bytes:
     return PUBLISHED_PREFIX + item_id(author_id, content_id)
 
 
-DEFERRED_PREFIX = b"d:"
-PUBLISHED_PREFIX = b"i:"
+DEFERRED_PREFIX: Final = b"d:"
+PUBLISHED_PREFIX: Final = b"i:"
 # Set while a recovery replay's published items still await judgement by the final
 # state; a worker that finds it set (it crashed meanwhile) judges them all again.
-REEVALUATE_KEY = b"\x00reevaluate"
+REEVALUATE_KEY: Final = b"\x00reevaluate"
 
 
 def deferred_key(due_ms: int, item: bytes) -> bytes:
@@ -96,7 +96,7 @@ def deferred_key(due_ms: int, item: bytes) -> bytes:
     return DEFERRED_PREFIX + due_ms.to_bytes(8, "big") + item
 
 
-DEFERRED_DUE_PREFIX = b"D:"
+DEFERRED_DUE_PREFIX: Final = b"D:"
 
 
 def deferred_due_key(item: bytes) -> bytes:
@@ -114,7 +114,7 @@ def deferred_due_prefix(author_id: str) -> bytes:
     return DEFERRED_DUE_PREFIX + item_id(author_id)
 
 
-VERSION_PREFIX = b"v:"
+VERSION_PREFIX: Final = b"v:"
 
 
 def version_key(item: bytes) -> bytes:
@@ -147,7 +147,7 @@ def entry_kind(key: bytes) -> EntryKind | None:
     return _KIND_OF_PREFIX.get(key[:2])
 
 
-_KIND_OF_PREFIX = {
+_KIND_OF_PREFIX: Final = {
     b"p:": EntryKind.PROFILES,
     b"o:": EntryKind.OBJECTIONS,
     PUBLISHED_PREFIX: EntryKind.PUBLISHED,
@@ -186,7 +186,7 @@ class ItemVersion:
 
 
 # event_time µs since the epoch, expires ms, deleted, content partition and offset; then the event id
-_VERSION = struct.Struct(">qq?iq")
+_VERSION: Final = struct.Struct(">qq?iq")
 
 
 def pack_version(version: ItemVersion) -> bytes:
@@ -207,16 +207,16 @@ def micros(moment: dt.datetime) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-OFFSET_KEY = {kind: b"\x00offset:" + kind.value.encode() for kind in StateKind}
-COUNT_KEY = {kind: b"\x00count:" + kind.value.encode() for kind in EntryKind}
+OFFSET_KEY: Final = {kind: b"\x00offset:" + kind.value.encode() for kind in StateKind}
+COUNT_KEY: Final = {kind: b"\x00count:" + kind.value.encode() for kind in EntryKind}
 # Wall-clock time of the last write: a store untouched for longer than the topics'
 # tombstone retention may have missed a deletion and must be rebuilt.
-TOUCHED_KEY = b"\x00touched_at"
+TOUCHED_KEY: Final = b"\x00touched_at"
 
-FORMAT_KEY = b"\x00format"
+FORMAT_KEY: Final = b"\x00format"
 # Bumped whenever a stored value's layout changes: a store of another format is
 # rebuilt from the compacted topics rather than misread.
-STORE_FORMAT = b"4"
+STORE_FORMAT: Final = b"4"
 
 Update = tuple[bytes, bytes | None]
 
@@ -226,12 +226,12 @@ Update = tuple[bytes, bytes | None]
 # the few fields the rule reads, packed: reading one back for every content event
 # is then a struct unpack, not a JSON parse and a schema check (docs/design.md).
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_PROFILE = struct.Struct(">iqq2s")  # birth date ordinal, notified_at µs, updated_at µs, country
-_NO_DATE = 0
-_NO_TIME = -(1 << 63)
-_NO_COUNTRY = b"\x00\x00"
-_OBJECTION_BYTE = {ObjectionStatus.OBJECTED: b"O", ObjectionStatus.WITHDRAWN: b"W"}
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_PROFILE: Final = struct.Struct(">iqq2s")  # birth date ordinal, notified_at µs, updated_at µs, country
+_NO_DATE: Final = 0
+_NO_TIME: Final = -(1 << 63)
+_NO_COUNTRY: Final = b"\x00\x00"
+_OBJECTION_BYTE: Final = {ObjectionStatus.OBJECTED: b"O", ObjectionStatus.WITHDRAWN: b"W"}
 
 
 def pack_profile(profile: Profile) -> bytes:
