@@ -117,7 +117,11 @@ def format_timestamp(d: dt.datetime) -> str:
 
 
 def dumps(obj: Mapping[str, object]) -> bytes:
-    """Serialise an output record; any datetime in it is written with `Z` like `format_timestamp`."""
+    """Serialise an output record; any datetime in it is written with `Z` like `format_timestamp`.
+
+    An enum member is written as its value (orjson does it natively; the records pass
+    members, not `.value`, which under mypyc is a Python property call per field).
+    """
     return orjson.dumps(obj if isinstance(obj, dict) else dict(obj), option=orjson.OPT_UTC_Z)
 
 
@@ -155,7 +159,7 @@ def encode_content(event: ContentEvent) -> bytes:
     """
     fields: dict[str, object] = {
         "event_id": event.event_id,
-        "op": event.op.value,
+        "op": event.op,
         "content_id": event.content_id,
         "author_id": event.author_id,
         "event_time": format_timestamp(event.event_time),
@@ -164,9 +168,9 @@ def encode_content(event: ContentEvent) -> bytes:
         assert event.content_type is not None and event.platform is not None and event.visibility is not None
         assert event.created_at is not None  # decode_content sets all four on an upsert
         fields |= {
-            "content_type": event.content_type.value,
-            "platform": event.platform.value,
-            "visibility": event.visibility.value,
+            "content_type": event.content_type,
+            "platform": event.platform,
+            "visibility": event.visibility,
             "created_at": format_timestamp(event.created_at),
             "text": event.text,
             "media_uri": event.media_uri,
@@ -486,7 +490,7 @@ def encode_index(event: ContentEvent) -> bytes:
     assert event.content_type is not None and event.created_at is not None
     return dumps(
         {
-            "content_type": event.content_type.value,
+            "content_type": event.content_type,
             "created_at": format_timestamp(event.created_at),
             "event_id": event.event_id,
         }

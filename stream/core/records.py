@@ -85,8 +85,8 @@ def feed_value(event: ContentEvent, decision: Decision, *, key: bytes, decided_a
     return dumps(
         {
             "content_id": event.content_id,
-            "content_type": event.content_type.value,
-            "platform": event.platform.value,
+            "content_type": event.content_type,
+            "platform": event.platform,
             "author_pseudonym": pseudonym(key, event.author_id),
             "created_at": event.created_at,
             "text": event.text,
@@ -108,9 +108,9 @@ def decide_value(event: ContentEvent, decision: Decision, *, decided_at: dt.date
             "content_id": event.content_id,
             "event_id": event.event_id,
             "author_id": event.author_id,
-            "action": Action.DECIDE.value,
+            "action": Action.DECIDE,
             "eligible": decision.eligible,
-            "reason": decision.reason.value,
+            "reason": decision.reason,
             "cause": None,
             "policy_version": decision.policy_version,
             "decided_at": decided_at,
@@ -126,9 +126,9 @@ def skip_value(event: ContentEvent, reason: SkipReason, *, policy_version: str, 
             "content_id": event.content_id,
             "event_id": event.event_id,
             "author_id": event.author_id,
-            "action": Action.SKIP.value,
+            "action": Action.SKIP,
             "eligible": None,
-            "reason": reason.value,
+            "reason": reason,
             "cause": None,
             "policy_version": policy_version,
             "decided_at": decided_at,
@@ -157,10 +157,10 @@ def retract_value(
             "content_id": content_id,
             "event_id": event_id,
             "author_id": author_id,
-            "action": Action.RETRACT.value,
+            "action": Action.RETRACT,
             "eligible": None,
             "reason": None,
-            "cause": cause.value,
+            "cause": cause,
             "policy_version": policy_version,
             "decided_at": decided_at,
             "event_time": event_time,
@@ -178,7 +178,7 @@ def retraction_value(*, content_id: str, cause: RetractCause, policy_version: st
         {
             "content_id": content_id,
             "retracted_at": retracted_at,
-            "cause": cause.value,
+            "cause": cause,
             "policy_version": policy_version,
         }
     )
@@ -194,9 +194,9 @@ def shadow_value(event: ContentEvent, in_force: Decision, shadow: Decision, *, d
         {
             "content_id": event.content_id,
             "event_id": event.event_id,
-            "in_force_reason": in_force.reason.value,
+            "in_force_reason": in_force.reason,
             "in_force_policy_version": in_force.policy_version,
-            "shadow_reason": shadow.reason.value,
+            "shadow_reason": shadow.reason,
             "shadow_policy_version": shadow.policy_version,
             "decided_at": decided_at,
         }
@@ -255,7 +255,7 @@ def dead_letter_value(
     `<field>_sha256` describe them.
     """
     letter: dict[str, object] = {
-        "reason": reason.value,
+        "reason": reason,
         "detail": detail,
         "topic": topic,
         "partition": partition,
