@@ -6,11 +6,14 @@
 - the tests that monkeypatch the core (marker `pure_core`) pass on its sources, in a
   process of their own (tests/pure_core.py);
 - an extension built from other sources than the ones beside it refuses to run;
-- the values built per event are native classes once compiled: read-only, equal by value.
+- the values built per event are native classes once compiled: read-only, equal by value;
+- every module constant of the core is `Final` (mypyc reads any other from the module's
+  dictionary at every use).
 """
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import hashlib
 import os
@@ -79,6 +82,34 @@ def test_values_built_per_event_are_read_only_and_equal_by_value() -> None:
             name = next(iter(vars(type(value))["__dataclass_fields__"]))
             with pytest.raises(AttributeError):
                 setattr(value, name, getattr(value, name))
+
+
+def _not_final(path: Path) -> list[str]:
+    names = []
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign):
+            value = node.value
+            type_var = isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "TypeVar"
+            alias = isinstance(value, ast.Subscript) and isinstance(value.value, ast.Name) and value.value.id == "tuple"
+            names += [
+                f"{path.name}:{node.lineno} {target.id}"
+                for target in node.targets
+                if isinstance(target, ast.Name) and target.id != "__all__" and not type_var and not alias
+            ]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None and "Final" not in ast.unparse(node.annotation):
+            names.append(f"{path.name}:{node.lineno} {ast.unparse(node.target)}")
+    return names
+
+
+def test_every_module_constant_of_the_core_is_final() -> None:
+    # Compiled, a module-level name not annotated Final is looked up in the module's
+    # dictionary at every use; Final ones are C statics (bench/notes.md: the partitioner
+    # went from 2,780 to 64 ns a key with its constants Final and native ints).
+    core = ROOT / "stream" / "core"
+    offenders = [name for path in sorted(core.glob("*.py")) for name in _not_final(path)]
+    assert offenders == [], f"annotate these module constants Final: {offenders}"
+    # The check sees a constant that is not Final: this file's own ROOT.
+    assert [name.split()[1] for name in _not_final(Path(__file__))] == ["ROOT"]
 
 
 @pytest.mark.integration
