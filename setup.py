@@ -1,8 +1,8 @@
 """The build: the pure core (`stream/core`) compiled to C extensions by mypyc.
 
 The core is strictly typed and does no I/O, so mypyc compiles it as it is; compiled,
-it decides an event in about three quarters of the CPU time (docs/benchmarks.md,
-"The core compiled by mypyc"). Its Python sources ship beside the extensions and
+it decides an event in about two thirds of the CPU time of its sources interpreted
+(bench/notes.md, "The compiled core against its sources"). Its Python sources ship beside the extensions and
 stay the reference: `STREAM_COMPILE=0` builds without compiling (and removes earlier
 extensions from an editable tree), so the same code runs as plain Python.
 
