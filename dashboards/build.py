@@ -609,7 +609,7 @@ def overview() -> Dashboard:
             ids,
             "Store memory",
             "Memory RocksDB holds per worker: memtables and cached blocks, together within one budget "
-            "(64 MiB, of which at most 24 MiB memtables; stream/core/state.py). Flat once the budget is reached.",
+            "(96 MiB, of which at most 56 MiB memtables; stream/runtime/store.py). Flat once the budget is reached.",
             "bytes",
             [query(f"sum by (instance, part) ({sel('eligibility_store_memory_bytes')})", "{{instance}} {{part}}")],
             span=8,

@@ -148,10 +148,14 @@ class MemoryPartitionStore(_Base):
 # bounded by MEMORY_BUDGET_BYTES however many partitions the worker holds and however
 # large their state grows, and it reaches that bound early in a worker's life instead
 # of creeping up as each partition's memtables first fill (docs/benchmarks.md, "Memory").
-MEMORY_BUDGET_BYTES = 64 << 20
+MEMORY_BUDGET_BYTES = 96 << 20
 # Of that budget, the memtables of all stores together: past it the store being
-# written to flushes its memtable.
-MEMTABLE_BUDGET_BYTES = 24 << 20
+# written to flushes its memtable. The rest (40 MiB) caches blocks. Memtables this
+# large (~14 MiB a store at four partitions) flush a third as often as at 24 MiB:
+# fewer small L0 files for every lookup to consult and for compaction to merge into
+# the bottom level (bench/notes.md, "The memtable budget": a fifth less CPU in the
+# stores' reads and a quarter of the compaction threads' CPU).
+MEMTABLE_BUDGET_BYTES = 56 << 20
 # Per partition store, at most two memtables of this size (the shared budget usually
 # flushes them sooner).
 WRITE_BUFFER_BYTES = 16 << 20
@@ -168,15 +172,23 @@ _block_cache: Cache | None = None
 _write_buffers: WriteBufferManager | None = None
 
 
+def memory_budget(
+    memory_bytes: int = MEMORY_BUDGET_BYTES, memtable_bytes: int = MEMTABLE_BUDGET_BYTES
+) -> tuple[Cache, WriteBufferManager]:
+    """A block cache of `memory_bytes` with a WriteBufferManager charging up to `memtable_bytes` of memtables to it.
+
+    The worker has one, shared by all its stores; `bench.store_reads` builds others to compare budgets.
+    """
+    cache = Cache(memory_bytes)
+    # allow_stall=False: over budget the writer flushes, it does not block (a
+    # stalled write would hold the store-writer thread and with it every batch).
+    return cache, WriteBufferManager.new_write_buffer_manager_with_cache(memtable_bytes, False, cache)
+
+
 def _shared() -> tuple[Cache, WriteBufferManager]:
     global _block_cache, _write_buffers
     if _block_cache is None or _write_buffers is None:
-        _block_cache = Cache(MEMORY_BUDGET_BYTES)
-        # allow_stall=False: over budget the writer flushes, it does not block (a
-        # stalled write would hold the store-writer thread and with it every batch).
-        _write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
-            MEMTABLE_BUDGET_BYTES, False, _block_cache
-        )
+        _block_cache, _write_buffers = memory_budget()
     return _block_cache, _write_buffers
 
 
@@ -189,9 +201,15 @@ def memory_usage() -> dict[str, int]:
     return {"memtables": memtables, "block_cache": max(0, int(_block_cache.get_usage()) - memtables)}
 
 
-def store_options(*, memtable_bloom_ratio: float = MEMTABLE_BLOOM_RATIO) -> Options:
-    """The options every partition store opens with (`memtable_bloom_ratio` 0 turns the memtable filter off)."""
-    cache, write_buffers = _shared()
+def store_options(
+    *, memtable_bloom_ratio: float = MEMTABLE_BLOOM_RATIO, budget: tuple[Cache, WriteBufferManager] | None = None
+) -> Options:
+    """The options every partition store opens with.
+
+    `memtable_bloom_ratio` 0 turns the memtable filter off; `budget` (from `memory_budget`)
+    replaces the process's shared one. Both exist for the benchmarks' comparisons.
+    """
+    cache, write_buffers = budget if budget is not None else _shared()
     table = BlockBasedOptions()
     table.set_block_cache(cache)
     # Most lookups miss (few authors object, few items are deferred or were

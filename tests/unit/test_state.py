@@ -20,7 +20,14 @@ from stream.core.state import (
     unpack_objection,
     unpack_profile,
 )
-from stream.runtime.store import MEMORY_BUDGET_BYTES, MEMTABLE_BUDGET_BYTES, RocksPartitionStore, memory_usage
+from stream.runtime.store import (
+    MEMORY_BUDGET_BYTES,
+    MEMTABLE_BUDGET_BYTES,
+    RocksPartitionStore,
+    memory_budget,
+    memory_usage,
+    store_options,
+)
 
 _UTC_TIMES = st.datetimes(
     min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1), timezones=st.just(dt.UTC)
@@ -70,22 +77,43 @@ def test_store_records_its_layout_and_an_older_one_is_not_compatible(tmp_path: P
 
 
 def test_stores_share_one_memtable_budget_that_flushes_instead_of_growing(tmp_path: Path) -> None:
-    stores = [RocksPartitionStore(tmp_path / str(p)) for p in range(4)]
+    # A budget of the test's own, smaller than the worker's, keeps the writes small:
+    # ~58 MiB over 4 stores, under 16 MiB (the write buffer) each.
+    # Without the shared budget no memtable would fill and all of it would stay in
+    # memory. With it, the store written past the memtable budget flushes; the flush
+    # runs in the background, so usage may overshoot the budget while it does, never
+    # by a whole store's share.
+    memory, memtables = 64 << 20, 24 << 20
+    cache, write_buffers = memory_budget(memory, memtables)
+    options = store_options(budget=(cache, write_buffers))
+    stores = [RocksPartitionStore(tmp_path / str(p), options) for p in range(4)]
     try:
-        # ~58 MiB over 4 stores, under 16 MiB each: without the shared budget no
-        # memtable would fill and all of it would stay in memory. With it, the store
-        # written past MEMTABLE_BUDGET_BYTES flushes; the flush runs in the background,
-        # so usage may overshoot the budget while it does, never by a whole store's share.
         value = bytes(100)
         for round_ in range(60):
             for p, store in enumerate(stores):
                 store.apply((b"i:%d:%d:%d" % (p, round_, n), value) for n in range(2_000))
-            used = memory_usage()
-            assert used["memtables"] <= MEMTABLE_BUDGET_BYTES * 1.5
-        assert used["memtables"] > 0
-        assert used["memtables"] + used["block_cache"] <= MEMORY_BUDGET_BYTES
+            assert write_buffers.get_usage() <= memtables * 1.5
+        assert write_buffers.get_usage() > 0
+        assert cache.get_usage() <= memory  # the memtables are charged to the cache
         assert stores[0].get(b"i:0:0:0") == value  # flushed, not dropped
-        assert memory_usage()["block_cache"] > 0  # read back through the shared cache
+        assert any(store.path.glob("*.sst") for store in stores)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_the_worker_stores_use_the_process_budget(tmp_path: Path) -> None:
+    # Stores opened with the default options share the process's budget, which
+    # `memory_usage` (the eligibility_store_memory_bytes metric) reports.
+    stores = [RocksPartitionStore(tmp_path / str(p)) for p in range(2)]
+    try:
+        before = memory_usage()["memtables"]
+        for p, store in enumerate(stores):
+            store.apply((b"i:%d:%d" % (p, n), bytes(100)) for n in range(20_000))
+        used = memory_usage()
+        assert used["memtables"] > before
+        assert used["memtables"] <= MEMTABLE_BUDGET_BYTES * 1.5
+        assert used["memtables"] + used["block_cache"] <= MEMORY_BUDGET_BYTES
     finally:
         for store in stores:
             store.close()
