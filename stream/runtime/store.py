@@ -151,10 +151,9 @@ class MemoryPartitionStore(_Base):
 MEMORY_BUDGET_BYTES = 96 << 20
 # Of that budget, the memtables of all stores together: past it the store being
 # written to flushes its memtable. The rest (40 MiB) caches blocks. Memtables this
-# large (~14 MiB a store at four partitions) flush a third as often as at 24 MiB:
-# fewer small L0 files for every lookup to consult and for compaction to merge into
-# the bottom level (bench/notes.md, "The memtable budget": a fifth less CPU in the
-# stores' reads and a quarter of the compaction threads' CPU).
+# large (~14 MiB a store at four partitions) flush seldom, so there are few small L0
+# files for every lookup to consult and for compaction to merge into the bottom level
+# (bench/notes.md, "The memtable budget", compares it with a smaller share).
 MEMTABLE_BUDGET_BYTES = 56 << 20
 # Per partition store, at most two memtables of this size (the shared budget usually
 # flushes them sooner).

@@ -78,11 +78,10 @@ def test_store_records_its_layout_and_an_older_one_is_not_compatible(tmp_path: P
 
 def test_stores_share_one_memtable_budget_that_flushes_instead_of_growing(tmp_path: Path) -> None:
     # A budget of the test's own, smaller than the worker's, keeps the writes small:
-    # ~58 MiB over 4 stores, under 16 MiB (the write buffer) each.
-    # Without the shared budget no memtable would fill and all of it would stay in
-    # memory. With it, the store written past the memtable budget flushes; the flush
-    # runs in the background, so usage may overshoot the budget while it does, never
-    # by a whole store's share.
+    # ~58 MiB over 4 stores, under 16 MiB (the write buffer) each. Without the shared
+    # budget no memtable would fill and all of it would stay in memory. With it, the
+    # store written past the memtable budget flushes; the flush runs in the background,
+    # so usage may overshoot the budget while it does, never by a whole store's share.
     memory, memtables = 64 << 20, 24 << 20
     cache, write_buffers = memory_budget(memory, memtables)
     options = store_options(budget=(cache, write_buffers))
@@ -97,6 +96,7 @@ def test_stores_share_one_memtable_budget_that_flushes_instead_of_growing(tmp_pa
         assert cache.get_usage() <= memory  # the memtables are charged to the cache
         assert stores[0].get(b"i:0:0:0") == value  # flushed, not dropped
         assert any(store.path.glob("*.sst") for store in stores)
+        assert cache.get_usage() - write_buffers.get_usage() > 0  # read back through the budget's cache
     finally:
         for store in stores:
             store.close()
