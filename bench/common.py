@@ -350,6 +350,8 @@ COMMANDS = {
     "raw": [PYTHON, "-m", "bench.baseline_raw"],
     "faust": [PYTHON, "-m", "bench.baseline_faust"],
     "quix": [PYTHON, "-m", "bench.baseline_quix"],
+    # The latency floor: content echoed as decisions, nothing decided (`bench/baseline_echo.py`).
+    "echo": [PYTHON, "-m", "bench.baseline_echo"],
 }
 
 
@@ -450,6 +452,19 @@ def py_spy_dump(pid: int) -> str:
         return out.stdout + out.stderr
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"py-spy dump failed: {exc}"
+
+
+async def wait_log(proc: Proc, text: str, *, timeout: float) -> None:
+    """Wait until the process's log holds `text` (a baseline without a /ready page); raise if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    needle = text.encode()
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.log.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        if proc.log.exists() and needle in proc.log.read_bytes():
+            return
+        await asyncio.sleep(0.05)
+    raise Stalled(f"{proc.log.name}: no {text!r} in its log after {timeout:.0f} s:\n{proc.tail()}")
 
 
 async def wait_ready(proc: Proc, timeout: float) -> float:

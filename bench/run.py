@@ -14,7 +14,8 @@ Sub-benchmarks (all bounded in count and time; every run deletes its topics):
   startup  (inside drain) restart to /ready with state on disk, and with it wiped
   rate     open-loop generator stepping up rates; the highest rate with bounded lag;
            then the end-to-end latency at half that rate (HdrHistogram; three runs, the
-           median p99's reported; `latency` runs only this part)
+           median p99's reported, each followed by a run of the echo floor,
+           bench/baseline_echo.py; `latency` runs only this part)
   soak     worker RSS over a long stream
 """
 
@@ -704,36 +705,61 @@ async def _latency_run(args: argparse.Namespace, run: Run, results: dict[str, An
     items, a burst that delayed the run's first ~10 s by seconds (a harness artefact,
     not something a live stream does). Every run has the same workload (seed), so the
     runs differ only by what else the machine did meanwhile.
+
+    Each worker run is followed by a run of the echo floor (`bench/baseline_echo.py`)
+    on the same workload and rate: what the generator, the broker, one consumer hop and
+    the reader cost on this machine in this invocation, so the worker's share of the
+    latency reads as the difference, free of the machine's drift between invocations.
     """
     runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     for i in range(args.latency_runs):
-        inputs = run.inputs(f"latency{i + 1}")
-        settings = run.settings(inputs, f"worker-latency{i + 1}")
-        await run.create(settings)
-        async with common.running("worker", settings, run.scratch / "logs", suffix=f"-latency{i + 1}") as proc:
-            log(f"latency: {rate:,}/s for {args.latency_seconds}s (run {i + 1} of {args.latency_runs})")
-            sys_cpu = common.SystemCpu()
-            lat = await latency_step(settings, rate, args.latency_seconds, args.rate_accounts, args.seed + 100)
-            lat["system"] = sys_cpu.result()
-            lat["backlog_at_start"] = 0  # fresh topics
-            lat["worker_metrics"] = worker_histograms(proc.port)
-        await run.drop(settings)  # gone before the next run measures
-        runs.append(lat)
-        log(
-            f"latency: p50 {lat['steady']['p50_ms']} ms, p99 {lat['steady']['p99_ms']} ms, "
-            f"p99.9 {lat['steady']['p99_9_ms']} ms over {lat['matched']:,} events"
-        )
+        for kind, into in (("worker", runs), ("echo", floors)):
+            name = "latency" if kind == "worker" else "echo"
+            inputs = run.inputs(f"{name}{i + 1}")
+            settings = run.settings(inputs, f"{kind}-{name}{i + 1}")
+            await run.create(settings)
+            async with common.running(kind, settings, run.scratch / "logs", suffix=f"-{name}{i + 1}") as proc:
+                if kind == "echo":
+                    # No /ready page: the echo seeks to the end of the content topic at start,
+                    # so it must be assigned before the first record is sent.
+                    await common.wait_log(proc, "echoing", timeout=60)
+                log(f"latency: {kind}, {rate:,}/s for {args.latency_seconds}s (run {i + 1} of {args.latency_runs})")
+                sys_cpu = common.SystemCpu()
+                lat = await latency_step(settings, rate, args.latency_seconds, args.rate_accounts, args.seed + 100)
+                lat["system"] = sys_cpu.result()
+                lat["backlog_at_start"] = 0  # fresh topics
+                if kind == "worker":
+                    lat["worker_metrics"] = worker_histograms(proc.port)
+            await run.drop(settings)  # gone before the next run measures
+            into.append(lat)
+            log(
+                f"latency: {kind} p50 {lat['steady']['p50_ms']} ms, p99 {lat['steady']['p99_ms']} ms, "
+                f"p99.9 {lat['steady']['p99_9_ms']} ms over {lat['matched']:,} events"
+            )
+
+    def runs_of(each: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "run": i + 1,
+                "generator_behind_max_ms": lat["generator_behind_max_ms"],
+                **{k: lat["steady"][k] for k in ("p50_ms", "p99_ms", "p99_9_ms", "max_ms")},
+            }
+            for i, lat in enumerate(each)
+        ]
+
     by_p99 = sorted(range(len(runs)), key=lambda i: runs[i]["steady"]["p99_ms"])
     median = runs[by_p99[len(runs) // 2]]
-    median["runs"] = [
-        {
-            "run": i + 1,
-            "generator_behind_max_ms": lat["generator_behind_max_ms"],
-            **{k: lat["steady"][k] for k in ("p50_ms", "p99_ms", "p99_9_ms", "max_ms")},
-        }
-        for i, lat in enumerate(runs)
-    ]
+    median["runs"] = runs_of(runs)
     median["reported_run"] = by_p99[len(runs) // 2] + 1
+    floor_by_p99 = sorted(range(len(floors)), key=lambda i: floors[i]["steady"]["p99_ms"])
+    floor = floors[floor_by_p99[len(floors) // 2]]
+    median["floor"] = {
+        "consumer": "echo (bench/baseline_echo.py)",
+        "runs": runs_of(floors),
+        "reported_run": floor_by_p99[len(floors) // 2] + 1,
+        **{k: floor[k] for k in ("steady", "sent_to_decision_created", "decision_created_to_reader", "matched")},
+    }
     results["latency"] = median
     save(results)
 

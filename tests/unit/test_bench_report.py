@@ -230,6 +230,29 @@ def test_latency_row_lists_each_runs_p99_when_there_are_several() -> None:
     assert row[1:3] == ("p99 14.00 ms at 6,000/s (median of 3 runs: 13.2, 14.0, 16.9 ms)", MET)
 
 
+def _with_floor(lat: dict[str, Any], p99: float) -> dict[str, Any]:
+    floor = {"steady": {**_stats(p99), "p50_ms": 3.0}, "matched": 1000}
+    floor |= {"sent_to_decision_created": _stats(p99), "decision_created_to_reader": _stats(2.0)}
+    runs = [{"run": 1, "generator_behind_max_ms": 2.0, **_stats(p99)}]
+    return {**lat, "floor": {**floor, "runs": runs, "reported_run": 1}}
+
+
+def test_latency_row_names_the_echo_floor_of_the_same_runs_and_judges_the_worker_alone() -> None:
+    lat = _with_floor(_latency(6000, 16.0), 9.5)
+    row = _row({"rate": _ladder_to(12_000), "latency": lat}, "e2e p99")
+    assert row[1:3] == ("p99 16.00 ms at 6,000/s; floor (echo consumer, same runs) p99 9.50 ms", MISSED)
+
+
+def test_latency_section_gives_the_floor_and_what_the_worker_adds_to_it(doc: Path) -> None:
+    results = _quick_results()
+    results["latency"] = {**_with_floor(_latency(2500, 12.0), 9.5), "reported_run": 1, "runs": []}
+    report.render(results)
+    section = doc.read_text().split("## End-to-end latency", 1)[1].split("\n## ", 1)[0]
+    assert "p50 3.0 ms, p99 9.5 ms" in section
+    assert "adds 2.0 ms at p50 and 2.5 ms at p99" in section
+    assert "| floor (echo), steady | 1,000 | 3.0 ms |" in section
+
+
 def test_latency_at_another_rate_than_half_the_sustainable_one_gets_no_verdict() -> None:
     r = {"rate": _ladder_to(12_000), "latency": _latency(2500, 10.0)}
     row = _row(r, "e2e p99")
