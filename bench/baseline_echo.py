@@ -1,17 +1,24 @@
-"""Latency floor: a consumer that decides nothing and echoes each content event as a decision.
+"""Latency floors: consumers that decide nothing and echo each content event as a decision.
 
 The shortest path an event can take through a consumer on this machine: fetch,
 append each upsert (its bytes and `"action":"decide"`, all the latency reader looks
 for) to per-partition batches of the decisions topic, send them closed (no linger),
 wait for the broker's acknowledgement, fetch again. No state, no rule, no commit
-awaited. `python -m bench latency --consumers echo,...` measures it beside the
-worker at the same rate: what the generator, the broker, one client hop and the
-reader cost on the machine in that run, whatever a consumer does.
+awaited. `python -m bench latency` runs it after each worker run at the same rate:
+what the generator, the broker, one consumer hop and the reader cost on the machine
+in that invocation, whatever a consumer does.
+
+With `--ordered`, the echo keeps the worker's crash-safe order (`stream/core/engine.py`)
+with nothing to decide: for every fetched partition one record to the published index's
+changelog, acknowledged before the echoes are sent; the echoes, acknowledged; then one
+record to the items changelog, acknowledged before the next fetch is handled. That is
+the least latency any consumer keeping that order can have here: the floor the
+worker's own work (gate, decisions, store) adds to.
 
 Configured from the worker's environment (`Settings.from_env`: topics, bootstrap,
 compression). Runs until SIGTERM or SIGINT.
 
-    python -m bench.baseline_echo
+    python -m bench.baseline_echo [--ordered]
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from typing import Any
 
 import uvloop
@@ -32,8 +40,11 @@ _DECIDE = b',"action":"decide"}'
 _EVENT_ID = b'"event_id":"'
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """Echo content upserts to the decisions topic, partition for partition, until `stop` is set."""
+async def run(settings: Settings, stop: asyncio.Event, *, ordered: bool = False) -> None:
+    """Echo content upserts to the decisions topic, partition for partition, until `stop` is set.
+
+    With `ordered`, between acknowledged steps before and after them as the worker's order has.
+    """
     t = settings.topics
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -58,10 +69,12 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         await consumer.seek_to_end(*tps)
         for tp in tps:
             await consumer.position(tp)
-        log.info("echoing %s to %s", t.content, t.decisions)
+        log.info("echoing %s to %s%s", t.content, t.decisions, " in the crash-safe order" if ordered else "")
         while not stop.is_set():
             fetched = await consumer.getmany(timeout_ms=200, max_records=5000)
             futures: list[asyncio.Future[Any]] = []
+            if ordered and fetched:
+                await _marker_step(producer, t.published, fetched)  # the index's entries, before any echo
             for tp, records in fetched.items():
                 partition = out[tp.partition % len(out)]
                 batch = producer.create_batch()
@@ -80,9 +93,22 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                     futures.append(await producer.send_batch(batch, t.decisions, partition=partition))
             if futures:
                 await asyncio.gather(*futures)
+            if ordered and fetched:
+                await _marker_step(producer, t.items, fetched)  # the items' latest events, after the echoes
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+async def _marker_step(producer: AIOKafkaProducer, topic: str, fetched: dict[TopicPartition, Any]) -> None:
+    """One small record to `topic` for each fetched partition (its number there), sent closed and acknowledged."""
+    futures = []
+    for tp in fetched:
+        batch = producer.create_batch()
+        batch.append(key=b"echo", value=b"{}", timestamp=None)
+        batch.close()
+        futures.append(await producer.send_batch(batch, topic, partition=tp.partition))
+    await asyncio.gather(*futures)
 
 
 def main() -> int:
@@ -95,7 +121,7 @@ def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
+        await run(settings, stop, ordered="--ordered" in sys.argv[1:])
 
     uvloop.run(go())  # the worker's event loop
     return 0

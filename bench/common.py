@@ -350,8 +350,10 @@ COMMANDS = {
     "raw": [PYTHON, "-m", "bench.baseline_raw"],
     "faust": [PYTHON, "-m", "bench.baseline_faust"],
     "quix": [PYTHON, "-m", "bench.baseline_quix"],
-    # The latency floor: content echoed as decisions, nothing decided (`bench/baseline_echo.py`).
+    # The latency floors: content echoed as decisions, nothing decided (`bench/baseline_echo.py`);
+    # the second with the worker's crash-safe order of acknowledged steps around the echo.
     "echo": [PYTHON, "-m", "bench.baseline_echo"],
+    "echo-ordered": [PYTHON, "-m", "bench.baseline_echo", "--ordered"],
 }
 
 

@@ -149,6 +149,10 @@ def _quix_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+# The latency run's floors (`bench/baseline_echo.py`): their names in the report, their keys in the results.
+FLOORS = (("one hop", "floor"), ("the crash-safe order", "floor_ordered"))
+
+
 def _latency_row(r: dict[str, Any]) -> tuple[str, str, str, str]:
     goal = TARGETS["p99_ms"]
     name = f"e2e p99 <= {goal:g} ms at half the sustainable rate"
@@ -160,9 +164,11 @@ def _latency_row(r: dict[str, Any]) -> tuple[str, str, str, str]:
     listed = ", ".join(f"{x['p99_ms']:,.1f}" for x in runs)
     each = f" (median of {len(runs)} runs: {listed} ms)" if len(runs) > 1 else ""
     figure = f"p99 {p99:,.2f} ms at {lat['rate']:,}/s{each}"
-    floor = lat.get("floor")
+    floor, ordered = lat.get("floor"), lat.get("floor_ordered")
     if floor:
-        figure += f"; floor (echo consumer, same runs) p99 {floor['steady']['p99_ms']:,.2f} ms"
+        figure += f"; floors in the same runs, nothing decided: one hop p99 {floor['steady']['p99_ms']:,.2f} ms"
+        if ordered:
+            figure += f", the crash-safe order's steps p99 {ordered['steady']['p99_ms']:,.2f} ms"
     sustainable = (r.get("rate") or {}).get("sustainable")
     if not sustainable:
         # `python -m bench latency --latency-rate N` alone: no ladder says what half the sustainable rate is.
@@ -419,7 +425,7 @@ def render(r: dict[str, Any]) -> None:
     add("python -m bench all --quick         # smoke run: small sizes, a few minutes; its verdicts do not count")
     add("python -m bench drain --events 200000 --accounts 200000 --consumers worker,raw   # one part, other sizes")
     add("python -m bench drain --events 500000 --accounts 100000 --consumers worker,raw,quix   # with the Quix peer")
-    add("python -m bench latency --latency-rate 2500 --latency-runs 1   # one latency run and its floor (default 3)")
+    add("python -m bench latency --latency-rate 2500 --latency-runs 1   # one latency run and its floors (default 3)")
     add("python -m bench.objections --rate 4000   # the objection benchmark at a background rate of one's choice")
     add("```")
     add("")
@@ -428,7 +434,7 @@ def render(r: dict[str, Any]) -> None:
         "worker, the raw aiokafka baseline and the Quix Streams peer, one after another, then the start-up times "
         "and a profiled worker drain; a drain of 1,000,000 events over 200,000 accounts by the worker, the raw "
         "baseline and the naive Faust agent; the rate ladder and the latency runs at half the sustainable rate "
-        "it finds, each followed by a run of the echo floor (steps and runs in the configuration below); a soak "
+        "it finds, each followed by runs of the two echo floors (steps and runs in the configuration below); a soak "
         "of 10,000,000 events. Results merge across invocations unless `--fresh`. `python -m bench.objections` "
         "takes its background rate from the sustainable rate in `bench/results/results.json` and records its "
         "result there for the targets table, besides writing its own section below."
@@ -658,25 +664,33 @@ def render(r: dict[str, Any]) -> None:
                     f"{x['generator_behind_max_ms']} ms |"
                 )
             add("")
-        floor = lat.get("floor")
-        if floor:
-            fl = floor["steady"]
+        floors = [(name, lat[key]) for name, key in FLOORS if lat.get(key)]
+        if floors:
             add(
-                "**The floor.** After each worker run the same workload goes at the same rate through "
-                "`bench/baseline_echo.py`, a consumer that decides nothing: it echoes each content event to the "
-                "decisions topic as soon as it is fetched (one acknowledged produce, no state, no commit). That is "
-                "what the generator's tick, the broker, one consumer hop and the reader cost on this machine in this "
-                f"invocation. Its median run (run {floor['reported_run']}): p50 {fl['p50_ms']} ms, p99 "
-                f"{fl['p99_ms']} ms, p99.9 {fl['p99_9_ms']} ms; the worker's median run adds "
-                f"{s['p50_ms'] - fl['p50_ms']:.1f} ms at p50 and {s['p99_ms'] - fl['p99_ms']:.1f} ms at p99."
+                "**The floors.** After each worker run the same workload goes at the same rate through two "
+                "consumers that decide nothing (`bench/baseline_echo.py`): *one hop* echoes each content event to "
+                "the decisions topic as soon as it is fetched (one acknowledged produce, no state, no commit); "
+                "*the crash-safe order* echoes it between the worker's acknowledged steps (a record to the published "
+                "index's changelog before it, one to the items changelog after it, each acknowledged). They are what "
+                "the generator's tick, the broker, the consumer hops and the reader cost on this machine in this "
+                "invocation; the worker's own work (gate, decisions, store writes) is what it adds to the second."
             )
             add("")
-            add("| echo run | p50 | p99 | p99.9 | max | generator behind schedule, at most |")
-            add("|---|---|---|---|---|---|")
-            for x in floor["runs"]:
+            add("| floor | run | p50 | p99 | p99.9 | max | generator behind schedule, at most |")
+            add("|---|---|---|---|---|---|---|")
+            for name, floor in floors:
+                for x in floor["runs"]:
+                    add(
+                        f"| {name} | {x['run']} | {x['p50_ms']} ms | {x['p99_ms']} ms | {x['p99_9_ms']} ms | "
+                        f"{x['max_ms']} ms | {x['generator_behind_max_ms']} ms |"
+                    )
+            add("")
+            for name, floor in floors:
+                fl = floor["steady"]
                 add(
-                    f"| {x['run']} | {x['p50_ms']} ms | {x['p99_ms']} ms | {x['p99_9_ms']} ms | {x['max_ms']} ms | "
-                    f"{x['generator_behind_max_ms']} ms |"
+                    f"- {name}, its median run (run {floor['reported_run']}): p50 {fl['p50_ms']} ms, p99 "
+                    f"{fl['p99_ms']} ms; the worker's median run adds {s['p50_ms'] - fl['p50_ms']:.1f} ms at p50 and "
+                    f"{s['p99_ms'] - fl['p99_ms']:.1f} ms at p99."
                 )
             add("")
         add("| | events | p50 | p90 | p99 | p99.9 | max | mean |")
@@ -690,11 +704,11 @@ def render(r: dict[str, Any]) -> None:
                 ),
                 ("part: decision record created -> read by the reader", lat["decision_created_to_reader"]),
             ]
-        if floor:
+        for name, floor in floors:
             parts += [
-                ("floor (echo), steady", floor["steady"]),
-                ("floor: scheduled send -> echo record created", floor["sent_to_decision_created"]),
-                ("floor: echo record created -> read by the reader", floor["decision_created_to_reader"]),
+                (f"floor, {name}: steady", floor["steady"]),
+                (f"floor, {name}: scheduled send -> echo record created", floor["sent_to_decision_created"]),
+                (f"floor, {name}: echo record created -> read by the reader", floor["decision_created_to_reader"]),
             ]
         for name, x in parts:
             add(

@@ -1,10 +1,10 @@
-"""The latency floor of the benchmark (`bench/baseline_echo.py`) echoes what the latency reader matches.
+"""The latency floors of the benchmark (`bench/baseline_echo.py`) echo what the latency reader matches.
 
-`python -m bench latency` runs it after each worker run and reports its latency as
-the floor the worker's is compared with; the figure means something only if every
+`python -m bench latency` runs them after each worker run and reports their latency
+as the floors the worker's is compared with; the figure means something only if every
 stamped content event comes back on the decisions topic, matched by its event id,
-on its own partition, and nothing else does. Here the echo runs as the benchmark
-runs it (a process configured from the environment, waited for by its log line).
+on its own partition, and nothing else does. Here each echo runs as the benchmark
+runs it (its command, configured from the environment, waited for by its log line).
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ pytestmark = pytest.mark.integration
 TEXT = '\u202e\U0001f600 "event_id":"x' + "\u0000" * 3
 
 
-async def test_the_echo_floor_returns_each_stamped_event_as_a_decision_on_its_partition(
-    bootstrap: str, tmp_path: Path
+@pytest.mark.parametrize("kind", ["echo", "echo-ordered"])
+async def test_the_echo_floors_return_each_stamped_event_as_a_decision_on_its_partition(
+    kind: str, bootstrap: str, tmp_path: Path
 ) -> None:
     settings = unique_settings(bootstrap, tmp_path / "echo", partitions=2)
     await make_topics(settings)
     log = tmp_path / "echo.log"
     with log.open("wb") as out:
         echo = subprocess.Popen(
-            [sys.executable, "-m", "bench.baseline_echo"],
+            [sys.executable, *common.COMMANDS[kind][1:]],
             env=common.process_env(settings),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -72,3 +73,13 @@ async def test_the_echo_floor_returns_each_stamped_event_as_a_decision_on_its_pa
         assert o.partition == i % 2 and o.key == b"k%d" % i
         assert b'"action":"decide"' in (o.value or b"")
         assert orjson.loads(o.value or b"")["gen_sent_at"].endswith("Z")
+    # The crash-safe order's steps around the echoes: the index's changelog before, the items' after,
+    # one record for each fetched partition; none without `--ordered`.
+    t = settings.topics
+    for topic in (t.published, t.items):
+        steps = await read_all(settings, topic)
+        if kind == "echo":
+            assert steps == []
+        else:
+            assert {o.partition for o in steps} == {0, 1}
+            assert all(o.key == b"echo" for o in steps)

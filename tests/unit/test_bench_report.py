@@ -230,27 +230,38 @@ def test_latency_row_lists_each_runs_p99_when_there_are_several() -> None:
     assert row[1:3] == ("p99 14.00 ms at 6,000/s (median of 3 runs: 13.2, 14.0, 16.9 ms)", MET)
 
 
-def _with_floor(lat: dict[str, Any], p99: float) -> dict[str, Any]:
-    floor = {"steady": {**_stats(p99), "p50_ms": 3.0}, "matched": 1000}
+def _floor(p50: float, p99: float) -> dict[str, Any]:
+    floor = {"steady": {**_stats(p99), "p50_ms": p50}, "matched": 1000}
     floor |= {"sent_to_decision_created": _stats(p99), "decision_created_to_reader": _stats(2.0)}
     runs = [{"run": 1, "generator_behind_max_ms": 2.0, **_stats(p99)}]
-    return {**lat, "floor": {**floor, "runs": runs, "reported_run": 1}}
+    return {**floor, "runs": runs, "reported_run": 1}
 
 
-def test_latency_row_names_the_echo_floor_of_the_same_runs_and_judges_the_worker_alone() -> None:
-    lat = _with_floor(_latency(6000, 16.0), 9.5)
+def _with_floors(lat: dict[str, Any]) -> dict[str, Any]:
+    return {**lat, "floor": _floor(3.0, 9.5), "floor_ordered": _floor(4.0, 11.0)}
+
+
+def test_latency_row_names_the_floors_of_the_same_runs_and_judges_the_worker_alone() -> None:
+    lat = _with_floors(_latency(6000, 16.0))
     row = _row({"rate": _ladder_to(12_000), "latency": lat}, "e2e p99")
-    assert row[1:3] == ("p99 16.00 ms at 6,000/s; floor (echo consumer, same runs) p99 9.50 ms", MISSED)
+    assert row[1:3] == (
+        "p99 16.00 ms at 6,000/s; floors in the same runs, nothing decided: one hop p99 9.50 ms, "
+        "the crash-safe order's steps p99 11.00 ms",
+        MISSED,
+    )
 
 
-def test_latency_section_gives_the_floor_and_what_the_worker_adds_to_it(doc: Path) -> None:
+def test_latency_section_gives_the_floors_and_what_the_worker_adds_to_each(doc: Path) -> None:
     results = _quick_results()
-    results["latency"] = {**_with_floor(_latency(2500, 12.0), 9.5), "reported_run": 1, "runs": []}
+    results["latency"] = {**_with_floors(_latency(2500, 12.0)), "reported_run": 1, "runs": []}
     report.render(results)
     section = doc.read_text().split("## End-to-end latency", 1)[1].split("\n## ", 1)[0]
-    assert "p50 3.0 ms, p99 9.5 ms" in section
-    assert "adds 2.0 ms at p50 and 2.5 ms at p99" in section
-    assert "| floor (echo), steady | 1,000 | 3.0 ms |" in section
+    one_hop = "- one hop, its median run (run 1): p50 3.0 ms, p99 9.5 ms; the worker's median run adds 2.0 ms at p50"
+    assert one_hop + " and 2.5 ms at p99." in section
+    ordered = "- the crash-safe order, its median run (run 1): p50 4.0 ms, p99 11.0 ms; the worker's median run adds"
+    assert ordered + " 1.0 ms at p50 and 1.0 ms at p99." in section
+    assert "| floor, the crash-safe order: steady | 1,000 | 4.0 ms |" in section
+    assert "| the crash-safe order | 1 | 5.0 ms | 11.0 ms |" in section
 
 
 def test_latency_at_another_rate_than_half_the_sustainable_one_gets_no_verdict() -> None:
