@@ -609,7 +609,8 @@ def overview() -> Dashboard:
             ids,
             "Store memory",
             "Memory RocksDB holds per worker: memtables and cached blocks, together within one budget "
-            "(96 MiB, of which at most 56 MiB memtables; stream/runtime/store.py). Flat once the budget is reached.",
+            "(96 MiB by default, of which at most 56 MiB memtables; STREAM_STORE_MEMORY_MIB, stream/runtime/store.py). "
+            "Flat once the budget is reached.",
             "bytes",
             [query(f"sum by (instance, part) ({sel('eligibility_store_memory_bytes')})", "{{instance}} {{part}}")],
             span=8,

@@ -39,6 +39,10 @@ DUE_STEP_ITEMS = 5000
 # How long the loop's fetch waits when nothing is buffered: the loop's tick on an idle
 # stream, at which due items, gauges and paced commits are looked after.
 POLL_WAIT_MS = 200
+# The least RocksDB budget a worker process may be given (STREAM_STORE_MEMORY_MIB):
+# below it the memtables' share flushes every few MiB of writes, and lookups slow down
+# with the many small files that leaves (bench/notes.md, "The memtable budget").
+MIN_STORE_MEMORY_MIB = 32
 # How long a read of state partitions known to lag (gate, replay, restore) waits for
 # records before the loop looks again whether to go on (a rebalance, a stop, a stall).
 LAGGING_READ_WAIT_MS = 500
@@ -237,6 +241,9 @@ class Settings:
     # Worker processes in one consumer group under one supervisor (STREAM_WORKER_PROCESSES,
     # `worker --processes`): one process uses about one core (README, "Using a pod's cores").
     worker_processes: int = 1
+    # RocksDB's memory budget of each worker process, shared by all its partition stores
+    # (STREAM_STORE_MEMORY_MIB): block cache and memtables (`stream/runtime/store.py`).
+    store_memory_mib: int = 96
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -271,6 +278,7 @@ class Settings:
             retractions_retention_days=_int(env, "STREAM_RETRACTIONS_RETENTION_DAYS", 3 * 365, minimum=1),
             canary_prefix=_canary_prefix(env),
             worker_processes=_int(env, "STREAM_WORKER_PROCESSES", 1, minimum=1),
+            store_memory_mib=_int(env, "STREAM_STORE_MEMORY_MIB", 96, minimum=MIN_STORE_MEMORY_MIB),
         )
 
     @property

@@ -25,6 +25,7 @@ from stream.core.policy import load_policy
 from stream.core.records import pseudonym_key_id
 from stream.core.shadow import load_shadow_policy
 from stream.runtime.metrics import Metrics
+from stream.runtime.store import configure_memory
 from stream.runtime.worker import FilterWorker
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
         item_memory=dt.timedelta(days=settings.item_memory_days),
         shadow=shadow,
     )
+    # Before the worker opens a store: every store of the process shares this budget.
+    configure_memory(settings.store_memory_mib << 20)
     worker = FilterWorker(settings, engine, metrics)
 
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)

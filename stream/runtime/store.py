@@ -145,15 +145,18 @@ class MemoryPartitionStore(_Base):
 
 # One memory budget for every partition store of the process: the block cache, with
 # the memtables charged to it (RocksDB's WriteBufferManager). RocksDB's memory is then
-# bounded by MEMORY_BUDGET_BYTES however many partitions the worker holds and however
-# large their state grows, and it reaches that bound early in a worker's life instead
-# of creeping up as each partition's memtables first fill (docs/benchmarks.md, "Memory").
+# bounded by the budget however many partitions the worker holds and however large
+# their state grows, and it reaches that bound early in a worker's life instead of
+# creeping up as each partition's memtables first fill (docs/benchmarks.md, "Memory").
+# MEMORY_BUDGET_BYTES is the default; STREAM_STORE_MEMORY_MIB sets another
+# (`configure_memory`, from the composition root).
 MEMORY_BUDGET_BYTES = 96 << 20
-# Of that budget, the memtables of all stores together: past it the store being
+# Of the default budget, the memtables of all stores together: past it the store being
 # written to flushes its memtable. The rest (40 MiB) caches blocks. Memtables this
 # large (~14 MiB a store at four partitions) flush seldom, so there are few small L0
 # files for every lookup to consult and for compaction to merge into the bottom level
-# (bench/notes.md, "The memtable budget", compares it with a smaller share).
+# (bench/notes.md, "The memtable budget", compares it with a smaller share). A budget
+# of another size keeps this share.
 MEMTABLE_BUDGET_BYTES = 56 << 20
 # Per partition store, at most two memtables of this size (the shared budget usually
 # flushes them sooner).
@@ -184,11 +187,37 @@ def memory_budget(
     return cache, WriteBufferManager.new_write_buffer_manager_with_cache(memtable_bytes, False, cache)
 
 
+def memtable_share(memory_bytes: int) -> int:
+    """The memtables' part of a budget of `memory_bytes`: the default budget's share of it."""
+    return memory_bytes * MEMTABLE_BUDGET_BYTES // MEMORY_BUDGET_BYTES
+
+
+def configure_memory(memory_bytes: int) -> None:
+    """Size the process's shared budget to `memory_bytes` (STREAM_STORE_MEMORY_MIB), memtables at their share.
+
+    Before any store opened, the budget is made at that size; after, the stores'
+    cache and memtable limit are resized in place (RocksDB applies both at once), so
+    no store keeps an old budget.
+    """
+    global _block_cache, _write_buffers
+    memtables = memtable_share(memory_bytes)
+    if _block_cache is None or _write_buffers is None:
+        _block_cache, _write_buffers = memory_budget(memory_bytes, memtables)
+        return
+    _block_cache.set_capacity(memory_bytes)
+    _write_buffers.set_buffer_size(memtables)
+
+
 def _shared() -> tuple[Cache, WriteBufferManager]:
     global _block_cache, _write_buffers
     if _block_cache is None or _write_buffers is None:
         _block_cache, _write_buffers = memory_budget()
     return _block_cache, _write_buffers
+
+
+def memtable_limit() -> int:
+    """The memtables' limit of the process's shared budget (bytes)."""
+    return int(_shared()[1].get_buffer_size())
 
 
 def memory_usage() -> dict[str, int]:

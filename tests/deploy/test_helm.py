@@ -511,6 +511,13 @@ def test_chart_worker_processes_become_the_setting(helm: str) -> None:
     assert Settings.from_env({"STREAM_DEV_MODE": "1", "STREAM_WORKER_PROCESSES": processes}).worker_processes == 4
 
 
+def test_chart_store_memory_becomes_the_setting(helm: str) -> None:
+    assert _env(_worker_container(rendered(helm, "defaults")))["STREAM_STORE_MEMORY_MIB"] == "96"
+    values = {"devMode": True, "kafka": {"securityProtocol": "PLAINTEXT"}, "worker": {"storeMemoryMiB": 384}}
+    mib = _env(_worker_container(_render(helm, values)))["STREAM_STORE_MEMORY_MIB"]
+    assert Settings.from_env({"STREAM_DEV_MODE": "1", "STREAM_STORE_MEMORY_MIB": mib}).store_memory_mib == 384
+
+
 def test_chart_worker_probes_use_pages_the_app_serves(helm: str) -> None:
     container = _worker_container(rendered(helm, "defaults"))
     paths = {

@@ -1,4 +1,4 @@
-"""The packed state values and the store's layout version."""
+"""The packed state values, the store's layout version and its memory budget."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rocksdict import Options, Rdict
 
+from stream.config import Settings
 from stream.core.models import ObjectionStatus, Profile
 from stream.core.state import (
     STORE_FORMAT,
@@ -20,12 +21,16 @@ from stream.core.state import (
     unpack_objection,
     unpack_profile,
 )
+from stream.errors import ConfigError
+from stream.runtime.app import build_app
 from stream.runtime.store import (
     MEMORY_BUDGET_BYTES,
     MEMTABLE_BUDGET_BYTES,
     RocksPartitionStore,
+    configure_memory,
     memory_budget,
     memory_usage,
+    memtable_limit,
     store_options,
 )
 
@@ -117,6 +122,35 @@ def test_the_worker_stores_use_the_process_budget(tmp_path: Path) -> None:
     finally:
         for store in stores:
             store.close()
+
+
+@pytest.mark.parametrize("mib", [32, 48, 1024])
+def test_the_process_budget_takes_its_size_from_the_setting_with_the_memtables_at_their_share(
+    mib: int, tmp_path: Path
+) -> None:
+    # STREAM_STORE_MEMORY_MIB reaches the budget through the composition root; stores
+    # opened before (the default options share the budget) are resized with it.
+    store = RocksPartitionStore(tmp_path / "before")
+    try:
+        build_app(Settings(data_dir=tmp_path, dev_mode=True, store_memory_mib=mib))
+        assert memtable_limit() == (mib << 20) * 56 // 96
+        # Written past the new limit, the memtables are flushed back under it.
+        for round_ in range(8):
+            store.apply((b"i:%d:%d" % (round_, n), bytes(100)) for n in range(20_000))
+        assert memory_usage()["memtables"] <= memtable_limit() * 1.5
+        assert memory_usage()["memtables"] + memory_usage()["block_cache"] <= mib << 20
+    finally:
+        store.close()
+        configure_memory(MEMORY_BUDGET_BYTES)  # the default again, for the tests after this one
+    assert memtable_limit() == MEMTABLE_BUDGET_BYTES
+
+
+def test_the_store_memory_setting_is_read_and_a_budget_below_its_minimum_refused() -> None:
+    assert Settings.from_env({}).store_memory_mib == 96
+    assert Settings.from_env({"STREAM_STORE_MEMORY_MIB": "512"}).store_memory_mib == 512
+    for bad, why in (("31", "below its minimum 32"), ("1.5", "not a whole number"), ("lots", "not a whole number")):
+        with pytest.raises(ConfigError, match=why):
+            Settings.from_env({"STREAM_STORE_MEMORY_MIB": bad})
 
 
 def test_apply_without_waiting_refuses_a_write_stall_and_writes_nothing(tmp_path: Path) -> None:
