@@ -146,11 +146,12 @@ def test_the_process_budget_takes_its_size_from_the_setting_with_the_memtables_a
 
 
 def test_the_store_memory_setting_is_read_and_a_budget_below_its_minimum_refused() -> None:
-    assert Settings.from_env({}).store_memory_mib == 96
-    assert Settings.from_env({"STREAM_STORE_MEMORY_MIB": "512"}).store_memory_mib == 512
+    dev = {"STREAM_DEV_MODE": "1"}
+    assert Settings.from_env(dev).store_memory_mib == 96
+    assert Settings.from_env({**dev, "STREAM_STORE_MEMORY_MIB": "512"}).store_memory_mib == 512
     for bad, why in (("31", "below its minimum 32"), ("1.5", "not a whole number"), ("lots", "not a whole number")):
         with pytest.raises(ConfigError, match=why):
-            Settings.from_env({"STREAM_STORE_MEMORY_MIB": bad})
+            Settings.from_env({**dev, "STREAM_STORE_MEMORY_MIB": bad})
 
 
 def test_apply_without_waiting_refuses_a_write_stall_and_writes_nothing(tmp_path: Path) -> None:
