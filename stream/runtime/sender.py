@@ -16,8 +16,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from stream.config import TopicNames
-from stream.core.engine import CHANGELOGS, BatchResult, OutputTopic, Produce
-from stream.core.partitioning import partition_for
+from stream.core.engine import BatchResult, OutputTopic, Produce
+from stream.core.partitioning import by_partition
 from stream.errors import DeliveryError
 
 # A batch of records handed to the producer: topic, partition, record count, delivery future.
@@ -64,7 +64,6 @@ class OutputSender:
         if not records:
             return []
         producer = self._producer
-        open_batches: dict[tuple[str, int], Any] = {}
         sent: list[Sent] = []
 
         async def send(topic: str, partition: int, batch: Any) -> None:
@@ -76,22 +75,16 @@ class OutputSender:
 
         # Partition counts once per batch, not an await per record.
         counts = {out: await self._partitions_of(topic) for out, topic in self._out_topic.items()}
-        for p in records:
-            topic = self._out_topic[p.topic]
-            if p.topic in CHANGELOGS or p.key is None:
-                partition = p.partition % counts[p.topic]
-            else:
-                partition = partition_for(p.key, counts[p.topic])
-            batch = open_batches.get((topic, partition))
-            if batch is None:
-                batch = open_batches[topic, partition] = producer.create_batch()
-            # None: the batch is full; send it and start another.
-            if batch.append(key=p.key, value=p.value, timestamp=None, headers=p.headers) is None:
-                await send(topic, partition, batch)
-                batch = open_batches[topic, partition] = producer.create_batch()
+        for (out, partition), group in by_partition(records, counts).items():
+            topic = self._out_topic[out]
+            batch = producer.create_batch()
+            for p in group:
+                # None: the batch is full; send it and start another.
                 if batch.append(key=p.key, value=p.value, timestamp=None, headers=p.headers) is None:
-                    raise DeliveryError(f"a record for {topic} is larger than a whole producer batch")
-        for (topic, partition), batch in open_batches.items():
+                    await send(topic, partition, batch)
+                    batch = producer.create_batch()
+                    if batch.append(key=p.key, value=p.value, timestamp=None, headers=p.headers) is None:
+                        raise DeliveryError(f"a record for {topic} is larger than a whole producer batch")
             await send(topic, partition, batch)
         return sent
 
