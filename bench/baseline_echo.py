@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from typing import Any
 
-import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench import common
 from stream.config import Settings
 
 log = logging.getLogger("bench.baseline_echo")
@@ -112,19 +111,9 @@ async def _marker_step(producer: AIOKafkaProducer, topic: str, fetched: dict[Top
 
 
 def main() -> int:
-    """Run the echo floor until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop, ordered="--ordered" in sys.argv[1:])
-
-    uvloop.run(go())  # the worker's event loop
-    return 0
+    """Run the echo floor (`--ordered`: in the crash-safe order) until interrupted."""
+    ordered = "--ordered" in sys.argv[1:]
+    return common.run_baseline(lambda settings, stop: run(settings, stop, ordered=ordered))
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import signal
 from typing import Any
 
-import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
+from bench import common
 from bench.dictfilter import DECISIONS, DLQ, FEED, DictFilter, Output
 from stream.config import Settings
 from stream.core.policy import load_policy
@@ -163,18 +162,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> int:
     """Run the raw aiokafka baseline until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
-
-    uvloop.run(go())  # the event loop the worker runs on (STREAM_EVENT_LOOP's default): a like-for-like ceiling
-    return 0
+    return common.run_baseline(run)
 
 
 if __name__ == "__main__":

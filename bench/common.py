@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import platform
 import shutil
@@ -22,13 +23,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psutil
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
@@ -454,6 +456,25 @@ def py_spy_dump(pid: int) -> str:
         return out.stdout + out.stderr
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"py-spy dump failed: {exc}"
+
+
+def run_baseline(loop_of: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> int:
+    """A baseline process's main: its loop on the worker's settings (`Settings.from_env`) until SIGTERM or SIGINT.
+
+    On uvloop, the event loop the worker runs on (STREAM_EVENT_LOOP's default): like for like.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await loop_of(settings, stop)
+
+    uvloop.run(go())
+    return 0
 
 
 async def wait_log(proc: Proc, text: str, *, timeout: float) -> None:
