@@ -39,9 +39,11 @@ DUE_STEP_ITEMS = 5000
 # How long the loop's fetch waits when nothing is buffered: the loop's tick on an idle
 # stream, at which due items, gauges and paced commits are looked after.
 POLL_WAIT_MS = 200
-# The least RocksDB budget a worker process may be given (STREAM_STORE_MEMORY_MIB):
-# below it the memtables' share flushes every few MiB of writes, and lookups slow down
-# with the many small files that leaves (bench/notes.md, "The memtable budget").
+# The least RocksDB budget a worker process may be given (STREAM_STORE_MEMORY_MIB). At
+# 32 MiB the memtables' share is ~19 MiB, ~5 MiB a store at four partitions: about the
+# flushes of the 64/24 MiB budget that bench/notes.md ("The memtable budget") measured
+# slower than the default; below it they come sooner still, and lookups consult ever
+# more small files.
 MIN_STORE_MEMORY_MIB = 32
 # How long a read of state partitions known to lag (gate, replay, restore) waits for
 # records before the loop looks again whether to go on (a rebalance, a stop, a stall).
