@@ -786,18 +786,20 @@ async def _latency_run(args: argparse.Namespace, run: Run, results: dict[str, An
             for i, lat in enumerate(each)
         ]
 
-    by_p99 = sorted(range(len(runs)), key=lambda i: runs[i]["steady"]["p99_ms"])
-    median = runs[by_p99[len(runs) // 2]]
+    def median_of(each: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+        """The run with the median steady p99, and its number (from 1)."""
+        at = sorted(range(len(each)), key=lambda i: each[i]["steady"]["p99_ms"])[len(each) // 2]
+        return each[at], at + 1
+
+    median, number = median_of(runs)
     median["runs"] = runs_of(runs)
-    median["reported_run"] = by_p99[len(runs) // 2] + 1
+    median["reported_run"] = number
     for kind, key in (("echo", "floor"), ("echo-ordered", "floor_ordered")):
-        each = floors[kind]
-        floor_by_p99 = sorted(range(len(each)), key=lambda i: each[i]["steady"]["p99_ms"])
-        floor = each[floor_by_p99[len(each) // 2]]
+        floor, number = median_of(floors[kind])
         median[key] = {
             "consumer": kind,
-            "runs": runs_of(each),
-            "reported_run": floor_by_p99[len(each) // 2] + 1,
+            "runs": runs_of(floors[kind]),
+            "reported_run": number,
             **{k: floor[k] for k in ("steady", "sent_to_decision_created", "decision_created_to_reader", "matched")},
         }
     results["latency"] = median
