@@ -44,6 +44,16 @@ RUN pip install --require-hashes --no-deps --only-binary :all: -r /usr/local/sha
 COPY --from=build /dist/ /tmp/dist/
 RUN pip install --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist
 
+# jemalloc for every process of the image, tuned as stream/cli.py's JEMALLOC_ENV says
+# (tests/unit/test_dockerfile.py keeps the two equal): with glibc's malloc the worker's
+# resident memory creeps over a long run as its heap fragments; with jemalloc it stays
+# flat (bench/notes.md, "The allocator").
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libjemalloc2 \
+    && rm -rf /var/lib/apt/lists/*
+ENV LD_PRELOAD=libjemalloc.so.2 \
+    MALLOC_CONF=background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 STREAM_DATA_DIR=/data
 VOLUME ["/data"]
 WORKDIR /data

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes.util
 import dataclasses
 import logging
 import os
@@ -35,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
+from stream.cli import JEMALLOC_ENV
 from stream.config import Settings, TopicNames
 from stream.runtime.topics import create_topics
 from stream.workload.generator import Record, TopicKind
@@ -326,9 +328,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def allocator_env() -> dict[str, str]:
+    """The image's allocator environment (jemalloc, `stream.cli.JEMALLOC_ENV`) where the library is installed.
+
+    Every consumer of a run gets it, the peers too, so their figures differ by their
+    code, not their malloc. Empty where jemalloc is missing (Debian: `apt-get install
+    libjemalloc2`) or the caller preloads something of its own; `machine()` records
+    which one ran.
+    """
+    if "LD_PRELOAD" in os.environ or not ctypes.util.find_library("jemalloc"):
+        return {}
+    return dict(JEMALLOC_ENV)
+
+
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment an operator would set for a worker with these settings."""
+    """The environment an operator would set for a worker with these settings (the image's allocator included)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_")}
+    env.update(allocator_env())
     env.update(topic_env(settings.topics))
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
@@ -681,6 +697,7 @@ def machine(bootstrap: str) -> dict[str, Any]:
         "quixstreams": _version_or_none("quixstreams"),
         "confluent_kafka": _version_or_none("confluent-kafka"),
         "bootstrap": bootstrap,
+        "allocator": allocator_env().get("LD_PRELOAD", os.environ.get("LD_PRELOAD", "the system's malloc")),
     }
 
 

@@ -484,6 +484,8 @@ def render(r: dict[str, Any]) -> None:
         f"{m.get('aiokafka')}, faust-streaming {m.get('faust_streaming')}, rocksdict {m.get('rocksdict')}, "
         f"orjson {m.get('orjson')}"
     )
+    if m.get("allocator"):
+        add(f"- memory allocator of every consumer process: {m['allocator']} (the image's: LD_PRELOAD, Dockerfile)")
     cfg = meta.get("config", {})
     add(f"- configuration: {', '.join(f'{k}={v}' for k, v in cfg.items())}")
     code = meta.get("code", {})

@@ -30,6 +30,21 @@ log = logging.getLogger("stream")
 
 # Blocks at least this large are mapped and unmapped on their own (see tune_malloc).
 MMAP_THRESHOLD_BYTES = 128 << 10
+# The allocator every process of the image runs on (the Dockerfile sets this environment;
+# the benchmark gives its processes the same where the library is installed). With glibc's
+# malloc the worker's heap fragments as RocksDB's cached blocks come and go between
+# Python's batch allocations, and its resident memory keeps creeping over a long run;
+# with jemalloc it stays flat (bench/notes.md, "The allocator").
+# - background_thread: a thread of jemalloc's returns freed pages on time, not only
+#   when the worker next calls malloc;
+# - dirty_decay_ms 1000, muzzy_decay_ms 0: freed pages go back to the system within a
+#   second (by default ten, which holds ~30 MiB more at the soak's peaks);
+# - narenas 2: one busy Python thread and RocksDB's few need no more (glibc's cap too).
+JEMALLOC = "libjemalloc.so.2"
+JEMALLOC_ENV = {
+    "LD_PRELOAD": JEMALLOC,
+    "MALLOC_CONF": "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,6 +353,7 @@ def use_event_loop(name: str) -> None:
 
 def _worker(settings: Settings, level: str) -> int:
     tune_malloc()
+    log.info("memory allocator: %s", allocator())
     import faust
 
     from stream.runtime.app import build_app
@@ -356,8 +372,24 @@ def _worker(settings: Settings, level: str) -> int:
     return 0
 
 
+def allocator(maps: str | None = None) -> str:
+    """The malloc this process runs on: "jemalloc" when it is loaded (JEMALLOC_ENV), else "system".
+
+    Read from the process's mappings (`maps`, by default /proc/self/maps): what the
+    dynamic linker loaded, not what the environment asked for (a preload it cannot
+    find is skipped with a warning).
+    """
+    if maps is None:
+        try:
+            with open("/proc/self/maps", encoding="utf-8") as f:
+                maps = f.read()
+        except OSError:
+            return "system"  # no /proc (macOS): nothing preloaded by us
+    return "jemalloc" if "/libjemalloc" in maps else "system"
+
+
 def tune_malloc() -> None:
-    """Keep glibc's malloc from holding on to memory the worker has freed.
+    """Keep glibc's malloc from holding on to memory the worker has freed (nothing to do under jemalloc).
 
     - Arenas capped at two (unless MALLOC_ARENA_MAX says otherwise): glibc gives
       threads that allocate concurrently arenas of their own (up to eight per core)
@@ -372,6 +404,8 @@ def tune_malloc() -> None:
 
     Must run before threads start.
     """
+    if allocator() == "jemalloc":
+        return  # glibc's malloc serves nothing: JEMALLOC_ENV tunes jemalloc
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

@@ -507,6 +507,15 @@ def _quick_results() -> dict[str, Any]:
     }
 
 
+def test_render_names_the_allocator_the_consumers_ran_on(doc: Path) -> None:
+    results = _quick_results()
+    results["meta"]["machine"]["allocator"] = "libjemalloc.so.2"
+
+    report.render(results)
+
+    assert "- memory allocator of every consumer process: libjemalloc.so.2" in doc.read_text()
+
+
 def test_render_writes_the_targets_and_what_make_bench_runs(doc: Path) -> None:
     report.render(_quick_results())
     text = doc.read_text()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes.util
+import os
+import subprocess
+import sys
 
 import pytest
 import uvloop
@@ -25,6 +29,7 @@ class _FakeLibc:
 def libc(monkeypatch: pytest.MonkeyPatch) -> _FakeLibc:
     fake = _FakeLibc()
     monkeypatch.setattr(cli.ctypes, "CDLL", lambda name: fake)
+    monkeypatch.setattr(cli, "allocator", lambda: "system")
     for name in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
         monkeypatch.delenv(name, raising=False)
     return fake
@@ -53,6 +58,39 @@ def test_malloc_leaves_what_the_operator_set(
     cli.tune_malloc()
 
     assert libc.calls == kept
+
+
+def test_malloc_is_left_alone_under_jemalloc(libc: _FakeLibc, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "allocator", lambda: "jemalloc")
+
+    cli.tune_malloc()
+
+    assert libc.calls == []
+
+
+def test_allocator_is_read_from_the_mappings() -> None:
+    glibc = "7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+    jemalloc = "7f02-7f03 r-xp 00000000 08:01 2 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n"
+
+    assert cli.allocator(glibc) == "system"
+    assert cli.allocator(glibc + jemalloc) == "jemalloc"
+
+
+def test_the_image_allocator_environment_loads_jemalloc_where_it_is_installed() -> None:
+    # The environment the Dockerfile sets, in a fresh interpreter: jemalloc is what the
+    # process runs on wherever the dynamic linker finds the library (the image installs
+    # it); elsewhere the preload is skipped and the system's malloc serves.
+    env = {**os.environ, **cli.JEMALLOC_ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", "from stream.cli import allocator; print(allocator())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    expected = "jemalloc" if ctypes.util.find_library("jemalloc") else "system"
+    assert out.stdout.strip() == expected
 
 
 def test_event_loop_setting_defaults_to_uvloop_and_rejects_others() -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from stream.cli import JEMALLOC_ENV
 from stream.config import Settings
 from stream.verifier.verify import DEFAULT_PORT as VERIFIER_PORT
 from tests.unit.probe import http_server, run_check
@@ -125,6 +126,24 @@ def test_dockerfile_runtime_writes_only_the_data_dir_and_tmp() -> None:
     assert env["PYTHONDONTWRITEBYTECODE"] == "1", "no __pycache__ on a read-only root"
     workdirs = [i["value"] for i in stage if i["instruction"] == "WORKDIR"]
     assert workdirs[-1] == DATA_DIR, "a relative path written at run time lands on the volume"
+
+
+def test_dockerfile_runs_every_process_on_jemalloc_as_the_code_tunes_it() -> None:
+    stage = _final_stage()
+    env = _env(stage)
+    assert {k: env.get(k) for k in JEMALLOC_ENV} == JEMALLOC_ENV
+    installs = [
+        c
+        for i in stage
+        if i["instruction"] == "RUN"
+        for c in _commands(i["value"])
+        if c[:3] == ["apt-get", "install", "--yes"]
+    ]
+    assert any("libjemalloc2" in c for c in installs), "LD_PRELOAD names a library the image must install"
+    # Installed before the environment preloads it: apt-get would run with a preload it cannot find.
+    install_at = next(n for n, i in enumerate(stage) if i["instruction"] == "RUN" and "libjemalloc2" in i["value"])
+    preload_at = next(n for n, i in enumerate(stage) if i["instruction"] == "ENV" and "LD_PRELOAD" in i["value"])
+    assert install_at < preload_at
 
 
 def test_dockerfile_installs_every_package_from_a_lock_with_hashes() -> None:
