@@ -38,7 +38,8 @@ MMAP_THRESHOLD_BYTES = 128 << 10
 # - background_thread: a thread of jemalloc's returns freed pages on time, not only
 #   when the worker next calls malloc;
 # - dirty_decay_ms 1000, muzzy_decay_ms 0: freed pages go back to the system within a
-#   second (by default ten, which holds ~30 MiB more at the soak's peaks);
+#   second (by default ten seconds, which holds ~30 MiB more at the soak's peaks; the
+#   faster return costs a few per cent of CPU when draining at full speed);
 # - narenas 2: one busy Python thread and RocksDB's few need no more (glibc's cap too).
 JEMALLOC = "libjemalloc.so.2"
 JEMALLOC_ENV = {
