@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from stream.cli import allocator
 from stream.config import Settings
 
 from .harness import content_consumed, free_port, http_get, js, make_topics, process_env, send, unique_settings
@@ -96,6 +97,8 @@ async def test_logs_worker_at_debug_level_writes_no_personal_data_and_only_json_
 
     stderr = stderr_path.read_text()
     assert "DEBUG" in stderr  # the level took effect
+    # The worker inherits this process's environment, preload included: the same allocator.
+    assert f"memory allocator: {allocator()}" in stderr
     for secret in (*ACCOUNTS, BIRTH, TEXT, "not json"):
         assert secret not in stderr, f"{secret!r} in the worker's log"
         assert secret not in stdout_path.read_text(), f"{secret!r} on the worker's stdout"
