@@ -697,7 +697,8 @@ def machine(bootstrap: str) -> dict[str, Any]:
         "quixstreams": _version_or_none("quixstreams"),
         "confluent_kafka": _version_or_none("confluent-kafka"),
         "bootstrap": bootstrap,
-        "allocator": allocator_env().get("LD_PRELOAD", os.environ.get("LD_PRELOAD", "the system's malloc")),
+        # What process_env preloads: the image's jemalloc, else the caller's own preload, else nothing.
+        "allocator": allocator_env().get("LD_PRELOAD") or os.environ.get("LD_PRELOAD") or "the system's malloc",
     }
 
 

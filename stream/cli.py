@@ -41,9 +41,8 @@ MMAP_THRESHOLD_BYTES = 128 << 10
 #   second (by default ten seconds, which holds ~30 MiB more at the soak's peaks; the
 #   faster return costs a few per cent of CPU when draining at full speed);
 # - narenas 2: one busy Python thread and RocksDB's few need no more (glibc's cap too).
-JEMALLOC = "libjemalloc.so.2"
 JEMALLOC_ENV = {
-    "LD_PRELOAD": JEMALLOC,
+    "LD_PRELOAD": "libjemalloc.so.2",
     "MALLOC_CONF": "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2",
 }
 
