@@ -341,6 +341,11 @@ def allocator_env() -> dict[str, str]:
     return dict(JEMALLOC_ENV)
 
 
+def allocator_name() -> str:
+    """The malloc the consumers run on, as `machine()` records it: what `process_env` preloads, else the system's."""
+    return allocator_env().get("LD_PRELOAD") or os.environ.get("LD_PRELOAD") or "the system's malloc"
+
+
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment an operator would set for a worker with these settings (the image's allocator included)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_")}
@@ -697,8 +702,7 @@ def machine(bootstrap: str) -> dict[str, Any]:
         "quixstreams": _version_or_none("quixstreams"),
         "confluent_kafka": _version_or_none("confluent-kafka"),
         "bootstrap": bootstrap,
-        # What process_env preloads: the image's jemalloc, else the caller's own preload, else nothing.
-        "allocator": allocator_env().get("LD_PRELOAD") or os.environ.get("LD_PRELOAD") or "the system's malloc",
+        "allocator": allocator_name(),
     }
 
 

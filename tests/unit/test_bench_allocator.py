@@ -45,3 +45,24 @@ def test_a_preload_of_the_callers_own_is_kept(monkeypatch: pytest.MonkeyPatch, s
     env = common.process_env(settings)
 
     assert env["LD_PRELOAD"] == "libtcmalloc.so.4" and "MALLOC_CONF" not in env
+
+
+@pytest.mark.parametrize(
+    ("preload", "library", "recorded"),
+    [
+        (None, "libjemalloc.so.2", "libjemalloc.so.2"),
+        (None, None, "the system's malloc"),
+        ("", None, "the system's malloc"),
+        ("libtcmalloc.so.4", "libjemalloc.so.2", "libtcmalloc.so.4"),
+    ],
+)
+def test_the_run_records_the_allocator_its_consumers_get(
+    monkeypatch: pytest.MonkeyPatch, preload: str | None, library: str | None, recorded: str
+) -> None:
+    if preload is None:
+        monkeypatch.delenv("LD_PRELOAD", raising=False)
+    else:
+        monkeypatch.setenv("LD_PRELOAD", preload)
+    monkeypatch.setattr(common.ctypes.util, "find_library", lambda name: library)
+
+    assert common.allocator_name() == recorded
