@@ -64,6 +64,9 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Hold exactly the assigned partitions (stores of others closed), seek their state; recovery runs next."""
         async with self._lock:
+            if self._interruption.stopping:  # the worker is closing its consumer: it will decide nothing more
+                log.info("assigned partitions while stopping: left closed")
+                return
             await self._cycle.drain("the assignment")  # no write of an earlier batch may land in a store closed here
             self._held.assign(tp.partition for tp in assigned)
             self._positions.seek_state(tp for tp in assigned if tp.topic != self._content)

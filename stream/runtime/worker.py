@@ -155,11 +155,16 @@ class FilterWorker:
             parts = self._parts
             if parts is not None:
                 await parts.cycle.drain("stopping")
-                await parts.consumer.stop()
-                await parts.producer.stop()
-                parts.writer.close()
-            self._held.close()
-            self._health.set_ready(False)
+        # The clients close outside the lock: closing the consumer first lets a rebalance
+        # in flight finish, and the rebalance listener takes the lock. Held here, the
+        # stop waited for itself until the shutdown timeout. Once stopping, the loop
+        # starts no batch, so nothing else takes the lock to decide.
+        if parts is not None:
+            await parts.consumer.stop()
+            await parts.producer.stop()
+            parts.writer.close()
+        self._held.close()
+        self._health.set_ready(False)
 
     async def run(self) -> None:
         """Consume until stopped; a failed batch is replayed after a back-off, never skipped."""

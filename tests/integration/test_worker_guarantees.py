@@ -3,18 +3,22 @@ the freshness gate, retraction, state that survives a restart or a wiped disk.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.core.state import StateKind
+from stream.runtime.assignor import CoPartitionedAssignor
 from stream.runtime.store import RocksPartitionStore
 
 from .harness import (
+    build_worker,
     committed,
     content_consumed,
     js,
@@ -223,3 +227,71 @@ async def test_worker_restart_between_publishing_and_objecting_still_retracts_ev
     retractions = await read_all(settings, settings.topics.retractions)
     assert {r.key for r in retractions} == {r.key for r in feed if r.value is None}
     assert {r.key for r in retractions} == {f"c-{i}".encode() for i in range(6)}
+
+
+class _HeldRejoin(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
+    """Another member of the group that rejoins only when told: the group's rebalance waits for it."""
+
+    def __init__(self) -> None:
+        self.assigned = asyncio.Event()
+        self.asked_to_rejoin = asyncio.Event()
+        self.rejoin = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        if self.assigned.is_set():
+            self.asked_to_rejoin.set()
+            await self.rejoin.wait()
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        self.assigned.set()
+
+
+async def test_worker_stop_during_a_rebalance_finishes_once_the_rebalance_does(bootstrap: str, tmp_path: Path) -> None:
+    # SIGTERM while the worker's consumer waits in a rebalance: closing the consumer
+    # lets the rebalance finish first, and the listener's callbacks take the loop's
+    # lock. A stop that held the lock while closing waited for itself until the
+    # shutdown timeout cut it (a chaos run's final restart, every worker: 30 s).
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    member = _HeldRejoin()
+    other = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        partition_assignment_strategy=(CoPartitionedAssignor,),
+    )
+    await other.start()
+    polling = asyncio.create_task(_poll_forever(other))
+    try:
+        other.subscribe(list(settings.topics.inputs()), listener=member)
+        await asyncio.wait_for(member.assigned.wait(), 60)
+
+        worker = build_worker(settings)
+        await worker.start()
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(member.asked_to_rejoin.wait(), 60)  # the worker's join waits for the other member
+        consumer = worker.consumer
+        assert consumer is not None
+        closing = consumer.stop
+
+        async def close_after_the_rejoin() -> None:
+            member.rejoin.set()  # the rebalance completes while the worker's consumer closes
+            await closing()
+
+        consumer.stop = close_after_the_rejoin  # type: ignore[method-assign]
+        await asyncio.wait_for(worker.stop(), 30)
+        await asyncio.wait_for(running, 10)
+        assert not worker.is_ready
+        # The assignment that came while stopping opened no store: the worker decides nothing more.
+        assert sample(worker, "eligibility_rebalances_total") == 0
+    finally:
+        member.rejoin.set()
+        polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
+        await other.stop()
+
+
+async def _poll_forever(consumer: AIOKafkaConsumer) -> None:
+    while True:
+        await consumer.getmany(timeout_ms=200)
