@@ -40,7 +40,9 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
 
 
 def source_first() -> None:
-    """Import `stream.core` from its sources from now on (before anything imported it)."""
+    """Import `stream.core` from its sources from now on (before anything imported it); once is enough."""
+    if any(isinstance(finder, _SourceFirst) for finder in sys.meta_path):
+        return
     if any(name == "stream.core" or name.startswith("stream.core.") for name in sys.modules):
         raise RuntimeError("stream.core was imported before source_first()")
     sys.meta_path.insert(0, _SourceFirst())

@@ -3,6 +3,10 @@
 - the core under test is the compiled one, unless the tree was built plain on purpose;
 - compiled and from its sources, the core decides a generated workload (malformed
   records, held items, account changes) to the same bytes, every result field;
+- and the fuzz tests' hostile batches too (tests/unit/test_fuzz.py: extreme dates and
+  numbers, huge strings, odd unicode, any bytes), searched by hypothesis: mypyc's
+  native ints, type checks and attribute access are where a compiled module may part
+  from its sources;
 - the tests that monkeypatch the core (marker `pure_core`) pass on its sources, in a
   process of their own (tests/pure_core.py);
 - an extension built from other sources than the ones beside it refuses to run;
@@ -19,9 +23,11 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
 
 import stream.core.engine
 from stream import StaleBuildError, check_core_build
@@ -29,7 +35,9 @@ from stream.core.batch import OutputTopic, Produce
 from stream.core.models import ContentEvent, Op, Profile, Reason
 from stream.core.policy import Decision
 from stream.core.state import ItemVersion
+from tests.core_peer import Batch, batch_digest, encode
 from tests.pure_core import PURE_ENV, compiled
+from tests.unit.test_fuzz import FUZZ, any_records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +67,33 @@ def test_compiled_core_decides_exactly_as_its_sources() -> None:
     assert outputs[True][0] == "sources"
     assert outputs[False][0] == ("compiled" if compiled(stream.core.engine) else "sources")
     assert outputs[False][1] == outputs[True][1]
+
+
+@pytest.fixture(scope="module")
+def sources_peer() -> Iterator[subprocess.Popen[bytes]]:
+    """tests/core_peer.py on the core's sources, fed one batch a line."""
+    env = {**os.environ, PURE_ENV: "1"}
+    peer = subprocess.Popen(
+        [sys.executable, "-m", "tests.core_peer"], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert peer.stdout is not None
+    assert peer.stdout.readline() == b"sources\n"
+    yield peer
+    assert peer.stdin is not None
+    peer.stdin.close()
+    assert peer.wait(timeout=60) == 0
+
+
+@FUZZ
+@given(inputs=any_records)
+def test_compiled_core_decides_hostile_batches_exactly_as_its_sources(
+    sources_peer: subprocess.Popen[bytes], inputs: Batch
+) -> None:
+    assert sources_peer.stdin is not None and sources_peer.stdout is not None
+    sources_peer.stdin.write(encode(inputs))
+    sources_peer.stdin.flush()
+    theirs = sources_peer.stdout.readline().decode().strip()
+    assert batch_digest(inputs) == theirs, "the compiled core and its sources decide this batch differently"
 
 
 def _values_built_per_event() -> list[object]:
