@@ -151,6 +151,7 @@ class FilterWorker:
     async def stop(self) -> None:
         """Finish the batch in hand, commit it, and close: the graceful drain of SIGTERM."""
         self._interruption.stop()
+        self._health.set_ready(False)  # from the signal on: a stopping worker decides nothing more
         async with self._lock:
             parts = self._parts
             if parts is not None:
@@ -164,7 +165,6 @@ class FilterWorker:
             await parts.producer.stop()
             parts.writer.close()
         self._held.close()
-        self._health.set_ready(False)
 
     async def run(self) -> None:
         """Consume until stopped; a failed batch is replayed after a back-off, never skipped."""
@@ -211,7 +211,7 @@ class FilterWorker:
         if parts.recovery.needed and self._held.assigned:
             await parts.recovery.recover(self._held.assigned, state)
             state = []
-            self._health.set_ready(True)
+            self._health.set_ready(not self._interruption.stopping)  # a stop that began meanwhile keeps it down
         if content:
             more_state, more_content = await parts.gate.gate(content_partitions, len(content))
             state.extend(more_state)  # after the fetch's own: each partition's records stay in offset order

@@ -292,6 +292,62 @@ async def test_worker_stop_during_a_rebalance_finishes_once_the_rebalance_does(b
         await other.stop()
 
 
+async def test_worker_is_not_ready_once_its_stop_begins(bootstrap: str, tmp_path: Path) -> None:
+    # A stopping worker decides nothing more: /ready says so from the signal on, not
+    # only once its clients are closed (which waits for a rebalance in flight).
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    async with running_worker(settings) as worker:
+        await until(lambda: worker.is_ready)
+        consumer = worker.consumer
+        assert consumer is not None
+        closing = consumer.stop
+        ready_while_closing: list[bool] = []
+
+        async def close() -> None:
+            ready_while_closing.append(worker.is_ready)
+            await closing()
+
+        consumer.stop = close  # type: ignore[method-assign]
+        await worker.stop()
+        assert ready_while_closing == [False]
+
+
+async def test_worker_recovery_that_ends_as_the_stop_begins_leaves_it_not_ready(bootstrap: str, tmp_path: Path) -> None:
+    # The stop arrives while the assignment's recovery asks for a state partition's
+    # position after its last check for a stop: the topics are empty, so the recovery
+    # then ends, and must not report the stopping worker ready.
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    worker = build_worker(settings)
+    await worker.start()
+    consumer = worker.consumer
+    assert consumer is not None
+    asking_position, closing = consumer.position, consumer.stop
+    stopping: list[asyncio.Task[None]] = []
+    ready_while_closing: list[bool] = []
+
+    async def position_then_stop(tp: TopicPartition) -> int:
+        if not stopping and tp.topic != settings.topics.content:
+            stopping.append(asyncio.create_task(worker.stop()))
+            await asyncio.sleep(0)  # one turn of the loop: the stop begins, then waits for the loop's lock
+        at: int = await asking_position(tp)
+        return at
+
+    async def close() -> None:
+        ready_while_closing.append(worker.is_ready)
+        await closing()
+
+    consumer.position = position_then_stop  # type: ignore[method-assign]
+    consumer.stop = close  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.run())
+    await until(lambda: bool(stopping))
+    await asyncio.wait_for(stopping[0], 30)
+    await asyncio.wait_for(running, 10)
+    assert ready_while_closing == [False]
+    assert not worker.is_ready
+
+
 async def _poll_forever(consumer: AIOKafkaConsumer) -> None:
     while True:
         await consumer.getmany(timeout_ms=200)
