@@ -157,8 +157,8 @@ class FilterWorker:
             if parts is not None:
                 await parts.cycle.drain("stopping")
         # The clients close outside the lock: closing the consumer first lets a rebalance
-        # in flight finish, and the rebalance listener takes the lock. Held here, the
-        # stop waited for itself until the shutdown timeout. Once stopping, the loop
+        # in flight finish, and the rebalance listener takes the lock: held here, the
+        # stop would wait for itself until the shutdown timeout. Once stopping, the loop
         # starts no batch, so nothing else takes the lock to decide.
         if parts is not None:
             await parts.consumer.stop()

@@ -249,8 +249,8 @@ class _HeldRejoin(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
 async def test_worker_stop_during_a_rebalance_finishes_once_the_rebalance_does(bootstrap: str, tmp_path: Path) -> None:
     # SIGTERM while the worker's consumer waits in a rebalance: closing the consumer
     # lets the rebalance finish first, and the listener's callbacks take the loop's
-    # lock. A stop that held the lock while closing waited for itself until the
-    # shutdown timeout cut it (a chaos run's final restart, every worker: 30 s).
+    # lock, so the stop must not hold it while it closes (or it waits for itself
+    # until the shutdown timeout, as in a chaos run's final restart).
     settings = unique_settings(bootstrap, tmp_path)
     await make_topics(settings)
     member = _HeldRejoin()
