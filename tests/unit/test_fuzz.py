@@ -3,7 +3,8 @@
 Records of `content.events`, `accounts.profiles` and `accounts.objections`, mixed in
 batches, are any bytes, any JSON, or schema-shaped values with hostile fields:
 extreme dates (0001-01-01, 9999-12-31, birth dates in year 9990, `notified_at`
-9999-12-31T23:59:59Z), huge numbers, strings up to a few hundred KB, odd unicode
+9999-12-31T23:59:59Z), huge numbers, strings up to a few hundred KB and at both
+sides of each length limit of an upsert in schemas/ (1-, 2- and 4-byte characters), odd unicode
 (NUL, RTL marks, lone surrogates escaped in JSON, non-ASCII digits), keys of odd
 bytes and lengths. The partition store already holds accounts, a published item
 and a held one, so a bad record has something to take back.
@@ -44,7 +45,7 @@ from stream.core.policy import load_policy
 from stream.core.state import item_id
 from stream.runtime.store import MemoryPartitionStore
 
-from .test_codec_schema import _oracle
+from .test_codec_schema import _oracle, _schema
 
 TOPICS = TopicNames()
 POLICY = load_policy()
@@ -323,6 +324,24 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "visibility": st.sampled_from(["public", "friends", "private", "unlisted"]),
     "status": st.sampled_from(["objected", "withdrawn", "OBJECTED", "pending"]),
 }
+
+
+def _content_max_lengths() -> dict[str, int]:
+    """The length-bounded string fields of an upsert and their `maxLength`, read from schemas/."""
+    schema = _schema(TOPICS.content)
+    bounded = {name: spec["maxLength"] for name, spec in schema["then"]["properties"].items() if "maxLength" in spec}
+    identifier: int = schema["$defs"]["identifier"]["maxLength"]
+    return bounded | {name: identifier for name in ("event_id", "content_id", "author_id")}
+
+
+CONTENT_MAX_LENGTHS: dict[str, int] = _content_max_lengths()
+
+
+def _at_the_bound(limit: int) -> st.SearchStrategy[str]:
+    """Strings of exactly `limit` code points and of one more, in 1-, 2- and 4-byte characters."""
+    return st.sampled_from([c * n for n in (limit + 1, limit) for c in ("x", "\u00e9", "\U0001f600")])
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
@@ -381,6 +400,10 @@ def shaped(draw: st.DrawFn, topic: str) -> tuple[bytes | None, bytes | None]:
             base.pop(name, None)
         else:
             base[name] = draw(st.one_of(hostile, FIELD_VALUES.get(name, hostile), FIELD_VALUES.get(name, hostile)))
+    if base.get("op") == "upsert" and draw(st.booleans()):
+        # A length limit's two sides, often: a field picked above seldom lands on them.
+        name = draw(st.sampled_from(sorted(CONTENT_MAX_LENGTHS)))
+        base[name] = draw(_at_the_bound(CONTENT_MAX_LENGTHS[name]))
     key = account.encode() if draw(st.integers(0, 4)) else draw(st.sampled_from(ODD_KEYS))
     if topic != TOPICS.content and draw(st.integers(0, 6)) == 0:
         return key, None  # a tombstone, of any key
