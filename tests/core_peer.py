@@ -23,7 +23,7 @@ import orjson
 
 import stream.core.engine
 from tests.core_digest import _fields
-from tests.unit.test_fuzz import CONTROL, TOPICS, _seeded, _upsert
+from tests.unit.test_fuzz import decide_batch
 
 Batch = list[tuple[str, bytes | None, bytes | None]]
 
@@ -33,11 +33,7 @@ def batch_digest(inputs: Batch) -> str:
 
     It covers every field of the result and the compacted feed and held items after it.
     """
-    world = _seeded()
-    state = [world.record(t, k, v) for t, k, v in inputs if t != TOPICS.content]
-    content = [world.record(t, k, v) for t, k, v in inputs if t == TOPICS.content]
-    control = world.record(TOPICS.content, CONTROL.encode(), orjson.dumps(_upsert(CONTROL, f"{CONTROL}/c1", "ctl")))
-    result = world.run(state, [*content, control])
+    world, _, _, result = decide_batch(inputs)
     seen = repr([_fields(result), sorted(world.feed.items()), sorted(world.held.items())])
     return hashlib.sha256(seen.encode()).hexdigest()
 

@@ -4,9 +4,9 @@ Records of `content.events`, `accounts.profiles` and `accounts.objections`, mixe
 batches, are any bytes, any JSON, or schema-shaped values with hostile fields:
 extreme dates (0001-01-01, 9999-12-31, birth dates in year 9990, `notified_at`
 9999-12-31T23:59:59Z), huge numbers, strings up to a few hundred KB and at both
-sides of each length limit of an upsert in schemas/ (1-, 2- and 4-byte characters), odd unicode
-(NUL, RTL marks, lone surrogates escaped in JSON, non-ASCII digits), keys of odd
-bytes and lengths. The partition store already holds accounts, a published item
+sides of each length limit of an upsert in schemas/ (1-, 2- and 4-byte characters),
+odd unicode (NUL, RTL marks, lone surrogates escaped in JSON, non-ASCII digits), keys
+of odd bytes and lengths. The partition store already holds accounts, a published item
 and a held one, so a bad record has something to take back.
 
 The verdict on each record comes from the JSON Schemas (`test_codec_schema._oracle`,
@@ -429,6 +429,21 @@ any_records = st.lists(
     max_size=8,
 )
 
+
+def decide_batch(
+    inputs: Sequence[tuple[str, bytes | None, bytes | None]],
+) -> tuple[World, list[Rec], list[Rec], BatchResult]:
+    """`inputs` and a control author's good upsert, decided as one batch in a fresh seeded world.
+
+    Returns the world after it, the state and content records made of `inputs`, and the result.
+    """
+    world = _seeded()
+    state = [world.record(t, k, v) for t, k, v in inputs if t != TOPICS.content]
+    content = [world.record(t, k, v) for t, k, v in inputs if t == TOPICS.content]
+    control = world.record(TOPICS.content, CONTROL.encode(), orjson.dumps(_upsert(CONTROL, f"{CONTROL}/c1", "ctl")))
+    return world, state, content, world.run(state, [*content, control])
+
+
 # -- the checks -------------------------------------------------------------------------
 
 
@@ -514,12 +529,7 @@ def _fails_closed(world: World, account: str, topic: str) -> None:
 def test_fuzz_any_records_of_every_input_topic_end_decided_or_dead_lettered_never_raised(
     inputs: list[tuple[str, bytes | None, bytes | None]],
 ) -> None:
-    world = _seeded()
-    state = [world.record(t, k, v) for t, k, v in inputs if t != TOPICS.content]
-    content = [world.record(t, k, v) for t, k, v in inputs if t == TOPICS.content]
-    control = world.record(TOPICS.content, CONTROL.encode(), orjson.dumps(_upsert(CONTROL, f"{CONTROL}/c1", "ctl")))
-
-    result = world.run(state, [*content, control])
+    world, state, content, result = decide_batch(inputs)
 
     _check_not_isolated(result)
     _check_sizes(result)
