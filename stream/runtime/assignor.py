@@ -14,9 +14,18 @@ This module owns the assignment plan: it deals out partition NUMBERS, and a memb
 holding number p holds p of every topic it subscribes to. The numbers are spread
 evenly (counts differ by at most one), over the members in a stable order, so every
 leader computes the same plan; members beyond the count of numbers hold nothing.
-It knows nothing of the worker, the engine or the topics' roles, and keeps no state
-between rebalances (no stickiness: a worker rebuilds a partition's state it lacks
-from the changelogs, see `worker.py`).
+It knows nothing of the worker, the engine or the topics' roles.
+
+Sticky: a partition moves only when the balance needs it. Each member tells the
+leader, in its join's user data, the numbers it holds and the epoch of the plan that
+gave them (a `Claim`); the leader lets every member keep what it holds up to its
+share, and deals only the rest. A number that moves is a store the new holder
+rebuilds from the changelogs (`partitions.py`, `recovery.py`), and the rebuild of a
+large partition takes as long as reading its compacted topics: a third worker
+joining two on twelve partitions moves four numbers, where dealing them afresh
+moves up to eight (the newcomer first in the order). The leader numbers
+each plan one past the newest epoch claimed: a member that missed a rebalance
+(expelled and back) claims an older epoch, and the current holder keeps the number.
 
 Static members (STREAM_GROUP_INSTANCE_ID): a restarted member that rejoins within
 its session gets its stored assignment back from the broker with no rebalance; the
@@ -24,8 +33,9 @@ assignor does not even run (the broker answers a rejoining static leader as a
 follower, JoinGroup before v9, so it watches no metadata until the next rebalance).
 When a rebalance does run, the order of the members is the broker's name for each
 without its random suffix (`<instance id>-<uuid>`: the instance id), then the whole
-id: the same instance ids get the same numbers at every rebalance, however often
-their processes restarted (`tests/unit/test_assignor.py`).
+id: numbers no one claims go out in that order, so the same instance ids get the
+same numbers from a fresh start, however often their processes restarted
+(`tests/unit/test_assignor.py`).
 """
 
 from __future__ import annotations
@@ -33,8 +43,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 
@@ -55,25 +67,77 @@ class PartitionMetadata(Protocol):
         """The topic's partition numbers, or None when the metadata does not know the topic."""
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a member holds when it joins: the partition numbers of its last assignment and that plan's epoch."""
+
+    epoch: int
+    numbers: frozenset[int]
+
+    def encode(self) -> bytes:
+        """The join's user data: `{"epoch": e, "numbers": [...]}`."""
+        return orjson.dumps({"epoch": self.epoch, "numbers": sorted(self.numbers)})
+
+    @classmethod
+    def decode(cls, user_data: bytes) -> Claim | None:
+        # The leader's assignment carries the plan's epoch in the same form, with no numbers.
+        """A member's claim, or None when it sends none (a new member, another version) or an unreadable one."""
+        if not user_data:
+            return None
+        try:
+            raw = orjson.loads(user_data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(raw, dict):
+            return None
+        epoch, numbers = raw.get("epoch"), raw.get("numbers")
+        if not isinstance(epoch, int) or not isinstance(numbers, list):
+            return None
+        if not _is_int32(epoch) or not all(_is_int32(n) for n in numbers):
+            return None
+        return cls(epoch, frozenset(numbers))
+
+
+def _is_int32(value: object) -> bool:
+    # A Kafka partition number is an INT32; anything else in a claim is not one of ours.
+    return type(value) is int and 0 <= value < 2**31
+
+
+def next_epoch(claims: Iterable[Claim]) -> int:
+    """The epoch of a new plan: one past the newest claimed, so the members' next claims outrank every older one."""
+    return min(max((c.epoch for c in claims), default=-1) + 1, 2**31 - 1)
+
+
 def assign_partition_numbers(
-    subscriptions: Mapping[str, Collection[str]], partitions: Mapping[str, Collection[int]]
+    subscriptions: Mapping[str, Collection[str]],
+    partitions: Mapping[str, Collection[int]],
+    claims: Mapping[str, Claim] | None = None,
 ) -> Plan:
-    """Deal out whole partition numbers over the members; pure, deterministic.
+    """Deal out whole partition numbers over the members, keeping what they hold; pure, deterministic.
 
     `subscriptions` maps each member id to the topics it subscribes to, `partitions`
     each known topic to its partition numbers (a subscribed topic missing from it is
-    not assigned). Every partition of every subscribed, known topic is assigned to
-    exactly one of its subscribers. Number p goes whole to one member that subscribes
-    to every topic having a partition p, the one holding the fewest numbers so far
-    (ties: the first in the stable order above), so with the same subscription everywhere, as in
-    this project, the counts of numbers differ by at most one.
+    not assigned), `claims` a member id to what that member holds now. Every
+    partition of every subscribed, known topic is assigned to exactly one of its
+    subscribers. Number p goes whole to one member that subscribes to every topic
+    having a partition p.
+
+    Shares: with N numbers over M members, N mod M members hold one more than the
+    others; the larger shares go to the members that claim the most (then the stable
+    order above), so that the fewest numbers move. Each member keeps its claimed
+    numbers up to its share (a number claimed twice stays with the newer epoch, then
+    the first in the stable order; its lowest numbers when it must give some up);
+    every other number goes to the member holding the fewest (ties: the stable
+    order). With the same subscription everywhere, as in this project, counts differ
+    by at most one, and no plan with that balance moves fewer claimed numbers.
 
     Topics of differing partition counts: the numbers are their union, and a number
     only some topics have goes whole over those. Members of differing subscriptions
     (only ever a mix-up of deployments): a number goes whole to a member that
-    subscribes to all its topics, even if that leaves the others idle; only when no
-    member does is it split, each topic's p to the least loaded of its subscribers.
+    subscribes to all its topics, even past that member's share; only when no member
+    does is it split, each topic's p to the least loaded of its subscribers.
     """
+    claims = claims or {}
     members = sorted(subscriptions, key=lambda m: (_BROKER_SUFFIX.sub("", m), m))
     rank = {member: i for i, member in enumerate(members)}
     subscribed = {member: frozenset(subscriptions[member]) for member in members}
@@ -81,28 +145,61 @@ def assign_partition_numbers(
     for topic in sorted({t for topics in subscribed.values() for t in topics if t in partitions}):
         for number in partitions[topic]:
             topics_of.setdefault(number, []).append(topic)
+    whole_holders = {n: [m for m in members if subscribed[m].issuperset(ts)] for n, ts in topics_of.items()}
+
+    # Who holds each number now: the newest claim by a member that may hold it whole.
+    claimant: dict[int, str] = {}
+    for member in members:
+        claim = claims.get(member)
+        if claim is None:
+            continue
+        for number in claim.numbers:
+            if member not in whole_holders.get(number, ()):
+                continue
+            other = claimant.get(number)
+            if other is None or claim.epoch > claims[other].epoch:
+                claimant[number] = member
+    claimed: dict[str, list[int]] = {member: [] for member in members}
+    for number in sorted(claimant):
+        claimed[claimant[number]].append(number)
+
+    dealt = sum(1 for holders in whole_holders.values() if holders)
+    base, extra = divmod(dealt, len(members)) if members else (0, 0)
+    by_claims = sorted(members, key=lambda m: (-len(claimed[m]), rank[m]))
+    share = {member: base + (1 if i < extra else 0) for i, member in enumerate(by_claims)}
 
     held = dict.fromkeys(members, 0)
     plan: Plan = {member: {} for member in members}
+
+    def give(member: str, number: int, topics: Iterable[str]) -> None:
+        held[member] += 1
+        for topic in topics:
+            plan[member].setdefault(topic, []).append(number)
+
+    kept: set[int] = set()
+    for member in members:
+        for number in claimed[member][: share[member]]:
+            give(member, number, topics_of[number])
+            kept.add(number)
 
     def least_loaded(candidates: Iterable[str]) -> str:
         return min(candidates, key=lambda m: (held[m], rank[m]))
 
     split: list[int] = []
-    for number in sorted(topics_of):
+    for number in sorted(set(topics_of) - kept):
         topics = topics_of[number]
-        whole = [m for m in members if subscribed[m].issuperset(topics)]
+        whole = whole_holders[number]
         if whole:
-            holder = least_loaded(whole)
-            held[holder] += 1
-            for topic in topics:
-                plan[holder].setdefault(topic, []).append(number)
+            give(least_loaded(whole), number, topics)
             continue
         split.append(number)
         for topic in topics:
             holder = least_loaded(m for m in members if topic in subscribed[m])
             held[holder] += 1
             plan[holder].setdefault(topic, []).append(number)
+    for assigned in plan.values():
+        for numbers in assigned.values():
+            numbers.sort()
     if split:
         log.warning(
             "no member subscribes to all topics of partition numbers %s: they are split, not co-partitioned", split
@@ -111,17 +208,31 @@ def assign_partition_numbers(
 
 
 class CoPartitionedAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # aiokafka ships no types
-    """aiokafka's assignor protocol around `assign_partition_numbers`; the group protocol "copartitioned"."""
+    """aiokafka's assignor protocol around `assign_partition_numbers`; the group protocol "copartitioned".
+
+    One instance per consumer: it remembers that consumer's assignment (`on_assignment`)
+    to claim it at the next join (`metadata`). The leader's `assign` keeps no state.
+    """
 
     name = "copartitioned"
     version = 0
+
+    def __init__(self) -> None:
+        self._claim: Claim | None = None
 
     @classmethod
     def assign(
         cls, cluster: PartitionMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
     ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        """Run on the group's leader: each member's assignment, from its subscription and the cluster metadata."""
+        """Run on the group's leader: each member's assignment, from its subscription, its claim and the metadata."""
         subscriptions = {member: frozenset(metadata.subscription) for member, metadata in members.items()}
+        claims: dict[str, Claim] = {}
+        for member, metadata in members.items():
+            claim = Claim.decode(metadata.user_data)
+            if claim is not None:
+                claims[member] = claim
+            elif metadata.user_data:
+                log.warning("member %s sent a claim this assignor cannot read; it is dealt as a new member", member)
         partitions: dict[str, set[int]] = {}
         for topic in sorted(frozenset[str]().union(*subscriptions.values())):
             found = cluster.partitions_for_topic(topic)
@@ -129,17 +240,21 @@ class CoPartitionedAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  #
                 log.warning("no partition metadata for topic %s; it is not assigned", topic)
                 continue
             partitions[topic] = found
-        plan = assign_partition_numbers(subscriptions, partitions)
+        plan = assign_partition_numbers(subscriptions, partitions, claims)
+        epoch = Claim(next_epoch(claims.values()), frozenset()).encode()
         return {
-            member: ConsumerProtocolMemberAssignment(cls.version, sorted(plan[member].items()), b"")
+            member: ConsumerProtocolMemberAssignment(cls.version, sorted(plan[member].items()), epoch)
             for member in members
         }
 
-    @classmethod
-    def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        """What this member tells the leader when it joins: the topics it subscribes to."""
-        return ConsumerProtocolMemberMetadata(cls.version, sorted(topics), b"")
+    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        """What this member tells the leader when it joins: its topics and the numbers it holds (its claim)."""
+        return ConsumerProtocolMemberMetadata(
+            self.version, sorted(topics), self._claim.encode() if self._claim is not None else b""
+        )
 
-    @classmethod
-    def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
-        """Nothing to remember: the plan is computed afresh at every rebalance."""
+    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
+        """Remember the numbers just assigned and the plan's epoch, to claim them at the next join."""
+        plan = Claim.decode(assignment.user_data)
+        numbers = frozenset(p for _, partitions in assignment.assignment for p in partitions)
+        self._claim = Claim(plan.epoch if plan is not None else 0, numbers)

@@ -68,10 +68,16 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
                 log.info("assigned partitions while stopping: left closed")
                 return
             await self._cycle.drain("the assignment")  # no write of an earlier batch may land in a store closed here
+            before = self._held.assigned
             self._held.assign(tp.partition for tp in assigned)
             self._positions.seek_state(tp for tp in assigned if tp.topic != self._content)
             self._recovery.request()
             self._metrics.rebalances.inc()
             self._metrics.recovering.set(1)
             self._interruption.rebalance_ended()
-            log.info("assigned partitions %s", sorted(self._held.assigned))
+            log.info(
+                "assigned partitions %s (kept %s, new %s)",
+                sorted(self._held.assigned),
+                sorted(self._held.assigned & before),
+                sorted(self._held.assigned - before),
+            )

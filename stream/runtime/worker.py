@@ -333,7 +333,9 @@ def _clients(s: Settings) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
         # long enough that a RocksDB write stall while rebuilding state is no death.
         session_timeout_ms=30000,
         heartbeat_interval_ms=3000,
-        # Whole partition numbers per worker: p of content with p of profiles and objections (assignor.py).
-        partition_assignment_strategy=(CoPartitionedAssignor,),
+        # Whole partition numbers per worker: p of content with p of profiles and
+        # objections, kept across rebalances where the balance allows (assignor.py).
+        # An instance of its own: it remembers this consumer's numbers to claim them.
+        partition_assignment_strategy=(CoPartitionedAssignor(),),
     )
     return producer, consumer

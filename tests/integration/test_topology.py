@@ -257,3 +257,28 @@ async def test_topology_workers_hold_whole_partition_numbers_get_ready_and_verif
     assert (report.violation_count, report.losses.count) == (0, 0), render(report)
     assert report.ok, render(report)
     assert report.expected_eligible == len(scenario.kept())
+
+
+async def test_topology_a_joining_worker_takes_numbers_only_from_those_over_their_share(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    # Static members, so the order is known: the newcomer w-0 sorts first, and dealt
+    # afresh it would take 0 and 3 of six, leaving w-1 one of its three numbers. A
+    # number that moves is a store rebuilt from the changelogs; the assignor keeps
+    # each worker's numbers up to its share.
+    settings = unique_settings(bootstrap, tmp_path, partitions=6)
+    await make_topics(settings)
+    await send_state(settings, Scenario.over(6).state())
+
+    def member(instance: str) -> contextlib.AbstractAsyncContextManager[FilterWorker]:
+        return running_worker(replace(settings, data_dir=tmp_path / instance, group_instance_id=instance))
+
+    async with member("w-1") as w1, member("w-2") as w2:
+        before = await until_stable(settings, [w1, w2])
+        assert sorted(len(ns) for ns in before) == [3, 3]
+        async with member("w-0") as w0:
+            after = await until_stable(settings, [w1, w2, w0])
+            assert [len(ns) for ns in after] == [2, 2, 2], layout(settings, [w1, w2, w0])
+            assert after[0] <= before[0] and after[1] <= before[1], layout(settings, [w1, w2, w0])
+            _state, protocol, _members = await broker_view(settings)
+            assert protocol == "copartitioned"

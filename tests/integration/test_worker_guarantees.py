@@ -258,7 +258,7 @@ async def test_worker_stop_during_a_rebalance_finishes_once_the_rebalance_does(b
         bootstrap_servers=bootstrap,
         group_id=settings.group_id,
         enable_auto_commit=False,
-        partition_assignment_strategy=(CoPartitionedAssignor,),
+        partition_assignment_strategy=(CoPartitionedAssignor(),),
     )
     await other.start()
     polling = asyncio.create_task(_poll_forever(other))

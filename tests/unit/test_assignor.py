@@ -6,16 +6,18 @@ layout that broke the default assignor (3 workers on 4 partitions), named.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Mapping
 
+import orjson
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.runtime.assignor import CoPartitionedAssignor, Plan, assign_partition_numbers
+from stream.runtime.assignor import Claim, CoPartitionedAssignor, Plan, assign_partition_numbers
 
 INPUTS = ("content.events", "accounts.profiles", "accounts.objections")
 TOPICS = (*INPUTS, "other.topic")
@@ -147,18 +149,24 @@ def test_assign_same_group_in_any_order_gives_the_same_plan(
 
 def run_assignor(
     assignor: type[CoPartitionedAssignor] | type[RoundRobinPartitionAssignor],
-    members: list[str],
+    members: list[str] | Mapping[str, CoPartitionedAssignor],
     partitions: Mapping[str, int],
     topics: tuple[str, ...] = INPUTS,
 ) -> dict[str, dict[str, set[int]]]:
-    """What each member gets from `assignor`, after the encoding the group coordinator sends."""
-    metadata = {m: assignor.metadata(topics) for m in members}
+    """One rebalance through aiokafka's protocol: what each member gets, after the coordinator's encoding.
+
+    `members` names new members (a fresh assignor each), or maps each to the assignor
+    instance of its consumer, which claims what it was given in an earlier call.
+    """
+    instances = members if isinstance(members, Mapping) else {m: assignor() for m in members}
+    metadata = {m: instance.metadata(topics) for m, instance in instances.items()}
     # The leader receives the members' metadata encoded, as bytes.
     decoded = {m: ConsumerProtocolMemberMetadata.decode(md.encode()) for m, md in metadata.items()}
     result = assignor.assign(FakeCluster(partitions), decoded)
     out: dict[str, dict[str, set[int]]] = {}
     for member, assignment in result.items():
         received = ConsumerProtocolMemberAssignment.decode(assignment.encode())
+        instances[member].on_assignment(received)
         out[member] = {t: set(ps) for t, ps in received.assignment}
     return out
 
@@ -214,10 +222,15 @@ def test_assignor_differing_partition_counts_deals_the_union_of_numbers_whole() 
     }
 
 
-def test_assignor_metadata_carries_the_subscription_and_the_protocol_name() -> None:
-    metadata = CoPartitionedAssignor.metadata(["b", "a"])
+def test_assignor_metadata_carries_the_subscription_the_protocol_name_and_once_assigned_a_claim() -> None:
+    assignor = CoPartitionedAssignor()
+    metadata = assignor.metadata(["b", "a"])
     assert (metadata.version, metadata.subscription, metadata.user_data) == (0, ["a", "b"], b"")
     assert CoPartitionedAssignor.name == "copartitioned"
+
+    run_assignor(CoPartitionedAssignor, {"w-0": assignor, "w-1": CoPartitionedAssignor()}, dict.fromkeys(INPUTS, 4))
+    claim = Claim.decode(assignor.metadata(INPUTS).user_data)
+    assert claim == Claim(0, frozenset({0, 2}))
 
 
 @given(st.lists(st.uuids(), min_size=3, max_size=3))
@@ -232,3 +245,133 @@ def test_assign_static_members_keep_their_numbers_whatever_ids_the_broker_gives_
 
     by_instance = {members[m]: numbers_of(plan, m) for m in plan}
     assert by_instance == {instances[0]: {0, 3}, instances[1]: {1}, instances[2]: {2}}
+
+
+# -- stickiness: members keep what they hold up to their share ---------------------------
+
+
+@st.composite
+def sticky_groups(draw: st.DrawFn) -> tuple[list[str], int, dict[str, Claim]]:
+    """A group after some change: members present now, and what each claims from the last plan.
+
+    The last plan's holders may have left, new members claim nothing, and partitions
+    may have been added (numbers no one claims) or removed (claims of numbers gone).
+    """
+    members = draw(st.lists(st.sampled_from([f"w-{i}" for i in range(5)]), min_size=1, max_size=4, unique=True))
+    count = draw(st.integers(min_value=1, max_value=6))
+    earlier = [*members, "gone-0", "gone-1"]
+    holder = {n: draw(st.sampled_from([*earlier, None])) for n in range(draw(st.integers(0, count + 2)))}
+    claims = {
+        m: Claim(7, frozenset(n for n, h in holder.items() if h == m))
+        for m in earlier
+        if m in members and draw(st.booleans())
+    }
+    return members, count, claims
+
+
+def moves(plan: Mapping[str, set[int]], claims: Mapping[str, Claim]) -> int:
+    """Claimed numbers that leave their claimant (a claim of a number that no longer exists moves nothing)."""
+    holder = {n: m for m, ns in plan.items() for n in ns}
+    return sum(1 for m, c in claims.items() for n in c.numbers if n in holder and holder[n] != m)
+
+
+def fewest_moves_of_any_balanced_plan(members: list[str], count: int, claims: Mapping[str, Claim]) -> int:
+    """The model: every plan of `count` numbers over `members` tried, the balanced ones' fewest moves."""
+    best = count + 1
+    for holders in itertools.product(members, repeat=count):
+        sizes = Counter(holders)
+        if max(sizes.get(m, 0) for m in members) - min(sizes.get(m, 0) for m in members) > 1:
+            continue
+        plan = {m: {n for n, h in enumerate(holders) if h == m} for m in members}
+        best = min(best, moves(plan, claims))
+    return best
+
+
+@given(sticky_groups())
+def test_assign_sticky_moves_no_more_claimed_numbers_than_any_balanced_plan(
+    group: tuple[list[str], int, dict[str, Claim]],
+) -> None:
+    members, count, claims = group
+    plan = assign_partition_numbers(dict.fromkeys(members, INPUTS), dict.fromkeys(INPUTS, range(count)), claims)
+    numbers = {m: numbers_of(plan, m) for m in members}
+    sizes = [len(ns) for ns in numbers.values()]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == count
+    assert moves(numbers, claims) == fewest_moves_of_any_balanced_plan(members, count, claims)
+
+
+@given(sticky_groups(), st.randoms(use_true_random=False))
+def test_assign_sticky_same_group_and_claims_in_any_order_give_the_same_plan(
+    group: tuple[list[str], int, dict[str, Claim]], rnd: random.Random
+) -> None:
+    members, count, claims = group
+    plan = assign_partition_numbers(dict.fromkeys(members, INPUTS), dict.fromkeys(INPUTS, range(count)), claims)
+    shuffled = rnd.sample(members, len(members))
+    shuffled_claims = dict(rnd.sample(list(claims.items()), len(claims)))
+    assert (
+        assign_partition_numbers(dict.fromkeys(shuffled, INPUTS), dict.fromkeys(INPUTS, range(count)), shuffled_claims)
+        == plan
+    )
+
+
+def test_assign_a_number_claimed_twice_stays_with_the_newer_epoch() -> None:
+    # w-b was expelled (a long pause) while w-a took its number 1 over in a newer
+    # plan; w-b comes back claiming 1 from the older one.
+    claims = {"w-a": Claim(5, frozenset({0, 1})), "w-b": Claim(4, frozenset({1, 2}))}
+    plan = assign_partition_numbers(dict.fromkeys(claims, INPUTS), dict.fromkeys(INPUTS, range(4)), claims)
+    assert (numbers_of(plan, "w-a"), numbers_of(plan, "w-b")) == ({0, 1}, {2, 3})
+
+    older_first = {"w-a": Claim(4, frozenset({0, 1})), "w-b": Claim(5, frozenset({1, 2}))}
+    plan = assign_partition_numbers(dict.fromkeys(claims, INPUTS), dict.fromkeys(INPUTS, range(4)), older_first)
+    assert (numbers_of(plan, "w-a"), numbers_of(plan, "w-b")) == ({0, 3}, {1, 2})
+
+
+def test_assignor_a_third_member_on_twelve_partitions_takes_four_numbers_and_the_two_keep_eight() -> None:
+    twelve = dict.fromkeys(INPUTS, 12)
+    a, b, c = CoPartitionedAssignor(), CoPartitionedAssignor(), CoPartitionedAssignor()
+    first = run_assignor(CoPartitionedAssignor, {"w-a": a, "w-b": b}, twelve)
+    # The newcomer sorts first: dealt afresh, it would take 0, 3, 6, 9 and move eight numbers.
+    second = run_assignor(CoPartitionedAssignor, {"w-0": c, "w-a": a, "w-b": b}, twelve)
+    for member in ("w-a", "w-b"):
+        assert len(second[member]["content.events"]) == 4
+        assert second[member]["content.events"] <= first[member]["content.events"]
+    assert len(second["w-0"]["content.events"]) == 4
+    assert all(got[t] == got["content.events"] for got in second.values() for t in INPUTS)
+
+    # w-a leaves: the others keep their numbers and share out its four.
+    third = run_assignor(CoPartitionedAssignor, {"w-0": c, "w-b": b}, twelve)
+    for member in ("w-0", "w-b"):
+        assert len(third[member]["content.events"]) == 6
+        assert third[member]["content.events"] >= second[member]["content.events"]
+    assert [Claim.decode(x.metadata(INPUTS).user_data).epoch for x in (a, b, c)] == [1, 2, 2]  # type: ignore[union-attr]
+
+
+@given(
+    st.binary(max_size=64)
+    | st.builds(
+        orjson.dumps,
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.sampled_from(["epoch", "numbers", "x"]), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+    )
+)
+def test_claim_decode_of_any_bytes_is_a_claim_of_int32_numbers_or_none(user_data: bytes) -> None:
+    claim = Claim.decode(user_data)
+    if claim is not None:
+        assert all(type(n) is int and 0 <= n < 2**31 for n in (claim.epoch, *claim.numbers))
+        assert Claim.decode(claim.encode()) == claim
+
+
+def test_assignor_a_member_with_an_unreadable_claim_is_dealt_as_new() -> None:
+    members = {
+        m: ConsumerProtocolMemberMetadata(0, list(INPUTS), data) for m, data in (("w-0", b"\xff{"), ("w-1", b""))
+    }
+    result = CoPartitionedAssignor.assign(FakeCluster(dict.fromkeys(INPUTS, 2)), members)
+    assert {m: a.assignment for m, a in result.items()} == {
+        "w-0": [(t, [0]) for t in sorted(INPUTS)],
+        "w-1": [(t, [1]) for t in sorted(INPUTS)],
+    }
