@@ -26,6 +26,13 @@ joining two on twelve partitions moves four numbers, where dealing them afresh
 moves up to eight (the newcomer first in the order). The leader numbers
 each plan one past the newest epoch claimed: a member that missed a rebalance
 (expelled and back) claims an older epoch, and the current holder keeps the number.
+A claim also names the stores the member has on disk and does not hold (`warm`): a
+number that must move goes, where the shares leave room, to a member that only
+brings its store up to date (a pod back on its volume after its session ran out),
+and a member over its share gives those up first. That choice is greedy (the
+numbers with the fewest such members first), not a search for the best matching:
+a store is rebuilt only where each member that has it is full of numbers it holds
+or has stores of (`tests/unit/test_assignor.py`).
 
 Static members (STREAM_GROUP_INSTANCE_ID): a restarted member that rejoins within
 its session gets its stored assignment back from the broker with no rebalance; the
@@ -42,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,19 +76,26 @@ class PartitionMetadata(Protocol):
 
 @dataclass(frozen=True)
 class Claim:
-    """What a member holds when it joins: the partition numbers of its last assignment and that plan's epoch."""
+    """What a member tells the leader when it joins.
+
+    `numbers` are the partition numbers of its last assignment and `epoch` that
+    plan's; `warm` the numbers it does not hold but has a store of on disk (from an
+    earlier assignment, or from before its process restarted), which it would only
+    bring up to date, not rebuild.
+    """
 
     epoch: int
     numbers: frozenset[int]
+    warm: frozenset[int] = frozenset()
 
     def encode(self) -> bytes:
-        """The join's user data: `{"epoch": e, "numbers": [...]}`."""
-        return orjson.dumps({"epoch": self.epoch, "numbers": sorted(self.numbers)})
+        """The join's user data: `{"epoch": e, "numbers": [...], "warm": [...]}`."""
+        return orjson.dumps({"epoch": self.epoch, "numbers": sorted(self.numbers), "warm": sorted(self.warm)})
 
     @classmethod
     def decode(cls, user_data: bytes) -> Claim | None:
-        # The leader's assignment carries the plan's epoch in the same form, with no numbers.
         """A member's claim, or None when it sends none (a new member, another version) or an unreadable one."""
+        # The leader's assignment carries the plan's epoch in the same form, with no numbers.
         if not user_data:
             return None
         try:
@@ -90,12 +104,12 @@ class Claim:
             return None
         if not isinstance(raw, dict):
             return None
-        epoch, numbers = raw.get("epoch"), raw.get("numbers")
-        if not isinstance(epoch, int) or not isinstance(numbers, list):
+        epoch, numbers, warm = raw.get("epoch"), raw.get("numbers"), raw.get("warm", [])
+        if not isinstance(epoch, int) or not isinstance(numbers, list) or not isinstance(warm, list):
             return None
-        if not _is_int32(epoch) or not all(_is_int32(n) for n in numbers):
+        if not _is_int32(epoch) or not all(_is_int32(n) for n in (*numbers, *warm)):
             return None
-        return cls(epoch, frozenset(numbers))
+        return cls(epoch, frozenset(numbers), frozenset(warm) - frozenset(numbers))
 
 
 def _is_int32(value: object) -> bool:
@@ -165,7 +179,12 @@ def assign_partition_numbers(
 
     dealt = sum(1 for holders in whole_holders.values() if holders)
     base, extra = divmod(dealt, len(members)) if members else (0, 0)
-    by_claims = sorted(members, key=lambda m: (-len(claimed[m]), rank[m]))
+    warm = {member: claims[member].warm & topics_of.keys() if member in claims else frozenset() for member in members}
+    # The larger shares first to members that would keep one more of their own
+    # numbers, then to those that could take one more warm.
+    by_claims = sorted(
+        members, key=lambda m: (len(claimed[m]) <= base, len(claimed[m]) + len(warm[m]) <= base, rank[m])
+    )
     share = {member: base + (1 if i < extra else 0) for i, member in enumerate(by_claims)}
 
     held = dict.fromkeys(members, 0)
@@ -176,21 +195,41 @@ def assign_partition_numbers(
         for topic in topics:
             plan[member].setdefault(topic, []).append(number)
 
-    kept: set[int] = set()
+    def warm_elsewhere(number: int, member: str) -> bool:
+        return any(number in warm[m] for m in whole_holders[number] if m != member)
+
+    # A member over its share gives up first the numbers another member has a store of.
     for member in members:
-        for number in claimed[member][: share[member]]:
+        keep = sorted(claimed[member], key=lambda n: (warm_elsewhere(n, member), n))[: share[member]]
+        for number in sorted(keep):
             give(member, number, topics_of[number])
-            kept.add(number)
 
     def least_loaded(candidates: Iterable[str]) -> str:
         return min(candidates, key=lambda m: (held[m], rank[m]))
 
+    def open_to(number: int) -> list[str]:
+        return [m for m in whole_holders[number] if held[m] < share[m]]
+
+    kept = {n for topics in plan.values() for ns in topics.values() for n in ns}
+    # Numbers that move go to a member with their store where one has room, the
+    # numbers with the fewest such members first, so that one does not take the
+    # room another could only use warm.
+    rest = sorted(set(topics_of) - kept)
+    while True:
+        choices = {n: [m for m in open_to(n) if n in warm[m]] for n in rest}
+        constrained = [(len(ms), n) for n, ms in choices.items() if ms]
+        if not constrained:
+            break
+        _, number = min(constrained)
+        give(least_loaded(choices[number]), number, topics_of[number])
+        rest.remove(number)
+
     split: list[int] = []
-    for number in sorted(set(topics_of) - kept):
+    for number in rest:
         topics = topics_of[number]
         whole = whole_holders[number]
         if whole:
-            give(least_loaded(whole), number, topics)
+            give(least_loaded(open_to(number) or whole), number, topics)
             continue
         split.append(number)
         for topic in topics:
@@ -211,13 +250,15 @@ class CoPartitionedAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  #
     """aiokafka's assignor protocol around `assign_partition_numbers`; the group protocol "copartitioned".
 
     One instance per consumer: it remembers that consumer's assignment (`on_assignment`)
-    to claim it at the next join (`metadata`). The leader's `assign` keeps no state.
+    to claim it at the next join (`metadata`), with the numbers `warm` names (the
+    stores on the worker's disk). The leader's `assign` keeps no state.
     """
 
     name = "copartitioned"
     version = 0
 
-    def __init__(self) -> None:
+    def __init__(self, warm: Callable[[], Iterable[int]] = tuple) -> None:
+        self._warm = warm
         self._claim: Claim | None = None
 
     @classmethod
@@ -248,10 +289,11 @@ class CoPartitionedAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  #
         }
 
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        """What this member tells the leader when it joins: its topics and the numbers it holds (its claim)."""
-        return ConsumerProtocolMemberMetadata(
-            self.version, sorted(topics), self._claim.encode() if self._claim is not None else b""
-        )
+        """What this member tells the leader when it joins: its topics, and its claim when it has one."""
+        held = self._claim or Claim(0, frozenset())
+        claim = Claim(held.epoch, held.numbers, frozenset(self._warm()) - held.numbers)
+        user_data = claim.encode() if claim.numbers or claim.warm else b""
+        return ConsumerProtocolMemberMetadata(self.version, sorted(topics), user_data)
 
     def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
         """Remember the numbers just assigned and the plan's epoch, to claim them at the next join."""

@@ -8,6 +8,7 @@ What is in a store, and how it is brought up to date, is not this module's.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -60,6 +61,11 @@ class HeldPartitions:
             RocksPartitionStore.destroy(path)
             store = RocksPartitionStore(path)
         return store
+
+    def on_disk(self) -> frozenset[int]:
+        """The partitions with a store directory under the data directory, held or not."""
+        found = (re.fullmatch(r"partition-(\d+)", path.name) for path in self._root.glob("partition-*"))
+        return frozenset(int(match[1]) for match in found if match is not None and int(match[1]) < 2**31)
 
     def path(self, partition: int) -> Path:
         """The directory of a partition's store under the data directory."""

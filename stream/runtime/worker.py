@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,7 +137,7 @@ class FilterWorker:
 
     async def start(self) -> None:
         """Start both clients, build the parts on them, and subscribe: all of it, or nothing left running."""
-        producer, consumer = _clients(self.settings)
+        producer, consumer = _clients(self.settings, self._held.on_disk)
         await producer.start()
         try:
             await consumer.start()
@@ -300,8 +301,8 @@ class FilterWorker:
         )
 
 
-def _clients(s: Settings) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
-    """The worker's producer and consumer, not started."""
+def _clients(s: Settings, on_disk: Callable[[], Iterable[int]]) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
+    """The worker's producer and consumer, not started; `on_disk` names the partitions with a store on disk."""
     producer = AIOKafkaProducer(
         **client_options(s),
         client_id=f"{s.group_id}-producer",
@@ -335,7 +336,8 @@ def _clients(s: Settings) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
         heartbeat_interval_ms=3000,
         # Whole partition numbers per worker: p of content with p of profiles and
         # objections, kept across rebalances where the balance allows (assignor.py).
-        # An instance of its own: it remembers this consumer's numbers to claim them.
-        partition_assignment_strategy=(CoPartitionedAssignor(),),
+        # An instance of its own: it remembers this consumer's numbers to claim them,
+        # and names the stores on disk, so that a number that moves goes where its store is.
+        partition_assignment_strategy=(CoPartitionedAssignor(on_disk),),
     )
     return producer, consumer

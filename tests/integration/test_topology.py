@@ -26,6 +26,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from stream.config import Settings
 from stream.core.partitioning import partition_for
+from stream.runtime.partitions import HeldPartitions
 from stream.runtime.worker import FilterWorker
 from stream.verifier.verify import render, verify
 
@@ -282,3 +283,24 @@ async def test_topology_a_joining_worker_takes_numbers_only_from_those_over_thei
             assert after[0] <= before[0] and after[1] <= before[1], layout(settings, [w1, w2, w0])
             _state, protocol, _members = await broker_view(settings)
             assert protocol == "copartitioned"
+
+
+async def test_topology_a_worker_joining_with_stores_on_its_disk_takes_those_numbers(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    # The first worker holds all four numbers. The second starts on a disk that has
+    # the stores of 0 and 1 (a pod back on its volume) and names them when it joins:
+    # the first gives up those two, not its highest (2 and 3, which the second would
+    # rebuild from the changelogs while 0 and 1 wait on its disk).
+    settings = unique_settings(bootstrap, tmp_path, partitions=4)
+    await make_topics(settings)
+    await send_state(settings, Scenario.over(4).state())
+    disk = HeldPartitions(tmp_path / "second")
+    disk.assign([0, 1])
+    disk.close()
+
+    async with running_worker(replace(settings, data_dir=tmp_path / "first")) as first:
+        assert await until_stable(settings, [first]) == [{0, 1, 2, 3}]
+        async with running_worker(replace(settings, data_dir=tmp_path / "second")) as second:
+            after = await until_stable(settings, [first, second])
+            assert after == [{2, 3}, {0, 1}], layout(settings, [first, second])

@@ -10,6 +10,7 @@ import itertools
 import random
 from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
@@ -342,7 +343,8 @@ def test_assignor_a_third_member_on_twelve_partitions_takes_four_numbers_and_the
     for member in ("w-0", "w-b"):
         assert len(third[member]["content.events"]) == 6
         assert third[member]["content.events"] >= second[member]["content.events"]
-    assert [Claim.decode(x.metadata(INPUTS).user_data).epoch for x in (a, b, c)] == [1, 2, 2]  # type: ignore[union-attr]
+    claims = [Claim.decode(x.metadata(INPUTS).user_data) for x in (a, b, c)]
+    assert [claim.epoch if claim else None for claim in claims] == [1, 2, 2]
 
 
 @given(
@@ -350,10 +352,10 @@ def test_assignor_a_third_member_on_twelve_partitions_takes_four_numbers_and_the
     | st.builds(
         orjson.dumps,
         st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+            st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8),
             lambda inner: (
                 st.lists(inner, max_size=4)
-                | st.dictionaries(st.sampled_from(["epoch", "numbers", "x"]), inner, max_size=3)
+                | st.dictionaries(st.sampled_from(["epoch", "numbers", "warm", "x"]), inner, max_size=3)
             ),
             max_leaves=8,
         ),
@@ -366,6 +368,24 @@ def test_claim_decode_of_any_bytes_is_a_claim_of_int32_numbers_or_none(user_data
         assert Claim.decode(claim.encode()) == claim
 
 
+edge_ints = st.sampled_from([0, 1, 2**31 - 1, 2**31, -1, True, 1.0, "1", None])
+
+
+@given(
+    st.fixed_dictionaries(
+        {"epoch": edge_ints, "numbers": st.lists(edge_ints, max_size=3)},
+        optional={"warm": st.lists(edge_ints, max_size=3) | edge_ints},
+    )
+)
+def test_claim_decode_of_claim_shaped_values_keeps_only_int32_claims(raw: dict[str, Any]) -> None:
+    claim = Claim.decode(orjson.dumps(raw))
+    warm = raw.get("warm", [])
+    values = [raw["epoch"], *raw["numbers"], *warm] if isinstance(warm, list) else [None]
+    assert (claim is not None) == all(type(v) is int and 0 <= v < 2**31 for v in values)
+    if claim is not None:
+        assert claim.numbers == frozenset(raw["numbers"]) and not claim.warm & claim.numbers
+
+
 def test_assignor_a_member_with_an_unreadable_claim_is_dealt_as_new() -> None:
     members = {
         m: ConsumerProtocolMemberMetadata(0, list(INPUTS), data) for m, data in (("w-0", b"\xff{"), ("w-1", b""))
@@ -375,3 +395,69 @@ def test_assignor_a_member_with_an_unreadable_claim_is_dealt_as_new() -> None:
         "w-0": [(t, [0]) for t in sorted(INPUTS)],
         "w-1": [(t, [1]) for t in sorted(INPUTS)],
     }
+
+
+# -- warm stores: a number that moves goes where its store is -----------------------------
+
+
+@st.composite
+def warm_groups(draw: st.DrawFn) -> tuple[list[str], int, dict[str, Claim]]:
+    """`sticky_groups` whose members also name stores on disk of numbers they do not hold."""
+    members, count, claims = draw(sticky_groups())
+    out = dict(claims)
+    for member in members:
+        warm = frozenset(draw(st.sets(st.integers(0, count), max_size=3)))
+        held = claims[member] if member in claims else Claim(7, frozenset())
+        out[member] = Claim(held.epoch, held.numbers, warm - held.numbers)
+    return members, count, out
+
+
+@given(warm_groups())
+def test_assign_warm_moves_as_few_and_rebuilds_a_store_only_where_its_holders_are_full_of_their_own(
+    group: tuple[list[str], int, dict[str, Claim]],
+) -> None:
+    members, count, claims = group
+    plan = assign_partition_numbers(dict.fromkeys(members, INPUTS), dict.fromkeys(INPUTS, range(count)), claims)
+    numbers = {m: numbers_of(plan, m) for m in members}
+    sizes = [len(ns) for ns in numbers.values()]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == count
+    assert moves(numbers, claims) == fewest_moves_of_any_balanced_plan(members, count, claims)
+
+    def own(member: str, number: int) -> bool:
+        return number in claims[member].numbers or number in claims[member].warm
+
+    for x in members:
+        # A member giving up numbers gives up first those another member has a store of.
+        shed = {n for n in claims[x].numbers - numbers[x] if n < count}
+        kept = claims[x].numbers & numbers[x]
+        stored_elsewhere = {n for n in range(count) if any(n in claims[y].warm for y in members if y != x)}
+        assert not (shed - stored_elsewhere and kept & stored_elsewhere), (x, numbers)
+        # A number lands where its store must be rebuilt only when every member with
+        # its store is full of numbers it holds or has a store of.
+        for n in numbers[x]:
+            if not own(x, n):
+                for y in members:
+                    if n in claims[y].warm:
+                        assert all(own(y, k) for k in numbers[y]), (n, x, y, numbers)
+
+
+def test_assignor_a_member_back_after_its_session_takes_its_own_numbers_again() -> None:
+    # w-1 is gone past its session (a node drained, a long pause): the others take
+    # its numbers over. Its replacement starts on w-1's disk, holding nothing but
+    # naming w-1's stores: it gets those numbers back, and the others theirs.
+    six = dict.fromkeys(INPUTS, 6)
+    a, b = CoPartitionedAssignor(), CoPartitionedAssignor()
+    first = run_assignor(CoPartitionedAssignor, {"w-0": a, "w-1": CoPartitionedAssignor(), "w-2": b}, six)
+    run_assignor(CoPartitionedAssignor, {"w-0": a, "w-2": b}, six)
+    stores = first["w-1"]["content.events"]
+    back = run_assignor(CoPartitionedAssignor, {"w-0": a, "w-1": CoPartitionedAssignor(lambda: stores), "w-2": b}, six)
+    assert {m: got["content.events"] for m, got in back.items()} == {
+        m: got["content.events"] for m, got in first.items()
+    }
+
+
+def test_assign_a_store_only_one_member_has_goes_to_it_before_one_two_have() -> None:
+    # 0 and 1 are to be dealt; w-a has stores of both, w-b of 1 only; one number each.
+    claims = {"w-a": Claim(0, frozenset(), frozenset({0, 1})), "w-b": Claim(0, frozenset(), frozenset({1}))}
+    plan = assign_partition_numbers(dict.fromkeys(claims, INPUTS), dict.fromkeys(INPUTS, range(2)), claims)
+    assert (numbers_of(plan, "w-a"), numbers_of(plan, "w-b")) == ({0}, {1})

@@ -56,3 +56,17 @@ def test_assign_closes_revoked_stores_and_opens_new_ones(tmp_path: Path) -> None
     finally:
         held.close()
     assert held.stores == {}
+
+
+def test_on_disk_names_every_store_directory_held_or_not_and_nothing_else(tmp_path: Path) -> None:
+    held = HeldPartitions(tmp_path)
+    assert held.on_disk() == frozenset()  # no state directory yet
+    held.assign([0, 3])
+    held.assign([3])  # 0 closed, its store kept on disk
+    (tmp_path / "state" / "partition-x").mkdir()
+    (tmp_path / "state" / "partition-99999999999").mkdir()  # not a Kafka partition number
+    (tmp_path / "state" / "other-7").mkdir()
+    try:
+        assert held.on_disk() == frozenset({0, 3})
+    finally:
+        held.close()
