@@ -7,6 +7,7 @@ layout that broke the default assignor (3 workers on 4 partitions), named.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from collections import Counter
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.runtime.assignor import Claim, CoPartitionedAssignor, Plan, assign_partition_numbers
@@ -270,6 +271,11 @@ def sticky_groups(draw: st.DrawFn) -> tuple[list[str], int, dict[str, Claim]]:
     return members, count, claims
 
 
+# The searches against the model: bounded for `make test`; HYPOTHESIS_PROFILE=long
+# (`make faults`) digs deeper.
+SEARCH = settings(max_examples=5000 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 300, deadline=None)
+
+
 def moves(plan: Mapping[str, set[int]], claims: Mapping[str, Claim]) -> int:
     """Claimed numbers that leave their claimant (a claim of a number that no longer exists moves nothing)."""
     holder = {n: m for m, ns in plan.items() for n in ns}
@@ -288,6 +294,7 @@ def fewest_moves_of_any_balanced_plan(members: list[str], count: int, claims: Ma
     return best
 
 
+@SEARCH
 @given(sticky_groups())
 def test_assign_sticky_moves_no_more_claimed_numbers_than_any_balanced_plan(
     group: tuple[list[str], int, dict[str, Claim]],
@@ -412,6 +419,7 @@ def warm_groups(draw: st.DrawFn) -> tuple[list[str], int, dict[str, Claim]]:
     return members, count, out
 
 
+@SEARCH
 @given(warm_groups())
 def test_assign_warm_moves_as_few_and_rebuilds_a_store_only_where_its_holders_are_full_of_their_own(
     group: tuple[list[str], int, dict[str, Claim]],
