@@ -4,9 +4,9 @@ Records of `content.events`, `accounts.profiles` and `accounts.objections`, mixe
 batches, are any bytes, any JSON, or schema-shaped values with hostile fields:
 extreme dates (0001-01-01, 9999-12-31, birth dates in year 9990, `notified_at`
 9999-12-31T23:59:59Z), huge numbers, strings up to a few hundred KB and at both
-sides of each length limit of an upsert in schemas/ (1-, 2- and 4-byte characters),
-odd unicode (NUL, RTL marks, lone surrogates escaped in JSON, non-ASCII digits), keys
-of odd bytes and lengths. The partition store already holds accounts, a published item
+sides of each length limit of an upsert, a profile and an objection in schemas/ (1-,
+2- and 4-byte characters; an account id as the key too), odd unicode (NUL, RTL marks,
+lone surrogates escaped in JSON, non-ASCII digits), keys of odd bytes and lengths. The partition store already holds accounts, a published item
 and a held one, so a bad record has something to take back.
 
 The verdict on each record comes from the JSON Schemas (`test_codec_schema._oracle`,
@@ -337,6 +337,18 @@ def _content_max_lengths() -> dict[str, int]:
 CONTENT_MAX_LENGTHS: dict[str, int] = _content_max_lengths()
 
 
+def _state_max_lengths(topic: str) -> dict[str, int]:
+    """The identifier fields of a profile or an objection and their `maxLength`, read from schemas/."""
+    schema = _schema(topic)
+    identifier: int = schema["$defs"]["identifier"]["maxLength"]
+    return {name: identifier for name, spec in schema["properties"].items() if spec.get("$ref") == "#/$defs/identifier"}
+
+
+STATE_MAX_LENGTHS: dict[str, dict[str, int]] = {
+    topic: _state_max_lengths(topic) for topic in (TOPICS.profiles, TOPICS.objections)
+}
+
+
 def _at_the_bound(limit: int) -> st.SearchStrategy[str]:
     """Strings of exactly `limit` code points and of one more, in 1-, 2- and 4-byte characters."""
     return st.sampled_from([c * n for n in (limit + 1, limit) for c in ("x", "\u00e9", "\U0001f600")])
@@ -404,6 +416,12 @@ def shaped(draw: st.DrawFn, topic: str) -> tuple[bytes | None, bytes | None]:
         # A length limit's two sides, often: a field picked above seldom lands on them.
         name = draw(st.sampled_from(sorted(CONTENT_MAX_LENGTHS)))
         base[name] = draw(_at_the_bound(CONTENT_MAX_LENGTHS[name]))
+    if topic != TOPICS.content and draw(st.booleans()):
+        # An id at its limit or one over; an account id as the key too, which it must equal.
+        name = draw(st.sampled_from(sorted(STATE_MAX_LENGTHS[topic])))
+        base[name] = draw(_at_the_bound(STATE_MAX_LENGTHS[topic][name]))
+        if name == "account_id":
+            account = base[name]
     key = account.encode() if draw(st.integers(0, 4)) else draw(st.sampled_from(ODD_KEYS))
     if topic != TOPICS.content and draw(st.integers(0, 6)) == 0:
         return key, None  # a tombstone, of any key
