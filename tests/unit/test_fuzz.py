@@ -6,8 +6,9 @@ extreme dates (0001-01-01, 9999-12-31, birth dates in year 9990, `notified_at`
 9999-12-31T23:59:59Z), huge numbers, strings up to a few hundred KB and at both
 sides of each length limit of an upsert, a profile and an objection in schemas/ (1-,
 2- and 4-byte characters; an account id as the key too), odd unicode (NUL, RTL marks,
-lone surrogates escaped in JSON, non-ASCII digits), keys of odd bytes and lengths. The partition store already holds accounts, a published item
-and a held one, so a bad record has something to take back.
+lone surrogates escaped in JSON, non-ASCII digits), keys of odd bytes and lengths. The
+partition store already holds accounts, a published item and a held one, so a bad
+record has something to take back.
 
 The verdict on each record comes from the JSON Schemas (`test_codec_schema._oracle`,
 jsonschema with real format checks), not from the codec. For every batch:
