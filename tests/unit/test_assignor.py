@@ -294,17 +294,23 @@ def fewest_moves_of_any_balanced_plan(members: list[str], count: int, claims: Ma
     return best
 
 
-@SEARCH
-@given(sticky_groups())
-def test_assign_sticky_moves_no_more_claimed_numbers_than_any_balanced_plan(
-    group: tuple[list[str], int, dict[str, Claim]],
-) -> None:
+def balanced_with_fewest_moves(group: tuple[list[str], int, dict[str, Claim]]) -> dict[str, set[int]]:
+    """The plan of `group` by numbers, checked balanced and moving no more claimed numbers than the model's best."""
     members, count, claims = group
     plan = assign_partition_numbers(dict.fromkeys(members, INPUTS), dict.fromkeys(INPUTS, range(count)), claims)
     numbers = {m: numbers_of(plan, m) for m in members}
     sizes = [len(ns) for ns in numbers.values()]
     assert max(sizes) - min(sizes) <= 1 and sum(sizes) == count
     assert moves(numbers, claims) == fewest_moves_of_any_balanced_plan(members, count, claims)
+    return numbers
+
+
+@SEARCH
+@given(sticky_groups())
+def test_assign_sticky_moves_no_more_claimed_numbers_than_any_balanced_plan(
+    group: tuple[list[str], int, dict[str, Claim]],
+) -> None:
+    balanced_with_fewest_moves(group)
 
 
 @given(sticky_groups(), st.randoms(use_true_random=False))
@@ -425,11 +431,7 @@ def test_assign_warm_moves_as_few_and_rebuilds_a_store_only_where_its_holders_ar
     group: tuple[list[str], int, dict[str, Claim]],
 ) -> None:
     members, count, claims = group
-    plan = assign_partition_numbers(dict.fromkeys(members, INPUTS), dict.fromkeys(INPUTS, range(count)), claims)
-    numbers = {m: numbers_of(plan, m) for m in members}
-    sizes = [len(ns) for ns in numbers.values()]
-    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == count
-    assert moves(numbers, claims) == fewest_moves_of_any_balanced_plan(members, count, claims)
+    numbers = balanced_with_fewest_moves(group)
 
     def own(member: str, number: int) -> bool:
         return number in claims[member].numbers or number in claims[member].warm
