@@ -581,9 +581,22 @@ def overview() -> Dashboard:
             ids,
             "Rebalances",
             "Partition assignments received in the last 5 minutes. A steady stream means workers keep "
-            "joining and leaving the group (crash loop, slow batches past max.poll.interval).",
+            "joining and leaving the group (crash loop, slow batches past max.poll.interval). "
+            "Partitions by store: kept (held on, nothing to restore), resumed (a store on disk brought up "
+            "to date), rebuilt (read from the start of the topics: the slow one).",
             "short",
-            [query(f"sum by (instance) (increase({sel('eligibility_rebalances_total')}[5m]))", "{{instance}}")],
+            [
+                query(
+                    f"sum by (instance) (increase({sel('eligibility_rebalances_total')}[5m]))",
+                    "assignments {{instance}}",
+                    ref="A",
+                ),
+                query(
+                    f"sum by (store) (increase({sel('eligibility_partitions_assigned_total')}[5m]))",
+                    "partitions {{store}}",
+                    ref="B",
+                ),
+            ],
             span=8,
         ),
         series_panel(

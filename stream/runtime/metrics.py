@@ -32,6 +32,7 @@ from stream import __version__
 from stream.core.engine import BatchResult, OutputTopic
 from stream.core.models import DeadLetterReason, Reason, RetractCause, SkipReason
 from stream.core.state import EntryKind
+from stream.runtime.partitions import StoreOrigin
 
 
 class Input(StrEnum):
@@ -101,6 +102,7 @@ class _Health(TypedDict):
     ready: Gauge
     recovering: Gauge
     rebalances: Counter
+    partitions_assigned: Counter
     last_batch: Gauge
     delivery_failures: Counter
     gate_listings: Counter
@@ -131,6 +133,7 @@ class Metrics:
     ready: Gauge
     recovering: Gauge
     rebalances: Counter
+    partitions_assigned: Counter
     last_batch: Gauge
     delivery_failures: Counter
     gate_listings: Counter
@@ -213,6 +216,8 @@ def _initialise_labels(m: Metrics) -> None:
         m.state_entries.labels(kind=kind.value)
     for part in MemoryPart:
         m.store_memory.labels(part=part.value)
+    for origin in StoreOrigin:
+        m.partitions_assigned.labels(store=origin.value)
 
 
 def _initialise_shadow_labels(m: Metrics) -> None:
@@ -337,6 +342,12 @@ def _health(r: CollectorRegistry) -> _Health:
             "eligibility_recovering", "1 while assigned partitions' state is being rebuilt or caught up", registry=r
         ),
         rebalances=Counter("eligibility_rebalances_total", "Partition assignments received", registry=r),
+        partitions_assigned=Counter(
+            "eligibility_partitions_assigned_total",
+            "Partitions assigned, by where their store came from: kept open, resumed from disk, rebuilt from topics",
+            ["store"],
+            registry=r,
+        ),
         last_batch=Gauge(
             "eligibility_last_batch_timestamp_seconds",
             "Unix time of the last commit of content offsets (at most STREAM_COMMIT_INTERVAL_MS after a batch)",

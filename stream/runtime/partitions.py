@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 from pathlib import Path
 
 from stream.core.state import PartitionStore
@@ -24,6 +25,14 @@ log = logging.getLogger(__name__)
 STORE_MAX_IDLE_SECONDS = 12 * 3600
 
 
+class StoreOrigin(StrEnum):
+    """Where an assigned partition's store came from: the label values of `eligibility_partitions_assigned_total`."""
+
+    KEPT = "kept"  # held before the assignment: the store stays open, nothing to catch up but the gap
+    RESUMED = "resumed"  # on disk from an earlier assignment or run: brought up to date from its offsets
+    REBUILT = "rebuilt"  # none on disk, idle too long or of another layout: read from the start of the topics
+
+
 class HeldPartitions:
     """`stores` is the live mapping every part reads; only this class adds or removes stores."""
 
@@ -33,19 +42,27 @@ class HeldPartitions:
         self.stores: dict[int, PartitionStore] = {}
         self.assigned: frozenset[int] = frozenset()
 
-    def assign(self, partitions: Iterable[int]) -> None:
-        """Hold exactly `partitions`: close the stores of the others, open the missing ones."""
+    def assign(self, partitions: Iterable[int]) -> dict[int, StoreOrigin]:
+        """Hold exactly `partitions`: close the stores of the others, open the missing ones; where each came from."""
         held = frozenset(partitions)
         for p in list(self.stores):
             if p not in held:
                 self.stores.pop(p).close()
-        for p in held:
-            if p not in self.stores:
-                self.stores[p] = self.open(p)
+        origins: dict[int, StoreOrigin] = {}
+        for p in sorted(held):
+            if p in self.stores:
+                origins[p] = StoreOrigin.KEPT
+            else:
+                self.stores[p], origins[p] = self._open(p)
         self.assigned = held
+        return origins
 
     def open(self, partition: int) -> PartitionStore:
         """Open partition `partition`'s store, rebuilt empty if it was idle too long or is of another layout."""
+        store, _ = self._open(partition)
+        return store
+
+    def _open(self, partition: int) -> tuple[PartitionStore, StoreOrigin]:
         path = self.path(partition)
         store = RocksPartitionStore(path)
         touched = store.touched_at()
@@ -59,8 +76,8 @@ class HeldPartitions:
             )
             store.close()
             RocksPartitionStore.destroy(path)
-            store = RocksPartitionStore(path)
-        return store
+            return RocksPartitionStore(path), StoreOrigin.REBUILT
+        return store, StoreOrigin.RESUMED if touched is not None else StoreOrigin.REBUILT
 
     def on_disk(self) -> frozenset[int]:
         """The partitions with a store directory under the data directory, held or not."""

@@ -20,7 +20,7 @@ from stream.runtime.health import Health
 from stream.runtime.interrupt import Interruption
 from stream.runtime.metrics import Metrics
 from stream.runtime.offsets import InputPositions
-from stream.runtime.partitions import HeldPartitions
+from stream.runtime.partitions import HeldPartitions, StoreOrigin
 from stream.runtime.recovery import Recovery
 
 log = logging.getLogger(__name__)
@@ -68,16 +68,16 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
                 log.info("assigned partitions while stopping: left closed")
                 return
             await self._cycle.drain("the assignment")  # no write of an earlier batch may land in a store closed here
-            before = self._held.assigned
-            self._held.assign(tp.partition for tp in assigned)
+            origins = self._held.assign(tp.partition for tp in assigned)
             self._positions.seek_state(tp for tp in assigned if tp.topic != self._content)
             self._recovery.request()
             self._metrics.rebalances.inc()
             self._metrics.recovering.set(1)
             self._interruption.rebalance_ended()
+            for origin in origins.values():
+                self._metrics.partitions_assigned.labels(store=origin.value).inc()
             log.info(
-                "assigned partitions %s (kept %s, new %s)",
+                "assigned partitions %s (%s)",
                 sorted(self._held.assigned),
-                sorted(self._held.assigned & before),
-                sorted(self._held.assigned - before),
+                ", ".join(f"{o.value} {sorted(p for p, of in origins.items() if of is o)}" for o in StoreOrigin),
             )

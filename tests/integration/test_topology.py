@@ -211,6 +211,18 @@ async def until_stable(settings: Settings, workers: list[FilterWorker]) -> list[
         ) from None
 
 
+def counts(worker: FilterWorker) -> dict[str, float]:
+    """Partitions assigned to `worker` so far, by where their store came from."""
+    get = worker.metrics.registry.get_sample_value
+    return {
+        s: get("eligibility_partitions_assigned_total", {"store": s}) or 0.0 for s in ("kept", "resumed", "rebuilt")
+    }
+
+
+def plus_kept(counted: dict[str, float], n: int) -> dict[str, float]:
+    return counted | {"kept": counted["kept"] + n}
+
+
 def replays(workers: list[FilterWorker]) -> float:
     return sum(w.metrics.registry.get_sample_value("eligibility_batch_replays_total") or 0.0 for w in workers)
 
@@ -277,10 +289,14 @@ async def test_topology_a_joining_worker_takes_numbers_only_from_those_over_thei
     async with member("w-1") as w1, member("w-2") as w2:
         before = await until_stable(settings, [w1, w2])
         assert sorted(len(ns) for ns in before) == [3, 3]
+        counted = [counts(w) for w in (w1, w2)]
         async with member("w-0") as w0:
             after = await until_stable(settings, [w1, w2, w0])
             assert [len(ns) for ns in after] == [2, 2, 2], layout(settings, [w1, w2, w0])
             assert after[0] <= before[0] and after[1] <= before[1], layout(settings, [w1, w2, w0])
+            # Their two numbers held on, none reopened; the newcomer's two read from the topics.
+            assert [counts(w) for w in (w1, w2)] == [plus_kept(c, 2) for c in counted]
+            assert counts(w0) == {"kept": 0, "resumed": 0, "rebuilt": 2}
             _state, protocol, _members = await broker_view(settings)
             assert protocol == "copartitioned"
 

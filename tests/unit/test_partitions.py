@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from stream.core.state import StateKind
-from stream.runtime.partitions import STORE_MAX_IDLE_SECONDS, HeldPartitions
+from stream.runtime.partitions import STORE_MAX_IDLE_SECONDS, HeldPartitions, StoreOrigin
 from stream.runtime.store import RocksPartitionStore
 
 
@@ -46,16 +46,24 @@ def test_open_store_idle_too_long_is_rebuilt_and_a_recent_one_resumed(tmp_path: 
 
 def test_assign_closes_revoked_stores_and_opens_new_ones(tmp_path: Path) -> None:
     held = HeldPartitions(tmp_path)
-    held.assign([0, 1])
+    assert held.assign([0, 1]) == {0: StoreOrigin.REBUILT, 1: StoreOrigin.REBUILT}  # nothing on disk yet
     kept = held.stores[1]
+    held.stores[0].apply([(b"p:a-1", b"x")], {StateKind.PROFILES: 7})
 
-    held.assign([1, 2])
+    assert held.assign([1, 2]) == {1: StoreOrigin.KEPT, 2: StoreOrigin.REBUILT}
     try:
         assert held.assigned == frozenset({1, 2}) and sorted(held.stores) == [1, 2]
         assert held.stores[1] is kept  # a partition held on is not reopened
+        # 0 comes back: its store on disk resumes; 1, never written, is as good as none.
+        assert held.assign([0, 1]) == {0: StoreOrigin.RESUMED, 1: StoreOrigin.KEPT}
     finally:
         held.close()
     assert held.stores == {}
+    later = HeldPartitions(tmp_path, wall_clock=lambda: time.time() + STORE_MAX_IDLE_SECONDS + 60)
+    try:
+        assert later.assign([0]) == {0: StoreOrigin.REBUILT}  # idle too long
+    finally:
+        later.close()
 
 
 def test_on_disk_names_every_store_directory_held_or_not_and_nothing_else(tmp_path: Path) -> None:
