@@ -8,6 +8,7 @@ What is in a store, and how it is brought up to date, is not this module's.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -80,9 +81,23 @@ class HeldPartitions:
         return store, StoreOrigin.RESUMED if touched is not None else StoreOrigin.REBUILT
 
     def on_disk(self) -> frozenset[int]:
-        """The partitions with a store directory under the data directory, held or not."""
-        found = (re.fullmatch(r"partition-(\d+)", path.name) for path in self._root.glob("partition-*"))
-        return frozenset(int(match[1]) for match in found if match is not None and int(match[1]) < 2**31)
+        """The partitions with a store on disk that would resume, held or not: written within STORE_MAX_IDLE_SECONDS.
+
+        A store's last write is the newest modification time of its files (RocksDB
+        appends every write to its log file), read without opening the store: the
+        assignor asks at every join. A store idle longer is rebuilt when opened, so
+        it is no reason to send its partition here.
+        """
+        found: set[int] = set()
+        oldest = self._wall_clock() - STORE_MAX_IDLE_SECONDS
+        for path in self._root.glob("partition-*"):
+            match = re.fullmatch(r"partition-(\d+)", path.name)
+            if match is None or int(match[1]) >= 2**31:
+                continue
+            written = max((entry.stat().st_mtime for entry in os.scandir(path) if entry.is_file()), default=None)
+            if written is not None and written >= oldest:
+                found.add(int(match[1]))
+        return frozenset(found)
 
     def path(self, partition: int) -> Path:
         """The directory of a partition's store under the data directory."""

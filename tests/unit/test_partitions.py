@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -66,14 +67,18 @@ def test_assign_closes_revoked_stores_and_opens_new_ones(tmp_path: Path) -> None
         later.close()
 
 
-def test_on_disk_names_every_store_directory_held_or_not_and_nothing_else(tmp_path: Path) -> None:
+def test_on_disk_names_the_stores_written_recently_held_or_not_and_nothing_else(tmp_path: Path) -> None:
     held = HeldPartitions(tmp_path)
     assert held.on_disk() == frozenset()  # no state directory yet
-    held.assign([0, 3])
-    held.assign([3])  # 0 closed, its store kept on disk
+    held.assign([0, 3, 5])
+    held.assign([3])  # 0 and 5 closed, their stores kept on disk
     (tmp_path / "state" / "partition-x").mkdir()
     (tmp_path / "state" / "partition-99999999999").mkdir()  # not a Kafka partition number
-    (tmp_path / "state" / "other-7").mkdir()
+    (tmp_path / "state" / "partition-7").mkdir()  # no store in it
+    (tmp_path / "state" / "other-8").mkdir()
+    idle = time.time() - STORE_MAX_IDLE_SECONDS - 60
+    for entry in (tmp_path / "state" / "partition-5").iterdir():  # last written too long ago: rebuilt if opened
+        os.utime(entry, (idle, idle))
     try:
         assert held.on_disk() == frozenset({0, 3})
     finally:
