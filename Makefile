@@ -62,10 +62,11 @@ check: install ## linters, strict mypy and the import contracts of the layout
 
 # The fault-injection suite, then the model-based and fuzz tests with their long
 # hypothesis profile (many more examples and steps than the CI profile of `make test`).
-faults: compile check ## the fault-injection suite alone (also part of `make test`) and the long model/fuzz/assignor search; rewrites docs/reliability.md
+faults: compile check ## the fault-injection suite alone (also part of `make test`) and the long model/fuzz/assignor/lifecycle search; rewrites docs/reliability.md
 	RELIABILITY_REPORT=1 $(PY) -m pytest tests/faults -v
 	HYPOTHESIS_PROFILE=long $(PY) -m pytest tests/unit/test_engine_model.py tests/unit/test_fuzz.py tests/unit/test_assignor.py \
-		tests/integration/test_core_build.py::test_compiled_core_decides_hostile_batches_exactly_as_its_sources
+		tests/integration/test_core_build.py::test_compiled_core_decides_hostile_batches_exactly_as_its_sources \
+		tests/integration/test_lifecycle.py
 
 # By hand, never in `make test` or CI (about 12 minutes). Without the default
 # CHAOS_ARGS the docs are left alone: `make chaos CHAOS_ARGS="--minutes 1"` for a short try.
