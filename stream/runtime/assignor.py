@@ -291,7 +291,12 @@ class CoPartitionedAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  #
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
         """What this member tells the leader when it joins: its topics, and its claim when it has one."""
         held = self._claim or Claim(0, frozenset())
-        claim = Claim(held.epoch, held.numbers, frozenset(self._warm()) - held.numbers)
+        try:
+            warm = frozenset(self._warm())
+        except Exception:  # raised inside aiokafka's join, it would fail the join; the stores are a preference
+            log.warning("could not name the stores on disk; this join names none", exc_info=True)
+            warm = frozenset()
+        claim = Claim(held.epoch, held.numbers, warm - held.numbers)
         user_data = claim.encode() if claim.numbers or claim.warm else b""
         return ConsumerProtocolMemberMetadata(self.version, sorted(topics), user_data)
 

@@ -8,11 +8,11 @@ What is in a store, and how it is brought up to date, is not this module's.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from enum import StrEnum
+from os import scandir  # a name of this module's: tests/unit/test_partitions.py replaces it
 from pathlib import Path
 
 from stream.core.state import PartitionStore
@@ -94,7 +94,7 @@ class HeldPartitions:
             match = re.fullmatch(r"partition-(\d+)", path.name)
             if match is None or int(match[1]) >= 2**31:
                 continue
-            written = max((entry.stat().st_mtime for entry in os.scandir(path) if entry.is_file()), default=None)
+            written = _last_write(path)
             if written is not None and written >= oldest:
                 found.add(int(match[1]))
         return frozenset(found)
@@ -108,3 +108,25 @@ class HeldPartitions:
         for store in self.stores.values():
             store.close()
         self.stores.clear()
+
+
+def _last_write(path: Path) -> float | None:
+    """The newest modification time of the files in `path`; None for none, or for a directory it cannot read.
+
+    Called while a join is sent: an error here would fail the join, so none leaves.
+    RocksDB's background compactions delete files while they are listed.
+    """
+    newest: float | None = None
+    try:
+        with scandir(path) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file():
+                        modified = entry.stat().st_mtime
+                        newest = modified if newest is None else max(newest, modified)
+                except FileNotFoundError:
+                    continue  # deleted since it was listed
+    except OSError as exc:
+        log.warning("cannot read the store directory %s (%s): not named to the assignor", path.name, exc)
+        return None
+    return newest

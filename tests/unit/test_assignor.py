@@ -471,3 +471,12 @@ def test_assign_a_store_only_one_member_has_goes_to_it_before_one_two_have() -> 
     claims = {"w-a": Claim(0, frozenset(), frozenset({0, 1})), "w-b": Claim(0, frozenset(), frozenset({1}))}
     plan = assign_partition_numbers(dict.fromkeys(claims, INPUTS), dict.fromkeys(INPUTS, range(2)), claims)
     assert (numbers_of(plan, "w-a"), numbers_of(plan, "w-b")) == ({0}, {1})
+
+
+def test_assignor_a_join_names_no_stores_when_naming_them_fails() -> None:
+    def broken() -> list[int]:
+        raise OSError("the data directory is gone")
+
+    assignor = CoPartitionedAssignor(broken)
+    run_assignor(CoPartitionedAssignor, {"w-0": assignor}, dict.fromkeys(INPUTS, 2))
+    assert Claim.decode(assignor.metadata(INPUTS).user_data) == Claim(0, frozenset({0, 1}))

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from stream.core.state import StateKind
+from stream.runtime import partitions
 from stream.runtime.partitions import STORE_MAX_IDLE_SECONDS, HeldPartitions, StoreOrigin
 from stream.runtime.store import RocksPartitionStore
 
@@ -83,3 +87,41 @@ def test_on_disk_names_the_stores_written_recently_held_or_not_and_nothing_else(
         assert held.on_disk() == frozenset({0, 3})
     finally:
         held.close()
+
+
+class _Vanished:
+    """A directory entry whose file was deleted between the listing and its stat (a RocksDB compaction)."""
+
+    name = "000042.sst"
+
+    def is_file(self) -> bool:
+        return True
+
+    def stat(self) -> os.stat_result:
+        raise FileNotFoundError(self.name)
+
+
+def test_on_disk_skips_files_deleted_while_listed_and_directories_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Called while a join is sent: an error would fail the join, so none may leave.
+    held = HeldPartitions(tmp_path)
+    held.assign([0, 1])
+    held.assign([])
+    listing = os.scandir
+
+    class Listing(list[Any]):  # iterated, or used as a context manager, like os.scandir's
+        def __enter__(self) -> Listing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    def scandir(path: Path) -> Listing:
+        if Path(path).name == "partition-1":
+            raise PermissionError(13, "Permission denied")
+        with listing(path) as entries:
+            return Listing([_Vanished(), *entries])
+
+    monkeypatch.setattr(partitions, "scandir", scandir)
+    assert held.on_disk() == frozenset({0})
