@@ -211,6 +211,14 @@ async def until_stable(settings: Settings, workers: list[FilterWorker]) -> list[
         ) from None
 
 
+async def populated(bootstrap: str, tmp_path: Path, partitions: int) -> Settings:
+    """Topics of their own with the scenario's population on every partition, for a group to form over."""
+    settings = unique_settings(bootstrap, tmp_path, partitions=partitions)
+    await make_topics(settings)
+    await send_state(settings, Scenario.over(partitions).state())
+    return settings
+
+
 def counts(worker: FilterWorker) -> dict[str, float]:
     """Partitions assigned to `worker` so far, by where their store came from."""
     get = worker.metrics.registry.get_sample_value
@@ -279,9 +287,7 @@ async def test_topology_a_joining_worker_takes_numbers_only_from_those_over_thei
     # afresh it would take 0 and 3 of six, leaving w-1 one of its three numbers. A
     # number that moves is a store rebuilt from the changelogs; the assignor keeps
     # each worker's numbers up to its share.
-    settings = unique_settings(bootstrap, tmp_path, partitions=6)
-    await make_topics(settings)
-    await send_state(settings, Scenario.over(6).state())
+    settings = await populated(bootstrap, tmp_path, 6)
 
     def member(instance: str) -> contextlib.AbstractAsyncContextManager[FilterWorker]:
         return running_worker(replace(settings, data_dir=tmp_path / instance, group_instance_id=instance))
@@ -308,9 +314,7 @@ async def test_topology_a_worker_joining_with_stores_on_its_disk_takes_those_num
     # the stores of 0 and 1 (a pod back on its volume) and names them when it joins:
     # the first gives up those two, not its highest (2 and 3, which the second would
     # rebuild from the changelogs while 0 and 1 wait on its disk).
-    settings = unique_settings(bootstrap, tmp_path, partitions=4)
-    await make_topics(settings)
-    await send_state(settings, Scenario.over(4).state())
+    settings = await populated(bootstrap, tmp_path, 4)
     disk = HeldPartitions(tmp_path / "second")
     disk.assign([0, 1])
     disk.close()
