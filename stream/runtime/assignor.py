@@ -212,17 +212,18 @@ def assign_partition_numbers(
 
     kept = {n for topics in plan.values() for ns in topics.values() for n in ns}
     # Numbers that move go to a member with their store where one has room, the
-    # numbers with the fewest such members first, so that one does not take the
-    # room another could only use warm.
-    rest = sorted(set(topics_of) - kept)
-    while True:
-        choices = {n: [m for m in open_to(n) if n in warm[m]] for n in rest}
-        constrained = [(len(ms), n) for n, ms in choices.items() if ms]
-        if not constrained:
-            break
-        _, number = min(constrained)
-        give(least_loaded(choices[number]), number, topics_of[number])
-        rest.remove(number)
+    # numbers fewer members have first, so that one does not take the room another
+    # could only use warm. One pass, O(numbers x members): it runs on the leader's loop.
+    moving = sorted(set(topics_of) - kept)
+    stored_at = {n: [m for m in whole_holders[n] if n in warm[m]] for n in moving}
+    rest: list[int] = []
+    for number in sorted(moving, key=lambda n: (len(stored_at[n]) or len(members) + 1, n)):
+        room = [m for m in stored_at[number] if held[m] < share[m]]
+        if room:
+            give(least_loaded(room), number, topics_of[number])
+        else:
+            rest.append(number)
+    rest.sort()
 
     split: list[int] = []
     for number in rest:

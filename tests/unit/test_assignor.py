@@ -467,10 +467,11 @@ def test_assignor_a_member_back_after_its_session_takes_its_own_numbers_again() 
 
 
 def test_assign_a_store_only_one_member_has_goes_to_it_before_one_two_have() -> None:
-    # 0 and 1 are to be dealt; w-a has stores of both, w-b of 1 only; one number each.
-    claims = {"w-a": Claim(0, frozenset(), frozenset({0, 1})), "w-b": Claim(0, frozenset(), frozenset({1}))}
+    # 0 and 1 are to be dealt, one number each; w-a has stores of both, w-b of 0 only.
+    # Dealt in their order, w-a would take 0 and w-b rebuild 1.
+    claims = {"w-a": Claim(0, frozenset(), frozenset({0, 1})), "w-b": Claim(0, frozenset(), frozenset({0}))}
     plan = assign_partition_numbers(dict.fromkeys(claims, INPUTS), dict.fromkeys(INPUTS, range(2)), claims)
-    assert (numbers_of(plan, "w-a"), numbers_of(plan, "w-b")) == ({0}, {1})
+    assert (numbers_of(plan, "w-a"), numbers_of(plan, "w-b")) == ({1}, {0})
 
 
 def test_assignor_a_join_names_no_stores_when_naming_them_fails() -> None:
