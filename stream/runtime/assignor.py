@@ -19,13 +19,14 @@ It knows nothing of the worker, the engine or the topics' roles.
 Sticky: a partition moves only when the balance needs it. Each member tells the
 leader, in its join's user data, the numbers it holds and the epoch of the plan that
 gave them (a `Claim`); the leader lets every member keep what it holds up to its
-share, and deals only the rest. A number that moves is a store the new holder
-rebuilds from the changelogs (`partitions.py`, `recovery.py`), and the rebuild of a
-large partition takes as long as reading its compacted topics: a third worker
-joining two on twelve partitions moves four numbers, where dealing them afresh
-moves up to eight (the newcomer first in the order). The leader numbers
-each plan one past the newest epoch claimed: a member that missed a rebalance
-(expelled and back) claims an older epoch, and the current holder keeps the number.
+share, and deals only the rest. A number that moves is a store its new holder
+rebuilds from the changelogs unless it has one on disk (`partitions.py`,
+`recovery.py`), and the rebuild of a large partition takes as long as reading its
+compacted topics: a third worker joining two on twelve partitions moves four
+numbers, where dealing them afresh moves up to eight (the newcomer first in the
+order). The leader numbers each plan one past the newest epoch claimed: a member
+that missed a rebalance (expelled and back) claims an older epoch, and the current
+holder keeps the number.
 A claim also names the stores the member has on disk and does not hold (`warm`): a
 number that must move goes, where the shares leave room, to a member that only
 brings its store up to date (a pod back on its volume after its session ran out),
@@ -40,9 +41,9 @@ assignor does not even run (the broker answers a rejoining static leader as a
 follower, JoinGroup before v9, so it watches no metadata until the next rebalance).
 When a rebalance does run, the order of the members is the broker's name for each
 without its random suffix (`<instance id>-<uuid>`: the instance id), then the whole
-id: numbers no one claims go out in that order, so the same instance ids get the
-same numbers from a fresh start, however often their processes restarted
-(`tests/unit/test_assignor.py`).
+id: numbers no one claims or has a store of go out in that order, so the same
+instance ids get the same numbers from a fresh start on empty disks, however often
+their processes restarted (`tests/unit/test_assignor.py`).
 """
 
 from __future__ import annotations
