@@ -138,13 +138,16 @@ def assign_partition_numbers(
     having a partition p.
 
     Shares: with N numbers over M members, N mod M members hold one more than the
-    others; the larger shares go to the members that claim the most (then the stable
-    order above), so that the fewest numbers move. Each member keeps its claimed
-    numbers up to its share (a number claimed twice stays with the newer epoch, then
-    the first in the stable order; its lowest numbers when it must give some up);
-    every other number goes to the member holding the fewest (ties: the stable
-    order). With the same subscription everywhere, as in this project, counts differ
-    by at most one, and no plan with that balance moves fewer claimed numbers.
+    others. The larger shares go first to members that would keep one more of their
+    own numbers, so that the fewest numbers move, then to members that could take one
+    more whose store they have (then the stable order above). Each member keeps its
+    claimed numbers up to its share (a number claimed twice stays with the newer
+    epoch, then the first in the stable order); one that must give some up gives up
+    first those another member has a store of, then its highest. A number that moves
+    goes to a member with its store and room (the numbers fewer members have first),
+    else to the member under its share holding the fewest (ties: the stable order).
+    With the same subscription everywhere, as in this project, counts differ by at
+    most one, and no plan with that balance moves fewer claimed numbers.
 
     Topics of differing partition counts: the numbers are their union, and a number
     only some topics have goes whole over those. Members of differing subscriptions
@@ -200,10 +203,12 @@ def assign_partition_numbers(
         return any(number in warm[m] for m in whole_holders[number] if m != member)
 
     # A member over its share gives up first the numbers another member has a store of.
+    kept: set[int] = set()
     for member in members:
         keep = sorted(claimed[member], key=lambda n: (warm_elsewhere(n, member), n))[: share[member]]
         for number in sorted(keep):
             give(member, number, topics_of[number])
+        kept.update(keep)
 
     def least_loaded(candidates: Iterable[str]) -> str:
         return min(candidates, key=lambda m: (held[m], rank[m]))
@@ -211,7 +216,6 @@ def assign_partition_numbers(
     def open_to(number: int) -> list[str]:
         return [m for m in whole_holders[number] if held[m] < share[m]]
 
-    kept = {n for topics in plan.values() for ns in topics.values() for n in ns}
     # Numbers that move go to a member with their store where one has room, the
     # numbers fewer members have first, so that one does not take the room another
     # could only use warm. One pass, O(numbers x members): it runs on the leader's loop.

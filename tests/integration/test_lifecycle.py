@@ -6,10 +6,10 @@ wiped), stop one (SIGTERM's path: drain, commit, close), stop one as another joi
 (once the rebalance reaches it), send content, objections, withdrawals and profile
 changes, or let the group settle. The workers run on an event loop of their own
 thread, so a step lands wherever the others are: in a batch, a rebalance, a
-recovery. Each stop must end well within the shutdown timeout (with the stop of
-6f3de19 undone, which held the loop's lock while closing the consumer, it finds
-`start, stop` in 10 runs), and no worker's loop may end in an error. Each
-run ends with one worker at least, markers on every partition consumed, and the
+recovery. Each stop must end well within the shutdown timeout (a stop that held
+the loop's lock while closing the consumer would wait for the rebalance listener,
+and fails here as `start, stop`), and no worker's loop may end in an error. Each run
+ends with one worker at least, markers on every partition consumed, and the
 independent verifier over the inputs and the compacted feed: zero violations, zero
 losses. Chaos (`make chaos`) searches the same with processes and kill -9; this one
 shrinks what it finds to the fewest steps.
