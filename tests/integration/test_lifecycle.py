@@ -21,7 +21,6 @@ Bounded for `make test` (10 runs of up to 15 steps, ~2 s a run); HYPOTHESIS_PROF
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import shutil
 import threading
@@ -77,12 +76,17 @@ async def spawn(worker: FilterWorker) -> asyncio.Task[None]:
 
 
 def stack(task: asyncio.Task[None]) -> str:
-    """Where a worker's loop is, or how it ended: for the failure message."""
+    """Where a worker's loop is (each coroutine down to the future awaited), or how it ended: for failure messages."""
     if task.done():
         return repr(task.exception())
-    out = io.StringIO()
-    task.print_stack(file=out)
-    return out.getvalue()
+    where: list[str] = []
+    awaiting: Any = task.get_coro()
+    while awaiting is not None:  # a coroutine's frame, then what it awaits, down to a future
+        frame = getattr(awaiting, "cr_frame", None)
+        if frame is not None:
+            where.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        awaiting = getattr(awaiting, "cr_await", None)
+    return "\n".join(where) or repr(task)
 
 
 class Lifecycle(RuleBasedStateMachine):

@@ -7,12 +7,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import shutil
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from stream.config import Settings
 from stream.core.state import StateKind
 from stream.runtime.assignor import CoPartitionedAssignor
 from stream.runtime.store import RocksPartitionStore
@@ -346,6 +350,86 @@ async def test_worker_recovery_that_ends_as_the_stop_begins_leaves_it_not_ready(
     await asyncio.wait_for(running, 10)
     assert ready_while_closing == [False]
     assert not worker.is_ready
+
+
+async def test_worker_stop_ends_its_loop_when_the_rebalance_in_flight_ends_without_an_assignment(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    # While a rebalance is in flight, aiokafka's getmany waits for the next assignment,
+    # and closing the consumer does not wake it when that rebalance ends without one.
+    # Here the worker joins a group whose leader is still planning when a third member
+    # joins: the worker's sync fails, its closing coordinator does not join again, and
+    # no assignment ever comes. The stop must end the loop all the same (the lifecycle
+    # search found this as a loop still running after its stop).
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    assigning, go = threading.Event(), threading.Event()
+
+    class HeldPlan(CoPartitionedAssignor):
+        """The leader's assignor; the first plan for more than one member blocks its thread until told."""
+
+        @classmethod
+        def assign(cls, cluster: Any, members: Mapping[str, Any]) -> Any:
+            if len(members) > 1 and not assigning.is_set():
+                assigning.set()
+                go.wait(60)
+            return super().assign(cluster, members)
+
+    def member(assignor: CoPartitionedAssignor) -> AIOKafkaConsumer:  # created in the loop it runs in
+        return AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            partition_assignment_strategy=(assignor,),
+        )
+
+    with _loop_in_a_thread() as leader_loop:  # blocked while it plans, so in a thread of its own
+        leader: AIOKafkaConsumer = _run_in(leader_loop, _assigned(lambda: member(HeldPlan()), settings))
+        worker = build_worker(settings)
+        third = member(CoPartitionedAssignor())
+        try:
+            await worker.start()
+            running = asyncio.create_task(worker.run())
+            await asyncio.to_thread(assigning.wait, 60)  # the worker waits in the join for the leader's plan
+            stopping = asyncio.create_task(worker.stop())
+            await third.start()
+            third.subscribe(list(settings.topics.inputs()))  # the group rebalances again: the worker's sync fails
+            await asyncio.wait_for(stopping, 30)
+            go.set()
+            ended, _ = await asyncio.wait({running}, timeout=10)  # not wait_for: its cancel would end the loop
+            assert ended, "the worker's loop runs on after its stop"
+            running.result()  # and it ended without an error
+        finally:
+            go.set()
+            await third.stop()
+            _run_in(leader_loop, leader.stop())
+
+
+@contextlib.contextmanager
+def _loop_in_a_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+
+
+def _run_in(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+
+
+async def _assigned(new: Callable[[], AIOKafkaConsumer], settings: Settings) -> AIOKafkaConsumer:
+    """A consumer made in the running loop, started and subscribed to the inputs, once it holds partitions."""
+    consumer = new()
+    await consumer.start()
+    consumer.subscribe(list(settings.topics.inputs()))
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=200)
+    return consumer
 
 
 async def _poll_forever(consumer: AIOKafkaConsumer) -> None:
