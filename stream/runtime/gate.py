@@ -89,7 +89,9 @@ class FreshnessGate:
         state: list[InputRecord] = []
         content: list[InputRecord] = []
         if taken < limit and self._content_age_ms(gated) >= TOP_UP_AFTER_MS:
-            fetched = await consumer.getmany(timeout_ms=TOP_UP_WAIT_MS, max_records=limit - taken)
+            fetched = await self._interruption.read(
+                consumer.getmany, timeout_ms=TOP_UP_WAIT_MS, max_records=limit - taken
+            )
             self._intake.sort(fetched, state, content, gated)
         ends, unproven = self.snapshot_ends(gated)
         if unproven:
@@ -109,7 +111,9 @@ class FreshnessGate:
                     f"freshness gate: {len(lagging)} state partitions got no record for "
                     f"{self._stall_seconds:.0f} s below their end offsets"
                 )
-            fetched = await consumer.getmany(*lagging, timeout_ms=LAGGING_READ_WAIT_MS, max_records=GATE_READ_RECORDS)
+            fetched = await self._interruption.read(
+                consumer.getmany, *lagging, timeout_ms=LAGGING_READ_WAIT_MS, max_records=GATE_READ_RECORDS
+            )
             if any(fetched.values()):
                 progressed = self._clock()
             self._intake.sort(fetched, state, content, gated)

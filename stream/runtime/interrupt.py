@@ -1,12 +1,27 @@
-"""Whether the batch in hand may go on: a stop or a starting rebalance makes it give up, uncommitted.
+"""Whether the batch in hand may go on, and the loop's waits that a stop or a starting rebalance cuts short.
 
-The parts that wait for records (the freshness gate, the recovery replay, the
-re-evaluation pass) check it between reads, so the rebalance's callback, which waits
-for the loop's lock, is not held up: the batch given up is replayed by whoever owns
-its partitions next. This module owns only the flags, not what they interrupt.
+A stop or a starting rebalance makes the batch in hand give up, uncommitted: the
+rebalance's callback and the stop wait for the loop's lock, and the batch given up
+is replayed by whoever owns its partitions next. The parts that work in steps (the
+freshness gate, the recovery replay, the re-evaluation pass) `check` between steps.
+
+A wait for records cannot be left to end by itself. Once a rebalance has begun,
+aiokafka's getmany waits for the next assignment, and a getmany already waiting goes
+back to that wait when records arrive. So a read under the loop's lock (`read`)
+would deadlock the revocation, which waits for that lock; and the loop's own fetch
+(`idle`) would run on after a stop, since closing the consumer does not wake that
+wait when the rebalance ends without an assignment. Both are cut short by cancelling
+the loop's task inside the wait, and only there: the cancel is taken back once
+it has landed, so the task's owner sees none of it.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class GiveUp(Exception):
@@ -14,11 +29,14 @@ class GiveUp(Exception):
 
 
 class Interruption:
-    """Set by a stop (for good) or by a starting rebalance (until its assignment); read by the loop's parts."""
+    """Set by a stop (for good) or by a starting rebalance (until its assignment); the loop's waits go through it."""
 
     def __init__(self) -> None:
         self._stopping = False
         self._rebalancing = False
+        # The task in a wait that may be cut, and whether a starting rebalance cuts it too.
+        self._waiting: tuple[asyncio.Task[object], bool] | None = None
+        self._cutting = False
 
     @property
     def stopping(self) -> bool:
@@ -31,15 +49,17 @@ class Interruption:
         return self._stopping or self._rebalancing
 
     def stop(self) -> None:
-        """Ask the batch in hand to give up at its next wait: the worker is stopping."""
+        """The worker is stopping: the batch in hand gives up, and any wait of the loop's is cut short."""
         self._stopping = True
+        self._cut(by_rebalance=False)
 
     def rebalance_started(self) -> None:
-        """A rebalance began: waits for records give up so the revocation is not blocked."""
+        """A rebalance began: the batch in hand gives up, and a read under the loop's lock is cut short."""
         self._rebalancing = True
+        self._cut(by_rebalance=True)
 
     def rebalance_ended(self) -> None:
-        """The rebalance is over: waits for records go on again."""
+        """The rebalance is over: reads go on again."""
         self._rebalancing = False
 
     def check(self) -> None:
@@ -48,3 +68,46 @@ class Interruption:
             raise GiveUp("rebalance started")
         if self._stopping:
             raise GiveUp("stopping")
+
+    async def read(self, reading: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """`reading(*args, **kwargs)`: records read under the loop's lock; `GiveUp` if a rebalance or a stop cuts in."""
+        self.check()  # the read starts in this same step: no rebalance can begin in between
+        done, result = await self._wait(reading(*args, **kwargs), cut_by_rebalance=True)
+        if not done:
+            self.check()
+            raise GiveUp("rebalance started")  # and ended while the read was being cut
+        return result  # type: ignore[return-value]  # done: the read's own result
+
+    async def idle(self, waiting: Awaitable[T]) -> T | None:
+        """A wait of the loop's that holds no batch (its fetch, a back-off): None if a stop cuts it short."""
+        _done, result = await self._wait(waiting, cut_by_rebalance=False)
+        return result
+
+    async def _wait(self, waiting: Awaitable[T], *, cut_by_rebalance: bool) -> tuple[bool, T | None]:
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to cancel, the wait runs to its end
+            return True, await waiting
+        self._waiting = (task, cut_by_rebalance)
+        try:
+            result = await waiting
+        except asyncio.CancelledError:
+            if self._cutting:
+                self._cutting = False
+                if task.uncancel() == 0:  # the cut's cancel alone: taken back
+                    return False, None
+            raise  # the task's owner cancelled it too
+        else:
+            if self._cutting:  # the wait swallowed the cut's cancel: take it back all the same
+                self._cutting = False
+                task.uncancel()
+            return True, result
+        finally:
+            self._waiting = None
+
+    def _cut(self, *, by_rebalance: bool) -> None:
+        if self._waiting is None or self._cutting:
+            return
+        task, cut_by_rebalance = self._waiting
+        if (cut_by_rebalance or not by_rebalance) and task is not asyncio.current_task():
+            self._cutting = True
+            task.cancel()

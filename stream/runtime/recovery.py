@@ -151,7 +151,9 @@ class Recovery:
             lagging = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
             if not lagging:
                 return
-            fetched = await consumer.getmany(*lagging, timeout_ms=LAGGING_READ_WAIT_MS, max_records=REPLAY_READ_RECORDS)
+            fetched = await self._interruption.read(
+                consumer.getmany, *lagging, timeout_ms=LAGGING_READ_WAIT_MS, max_records=REPLAY_READ_RECORDS
+            )
             records: list[InputRecord] = []
             for tp in lagging:
                 got = fetched.get(tp, [])

@@ -25,17 +25,17 @@ in a module of its own: `intake` (a fetch sorted into a batch), `recovery`, `gat
 (the freshness gate), `cycle` (decide and perform in the crash-safe order, with
 `sender`, `writer` and `offsets`), `deferrals` (the timer), `gauges`, `rebalance`
 (the listener), `partitions` (the held stores), `health` (readiness, replays),
-`interrupt` (giving a batch up) and `membership` (another process under this
-worker's static instance id stops it).
+`interrupt` (giving a batch up, cutting a wait short) and `membership` (another
+process under this worker's static instance id stops it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -62,8 +62,6 @@ from stream.runtime.sender import OutputSender
 from stream.runtime.writer import StoreWriter
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +98,6 @@ class FilterWorker:
         self._health = Health(metrics)
         self._replays = Replays(self._health, metrics)
         self._parts: _Parts | None = None
-        # The task of `run()`, and whether it is in a wait a stop cuts short (`_cuttable`).
-        self._runner: asyncio.Task[None] | None = None
-        self._in_cuttable_wait = False
-        self._wait_cut = False
 
     @property
     def ready(self) -> bool:
@@ -157,16 +151,8 @@ class FilterWorker:
 
     async def stop(self) -> None:
         """Finish the batch in hand, commit it, and close: the graceful drain of SIGTERM."""
-        self._interruption.stop()
+        self._interruption.stop()  # and the loop's wait for records or a back-off is cut short
         self._health.set_ready(False)  # from the signal on: a stopping worker decides nothing more
-        if self._in_cuttable_wait and self._runner is not None:
-            # The loop waits for records or a back-off, holding no batch: cut it short.
-            # A fetch must not be left to end by itself: while a rebalance is in flight,
-            # aiokafka's getmany waits for the next assignment, and closing the consumer
-            # does not wake it when that rebalance ends without one (the loop would run on
-            # after the stop, for ever).
-            self._wait_cut = True
-            self._runner.cancel()
         async with self._lock:
             parts = self._parts
             if parts is not None:
@@ -188,48 +174,28 @@ class FilterWorker:
             raise RuntimeError("FilterWorker.run() before start()")
         # Static membership: another process under our instance id ends this worker (membership.py).
         watch = MembershipWatch(self.settings.group_id, self.settings.group_instance_id)
-        self._runner = asyncio.current_task()
-        try:
-            while not self._interruption.stopping:
-                try:
-                    watch.check(membership(parts.consumer))
-                except InstanceIdConflict as conflict:
-                    log.critical("%s", conflict)
-                    raise
-                try:
-                    await self._poll_once(parts)
-                    self._replays.succeeded()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the one place a batch's failure is caught: replay, never drop
-                    if self._interruption.stopping:
-                        break
-                    delay = self._replays.failed(exc)
-                    await self._rewind(parts)
-                    await self._cuttable(asyncio.sleep(delay))
-        finally:
-            self._runner = None
-
-    async def _cuttable(self, waiting: Awaitable[T]) -> T | None:
-        """Await a wait of the loop's that holds no lock and no batch; a stop cuts it short, and then it is None."""
-        self._in_cuttable_wait = True
-        try:
-            return await waiting
-        except asyncio.CancelledError:
-            # The stop's cancel is taken back; any other (the task's owner's) goes on.
-            runner = asyncio.current_task()
-            if self._wait_cut and runner is not None:
-                self._wait_cut = False
-                if runner.uncancel() == 0:
-                    return None
-            raise
-        finally:
-            self._in_cuttable_wait = False
+        while not self._interruption.stopping:
+            try:
+                watch.check(membership(parts.consumer))
+            except InstanceIdConflict as conflict:
+                log.critical("%s", conflict)
+                raise
+            try:
+                await self._poll_once(parts)
+                self._replays.succeeded()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the one place a batch's failure is caught: replay, never drop
+                if self._interruption.stopping:
+                    break
+                delay = self._replays.failed(exc)
+                await self._rewind(parts)
+                await self._interruption.idle(asyncio.sleep(delay))
 
     # -- the loop ------------------------------------------------------------------
 
     async def _poll_once(self, parts: _Parts) -> None:
-        fetched = await self._cuttable(
+        fetched = await self._interruption.idle(
             parts.consumer.getmany(timeout_ms=POLL_WAIT_MS, max_records=self.settings.max_batch)
         )
         if fetched is None:  # cut short by a stop

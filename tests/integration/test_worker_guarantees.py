@@ -8,7 +8,7 @@ import contextlib
 import datetime as dt
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from stream.config import Settings
 from stream.core.state import StateKind
 from stream.runtime.assignor import CoPartitionedAssignor
+from stream.runtime.rebalance import RebalanceListener
 from stream.runtime.store import RocksPartitionStore
 
 from .harness import (
@@ -403,6 +404,64 @@ async def test_worker_stop_ends_its_loop_when_the_rebalance_in_flight_ends_witho
             go.set()
             await third.stop()
             _run_in(leader_loop, leader.stop())
+
+
+async def test_worker_read_under_the_loops_lock_gives_way_to_a_rebalance(
+    bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The recovery and the freshness gate read state partitions under the loop's lock.
+    # Once a rebalance has begun, aiokafka's getmany waits for the next assignment (a
+    # read already waiting goes back to that wait when records arrive), and the
+    # revocation waits for the lock: a read left to itself deadlocks the rebalance, and
+    # the worker with it. The start of a rebalance cuts the read short: the batch is
+    # given up, uncommitted, and the rebalance goes on.
+    settings = replace(unique_settings(bootstrap, tmp_path), max_batch=1)  # the recovery must read the rest
+    await make_topics(settings)
+    await send(settings, settings.topics.profiles, [profile(f"acct-{i}") for i in range(40)])
+    revoking = asyncio.Event()
+    revoke = RebalanceListener.on_partitions_revoked
+
+    async def revoking_partitions(listener: RebalanceListener, revoked: Sequence[TopicPartition]) -> None:
+        if revoked:  # not the first join's empty revocation
+            revoking.set()
+        await revoke(listener, revoked)
+
+    monkeypatch.setattr(RebalanceListener, "on_partitions_revoked", revoking_partitions)
+    worker = build_worker(settings)
+    await worker.start()
+    consumer = worker.consumer
+    assert consumer is not None
+    reading = consumer.getmany
+    joiner = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        partition_assignment_strategy=(CoPartitionedAssignor(),),
+    )
+    joined: list[asyncio.Task[AIOKafkaConsumer]] = []
+
+    async def read_as_another_member_joins(*partitions: TopicPartition, **options: Any) -> Any:
+        if partitions and not joined:  # a read of state partitions, under the loop's lock
+            joined.append(asyncio.create_task(_assigned(lambda: joiner, settings)))
+            await revoking.wait()  # the rebalance has begun: its revocation waits for the lock
+        return await reading(*partitions, **options)
+
+    consumer.getmany = read_as_another_member_joins  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.run())
+    try:
+        await until(lambda: bool(joined))
+        await asyncio.wait_for(asyncio.shield(joined[0]), 60)  # the rebalance completed: the joiner holds partitions
+        await until(lambda: worker.is_ready)  # and the worker recovered its own
+        assert worker.assigned and len(worker.assigned) < settings.partitions
+    finally:  # bounded: deadlocked, neither the worker's stop nor the joiner's would end
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.stop(), 30)
+        ended, _ = await asyncio.wait({running}, timeout=10)
+        for task in joined:
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(joiner.stop(), 30)
+    assert ended
 
 
 @contextlib.contextmanager

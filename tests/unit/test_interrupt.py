@@ -1,0 +1,174 @@
+"""The loop's waits and what cuts them short: a stop cuts any, a starting rebalance only a read under the lock.
+
+On the real broker: tests/integration/test_worker_guarantees.py (a read that gives way
+to a rebalance, a stop that ends the loop while the rebalance in flight never assigns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream.runtime.interrupt import GiveUp, Interruption
+
+
+async def _forever() -> dict[str, int]:
+    """A read that never ends by itself: aiokafka's getmany waiting for an assignment."""
+    await asyncio.get_running_loop().create_future()
+    raise AssertionError("unreachable")
+
+
+async def _in_wait(task: asyncio.Task[object]) -> None:
+    """Let the task reach its wait."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not task.done()
+
+
+async def test_read_cut_by_a_starting_rebalance_gives_up_and_leaves_the_task_uncancelled() -> None:
+    interruption = Interruption()
+    cancelling: list[int] = []
+
+    async def batch() -> None:
+        try:
+            await interruption.read(_forever)
+        finally:
+            task = asyncio.current_task()
+            assert task is not None
+            cancelling.append(task.cancelling())
+
+    task = asyncio.create_task(batch())
+    await _in_wait(task)
+    interruption.rebalance_started()
+    with pytest.raises(GiveUp, match="rebalance"):
+        await task
+    assert cancelling == [0]  # the cut's cancel was taken back: the owner sees none of it
+
+
+async def test_read_cut_by_a_stop_gives_up() -> None:
+    interruption = Interruption()
+    task = asyncio.create_task(interruption.read(_forever))
+    await _in_wait(task)  # type: ignore[arg-type]
+    interruption.stop()
+    with pytest.raises(GiveUp, match="stopping"):
+        await task
+
+
+async def test_read_after_a_rebalance_began_gives_up_without_reading() -> None:
+    interruption = Interruption()
+    interruption.rebalance_started()
+    called: list[bool] = []
+
+    async def reading() -> int:
+        called.append(True)
+        return 1
+
+    with pytest.raises(GiveUp):
+        await interruption.read(reading)
+    assert called == []
+
+
+async def test_read_passes_its_arguments_and_returns_what_it_read() -> None:
+    async def reading(*partitions: int, limit: int) -> list[int]:
+        return [*partitions, limit]
+
+    assert await Interruption().read(reading, 1, 2, limit=3) == [1, 2, 3]
+
+
+async def test_idle_wait_is_cut_by_a_stop_not_by_a_rebalance() -> None:
+    interruption = Interruption()
+    task = asyncio.create_task(interruption.idle(_forever()))
+    await _in_wait(task)  # type: ignore[arg-type]
+    interruption.rebalance_started()  # the loop's fetch waits out a rebalance: it holds no batch
+    await _in_wait(task)  # type: ignore[arg-type]
+    interruption.stop()
+    assert await task is None
+
+
+async def test_idle_wait_that_ends_by_itself_returns_its_result() -> None:
+    async def fetched() -> dict[str, int]:
+        return {"records": 3}
+
+    assert await Interruption().idle(fetched()) == {"records": 3}
+
+
+async def test_owners_cancel_during_a_cut_is_not_swallowed() -> None:
+    interruption = Interruption()
+    task = asyncio.create_task(interruption.read(_forever))
+    await _in_wait(task)  # type: ignore[arg-type]
+    interruption.rebalance_started()
+    task.cancel()  # the owner cancels in the same step: both cancels land together
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_wait_after_a_cut_is_still_cut_and_an_owners_cancel_later_still_cancels() -> None:
+    interruption = Interruption()
+    first = asyncio.create_task(interruption.read(_forever))
+    await _in_wait(first)  # type: ignore[arg-type]
+    interruption.rebalance_started()
+    with pytest.raises(GiveUp):
+        await first
+    interruption.rebalance_ended()
+    second = asyncio.create_task(interruption.idle(_forever()))
+    await _in_wait(second)  # type: ignore[arg-type]
+    second.cancel()  # no cut pending: the owner's cancel is the owner's
+    with pytest.raises(asyncio.CancelledError):
+        await second
+
+
+Step = Callable[[Interruption, "asyncio.Task[object]"], None]
+STEPS: dict[str, Step] = {
+    "rebalance_started": lambda i, t: i.rebalance_started(),
+    "rebalance_ended": lambda i, t: i.rebalance_ended(),
+    "stop": lambda i, t: i.stop(),
+    "owner_cancel": lambda i, t: t.cancel(),
+}
+
+
+@given(
+    read=st.booleans(),
+    steps=st.lists(st.lists(st.sampled_from(sorted(STEPS)), min_size=1, max_size=3), max_size=4),
+)
+def test_any_order_of_stops_rebalances_and_cancels_ends_a_wait_as_the_model_says(
+    read: bool, steps: list[list[str]]
+) -> None:
+    """Each inner list runs in one step of the loop, then the wait gets its turn; the model says how it ends."""
+    # The model: a cancel by the owner always wins; else a stop cuts any wait and a
+    # starting rebalance cuts a read (each as of the step it happens in); else it waits on.
+    expected = "waiting"
+    for batch in steps:
+        if "owner_cancel" in batch:
+            expected = "cancelled"
+            break
+        if "stop" in batch or (read and "rebalance_started" in batch):
+            expected = "given up" if read else "none"
+            break
+
+    async def scenario() -> str:
+        interruption = Interruption()
+        waiting = interruption.read(_forever) if read else interruption.idle(_forever())
+        task: asyncio.Task[object] = asyncio.create_task(waiting)  # type: ignore[arg-type]
+        await _in_wait(task)
+        for batch in steps:
+            for step in batch:
+                STEPS[step](interruption, task)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if task.done():
+                break
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return "waiting"
+        if task.cancelled():
+            return "cancelled"
+        if isinstance(task.exception(), GiveUp):
+            return "given up"
+        return "none" if task.result() is None else "other"
+
+    assert asyncio.run(scenario()) == expected
