@@ -6,13 +6,16 @@ to a rebalance, a stop that ends the loop while the rebalance in flight never as
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream.runtime import interrupt
 from stream.runtime.interrupt import GiveUp, Interruption
 
 
@@ -172,3 +175,43 @@ def test_any_order_of_stops_rebalances_and_cancels_ends_a_wait_as_the_model_says
         return "none" if task.result() is None else "other"
 
     assert asyncio.run(scenario()) == expected
+
+
+def _fetches_outside_the_interruption(source: str) -> list[int]:
+    """Lines of `source` that name a consumer's `getmany` other than inside `.read(...)` or `.idle(...)`.
+
+    The changelog reader of the recovery is exempt: it is assigned its partitions by
+    hand, in no group, so no rebalance makes it wait.
+    """
+    tree = ast.parse(source)
+    allowed: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in {"read", "idle"}:
+            for argument in node.args:
+                allowed.update(id(inner) for inner in ast.walk(argument))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "getmany"
+        and id(node) not in allowed
+        and not (isinstance(node.value, ast.Name) and node.value.id == "reader")
+    ]
+
+
+def test_every_fetch_of_the_group_consumer_goes_through_the_interruption() -> None:
+    # A getmany of the group's consumer left to end by itself deadlocks a rebalance
+    # under the loop's lock, or outlives a stop (module docstring of interrupt.py).
+    runtime = Path(interrupt.__file__).parent
+    found = {
+        path.name: lines
+        for path in sorted(runtime.glob("*.py"))
+        if (lines := _fetches_outside_the_interruption(path.read_text(encoding="utf-8")))
+    }
+    assert found == {}
+
+
+def test_the_fetch_check_finds_a_fetch_left_to_itself() -> None:
+    assert _fetches_outside_the_interruption("async def f(c, i):\n    await c.getmany(timeout_ms=5)\n") == [2]
+    assert _fetches_outside_the_interruption("async def f(c, i):\n    await i.read(c.getmany, timeout_ms=5)\n") == []
+    assert _fetches_outside_the_interruption("async def f(c, i):\n    await i.idle(c.getmany(timeout_ms=5))\n") == []
