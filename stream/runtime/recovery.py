@@ -5,8 +5,9 @@ Three steps, in order (docs/design.md, "Recovery and rebalances"): our changelog
 offset to their end; the profile and objection history replayed from the store's
 offsets to the end offsets as of now, applying state only; then one pass judging
 every held and published item by the final state (the re-evaluation), repeated if a
-crash interrupted it (a durable flag, `REEVALUATE_KEY`). Gives up (`GiveUp`) between
-reads when a stop or a rebalance begins.
+crash interrupted it (a durable flag, `REEVALUATE_KEY`). Gives up (`GiveUp`) at its
+next read, or in the read in hand, when a stop or a rebalance begins; each step keeps
+what it applied with its offsets, so the next recovery resumes there.
 """
 
 from __future__ import annotations
@@ -125,8 +126,11 @@ class Recovery:
                 reader.seek(tp, self._stores[p].next_offset(self._changelog_kinds[tp.topic]))
             pending = [tp for tp in tps if await reader.position(tp) < ends[tp]]
             while pending:
-                fetched = await reader.getmany(
-                    *pending, timeout_ms=LAGGING_READ_WAIT_MS, max_records=RESTORE_READ_RECORDS
+                # A stop or a rebalance waits for no whole restore (minutes on a large
+                # partition): what was applied stays with its offsets, and the next
+                # recovery resumes there.
+                fetched = await self._interruption.read(
+                    reader.getmany, *pending, timeout_ms=LAGGING_READ_WAIT_MS, max_records=RESTORE_READ_RECORDS
                 )
                 for tp, records in fetched.items():
                     kind = self._changelog_kinds[tp.topic]

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.config import Settings
 from stream.core.state import StateKind
+from stream.runtime import recovery
 from stream.runtime.assignor import CoPartitionedAssignor
 from stream.runtime.rebalance import RebalanceListener
 from stream.runtime.store import RocksPartitionStore
@@ -462,6 +463,56 @@ async def test_worker_read_under_the_loops_lock_gives_way_to_a_rebalance(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(joiner.stop(), 30)
     assert ended
+
+
+async def test_worker_changelog_restore_gives_way_to_a_stop_and_resumes_where_it_was(
+    bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Restoring a wiped store from its changelogs holds the loop's lock; a restore
+    # of a large partition takes minutes, and a stop or a rebalance (the whole group
+    # waits in it) must not wait for all of it. The restore gives way at its next read,
+    # and what it applied stays with its offsets: the next recovery resumes there.
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    await send(settings, settings.topics.profiles, [profile("a-gb")])
+    await send(settings, settings.topics.content, [upsert(f"c-{i}", "a-gb") for i in range(60)])
+    async with running_worker(settings):
+        await read_until(settings, settings.topics.published, 60)
+        await content_consumed(settings)
+    shutil.rmtree(settings.data_dir)
+
+    monkeypatch.setattr(recovery, "RESTORE_READ_RECORDS", 5)  # 60 entries: at least 12 reads
+    worker = build_worker(settings)
+    reads: list[int] = []
+    stopping: list[asyncio.Task[None]] = []
+
+    class StoppedAtTheThirdRead(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka ships no types
+        async def getmany(self, *partitions: TopicPartition, **options: Any) -> Any:
+            reads.append(len(partitions))
+            if len(reads) == 3:  # two reads applied
+                stopping.append(asyncio.create_task(worker.stop()))
+            return await super().getmany(*partitions, **options)
+
+    monkeypatch.setattr(recovery, "AIOKafkaConsumer", StoppedAtTheThirdRead)
+    await worker.start()
+    running = asyncio.create_task(worker.run())
+    await until(lambda: bool(stopping))
+    await asyncio.wait_for(stopping[0], 30)
+    ended, _ = await asyncio.wait({running}, timeout=10)
+    assert ended
+    assert len(reads) == 3  # the stop cut the third read short: it did not wait for the whole restore
+    monkeypatch.undo()
+
+    partition = next(p for p in range(settings.partitions) if (settings.data_dir / "state" / f"partition-{p}").exists())
+    store = RocksPartitionStore(settings.data_dir / "state" / f"partition-{partition}")
+    try:
+        assert 0 < store.next_offset(StateKind.PUBLISHED) < 60  # what was applied stays, with its offset
+    finally:
+        store.close()
+    async with running_worker(settings) as resumed:  # the next recovery resumes there, to the end
+        await until(lambda: resumed.is_ready)
+        store_now = resumed.store(partition)
+        assert store_now is not None and store_now.next_offset(StateKind.PUBLISHED) == 60
 
 
 @contextlib.contextmanager
