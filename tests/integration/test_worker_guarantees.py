@@ -503,16 +503,40 @@ async def test_worker_changelog_restore_gives_way_to_a_stop_and_resumes_where_it
     assert len(reads) == 3  # the stop cut the third read short: it did not wait for the whole restore
     monkeypatch.undo()
 
-    partition = next(p for p in range(settings.partitions) if (settings.data_dir / "state" / f"partition-{p}").exists())
-    store = RocksPartitionStore(settings.data_dir / "state" / f"partition-{partition}")
-    try:
-        assert 0 < store.next_offset(StateKind.PUBLISHED) < 60  # what was applied stays, with its offset
-    finally:
-        store.close()
+    changelogs = {
+        StateKind.PUBLISHED: settings.topics.published,
+        StateKind.DEFERRED: settings.topics.deferred,
+        StateKind.ITEMS: settings.topics.items,
+    }
+    ends = await _end_offsets(settings, list(changelogs.values()))
+    applied = 0
+    for p in range(settings.partitions):
+        store = RocksPartitionStore(settings.data_dir / "state" / f"partition-{p}")
+        try:
+            applied += sum(store.next_offset(kind) for kind in changelogs)
+        finally:
+            store.close()
+    assert 0 < applied < sum(ends.values())  # what the two reads applied stays, with its offsets
     async with running_worker(settings) as resumed:  # the next recovery resumes there, to the end
         await until(lambda: resumed.is_ready)
-        store_now = resumed.store(partition)
-        assert store_now is not None and store_now.next_offset(StateKind.PUBLISHED) == 60
+        restored = {
+            TopicPartition(topic, p): store.next_offset(kind)
+            for p in range(settings.partitions)
+            if (store := resumed.store(p)) is not None
+            for kind, topic in changelogs.items()
+        }
+        assert restored == ends
+
+
+async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        return dict(
+            await consumer.end_offsets([TopicPartition(t, p) for t in topics for p in range(settings.partitions)])
+        )
+    finally:
+        await consumer.stop()
 
 
 @contextlib.contextmanager
