@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -326,3 +327,17 @@ async def content_consumed(settings: Settings, timeout: float = 120.0) -> None:
                 await asyncio.sleep(0.2)  # polling the committed offsets, not a guess at timing
     finally:
         await consumer.stop()
+
+
+@contextlib.contextmanager
+def loop_in_a_thread(name: str) -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in a thread of its own: for clients that must not share the test's loop."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=f"{name}-loop", daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import threading
 import uuid
 from collections.abc import Coroutine, Iterator
 from dataclasses import replace
@@ -39,7 +38,16 @@ from stream.config import Settings
 from stream.runtime.worker import FilterWorker
 from stream.verifier.verify import render, verify
 
-from .harness import build_worker, content_consumed, make_topics, send, send_markers, unique_settings, until
+from .harness import (
+    build_worker,
+    content_consumed,
+    loop_in_a_thread,
+    make_topics,
+    send,
+    send_markers,
+    unique_settings,
+    until,
+)
 from .test_filter_scenario import objection, profile, upsert
 from .test_topology import send_state
 
@@ -59,15 +67,8 @@ STEP_SECONDS = 120.0
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     """An event loop running in a thread of its own, for the workers; the machine's steps submit to it."""
-    running = asyncio.new_event_loop()
-    thread = threading.Thread(target=running.run_forever, name="lifecycle-loop", daemon=True)
-    thread.start()
-    try:
+    with loop_in_a_thread("lifecycle") as running:
         yield running
-    finally:
-        running.call_soon_threadsafe(running.stop)
-        thread.join(30)
-        running.close()
 
 
 async def spawn(worker: FilterWorker) -> asyncio.Task[None]:

@@ -8,7 +8,7 @@ import contextlib
 import datetime as dt
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from .harness import (
     content_consumed,
     js,
     latest_by_key,
+    loop_in_a_thread,
     make_topics,
     read_all,
     read_until,
@@ -138,21 +139,10 @@ async def test_worker_records_its_own_changelog_offsets_so_a_restart_reads_none_
     bootstrap: str, tmp_path: Path
 ) -> None:
     settings = unique_settings(bootstrap, tmp_path)
-    await make_topics(settings)
-    await send(settings, settings.topics.profiles, [profile("a-gb")])
-    await send(settings, settings.topics.content, [upsert(f"c-{i}", "a-gb") for i in range(5)])
-    async with running_worker(settings):
-        await read_until(settings, settings.topics.published, 5)
-        await content_consumed(settings)  # committed only after the batch's store writes
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.topics.published, p) for p in range(settings.partitions)]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
+    await _published_by_a_worker(settings, 5)
+    ends = await _end_offsets(settings, [settings.topics.published])
     assert sum(ends.values()) == 5
-    for tp in tps:
+    for tp in ends:
         store = RocksPartitionStore(settings.data_dir / "state" / f"partition-{tp.partition}")
         try:
             # The store already holds what it wrote: a restart resumes the changelog at its end.
@@ -385,7 +375,7 @@ async def test_worker_stop_ends_its_loop_when_the_rebalance_in_flight_ends_witho
             partition_assignment_strategy=(assignor,),
         )
 
-    with _loop_in_a_thread() as leader_loop:  # blocked while it plans, so in a thread of its own
+    with loop_in_a_thread("leader") as leader_loop:  # blocked while it plans, so in a thread of its own
         leader: AIOKafkaConsumer = _run_in(leader_loop, _assigned(lambda: member(HeldPlan()), settings))
         worker = build_worker(settings)
         third = member(CoPartitionedAssignor())
@@ -473,12 +463,7 @@ async def test_worker_changelog_restore_gives_way_to_a_stop_and_resumes_where_it
     # waits in it) must not wait for all of it. The restore gives way at its next read,
     # and what it applied stays with its offsets: the next recovery resumes there.
     settings = unique_settings(bootstrap, tmp_path)
-    await make_topics(settings)
-    await send(settings, settings.topics.profiles, [profile("a-gb")])
-    await send(settings, settings.topics.content, [upsert(f"c-{i}", "a-gb") for i in range(60)])
-    async with running_worker(settings):
-        await read_until(settings, settings.topics.published, 60)
-        await content_consumed(settings)
+    await _published_by_a_worker(settings, 60)
     shutil.rmtree(settings.data_dir)
 
     monkeypatch.setattr(recovery, "RESTORE_READ_RECORDS", 5)  # 60 entries: at least 12 reads
@@ -528,7 +513,18 @@ async def test_worker_changelog_restore_gives_way_to_a_stop_and_resumes_where_it
         assert restored == ends
 
 
+async def _published_by_a_worker(settings: Settings, count: int) -> None:
+    """`count` items of one adult published by a worker on new topics, every batch committed; the worker stopped."""
+    await make_topics(settings)
+    await send(settings, settings.topics.profiles, [profile("a-gb")])
+    await send(settings, settings.topics.content, [upsert(f"c-{i}", "a-gb") for i in range(count)])
+    async with running_worker(settings):
+        await read_until(settings, settings.topics.published, count)
+        await content_consumed(settings)  # committed only after the batch's store writes
+
+
 async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
+    """Each partition's end offset of `topics`."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
     await consumer.start()
     try:
@@ -537,19 +533,6 @@ async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicParti
         )
     finally:
         await consumer.stop()
-
-
-@contextlib.contextmanager
-def _loop_in_a_thread() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
 
 
 def _run_in(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
