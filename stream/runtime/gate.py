@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream.config import GATE_READ_RECORDS, LAGGING_READ_WAIT_MS, TopicNames
 from stream.core.engine import InputRecord
 from stream.errors import GateStallError
+from stream.runtime.fetches import fetch
 from stream.runtime.intake import Intake
 from stream.runtime.interrupt import Interruption
 from stream.runtime.leaders import LeaderOf
@@ -90,7 +91,7 @@ class FreshnessGate:
         content: list[InputRecord] = []
         if taken < limit and self._content_age_ms(gated) >= TOP_UP_AFTER_MS:
             fetched = await self._interruption.read(
-                consumer.getmany, timeout_ms=TOP_UP_WAIT_MS, max_records=limit - taken
+                fetch, consumer, timeout_ms=TOP_UP_WAIT_MS, max_records=limit - taken
             )
             self._intake.sort(fetched, state, content, gated)
         ends, unproven = self.snapshot_ends(gated)
@@ -112,7 +113,7 @@ class FreshnessGate:
                     f"{self._stall_seconds:.0f} s below their end offsets"
                 )
             fetched = await self._interruption.read(
-                consumer.getmany, *lagging, timeout_ms=LAGGING_READ_WAIT_MS, max_records=GATE_READ_RECORDS
+                fetch, consumer, *lagging, timeout_ms=LAGGING_READ_WAIT_MS, max_records=GATE_READ_RECORDS
             )
             if any(fetched.values()):
                 progressed = self._clock()

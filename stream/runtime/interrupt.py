@@ -12,7 +12,9 @@ would deadlock the revocation, which waits for that lock; and the loop's own fet
 (`idle`) would run on after a stop, since closing the consumer does not wake that
 wait when the rebalance ends without an assignment. Both are cut short by cancelling
 the loop's task inside the wait, and only there: the cancel is taken back once
-it has landed, so the task's owner sees none of it.
+it has landed, so the task's owner sees none of it. Every fetch goes through
+`fetches.fetch`, which uncounts a cancelled fetch (aiokafka would count it as in
+flight for ever).
 """
 
 from __future__ import annotations

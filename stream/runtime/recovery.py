@@ -30,6 +30,7 @@ from stream.config import (
 from stream.connection import client_options
 from stream.core.engine import BatchResult, Engine, InputRecord
 from stream.core.state import REEVALUATE_KEY, PartitionStore, StateKind
+from stream.runtime.fetches import fetch
 from stream.runtime.intake import Intake
 from stream.runtime.interrupt import Interruption
 from stream.runtime.metrics import Metrics
@@ -130,7 +131,7 @@ class Recovery:
                 # partition): what was applied stays with its offsets, and the next
                 # recovery resumes there.
                 fetched = await self._interruption.read(
-                    reader.getmany, *pending, timeout_ms=LAGGING_READ_WAIT_MS, max_records=RESTORE_READ_RECORDS
+                    fetch, reader, *pending, timeout_ms=LAGGING_READ_WAIT_MS, max_records=RESTORE_READ_RECORDS
                 )
                 for tp, records in fetched.items():
                     kind = self._changelog_kinds[tp.topic]
@@ -156,7 +157,7 @@ class Recovery:
             if not lagging:
                 return
             fetched = await self._interruption.read(
-                consumer.getmany, *lagging, timeout_ms=LAGGING_READ_WAIT_MS, max_records=REPLAY_READ_RECORDS
+                fetch, consumer, *lagging, timeout_ms=LAGGING_READ_WAIT_MS, max_records=REPLAY_READ_RECORDS
             )
             records: list[InputRecord] = []
             for tp in lagging:

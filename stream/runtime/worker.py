@@ -25,8 +25,9 @@ in a module of its own: `intake` (a fetch sorted into a batch), `recovery`, `gat
 (the freshness gate), `cycle` (decide and perform in the crash-safe order, with
 `sender`, `writer` and `offsets`), `deferrals` (the timer), `gauges`, `rebalance`
 (the listener), `partitions` (the held stores), `health` (readiness, replays),
-`interrupt` (giving a batch up, cutting a wait short) and `membership` (another
-process under this worker's static instance id stops it).
+`interrupt` (giving a batch up, cutting a wait short), `fetches` (a fetch that may
+be cut) and `membership` (another process under this worker's static instance id
+stops it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from stream.core.state import PartitionStore
 from stream.runtime.assignor import CoPartitionedAssignor
 from stream.runtime.cycle import BatchCycle
 from stream.runtime.deferrals import DeferralTimer
+from stream.runtime.fetches import fetch
 from stream.runtime.gate import FreshnessGate
 from stream.runtime.gauges import Gauges
 from stream.runtime.health import Health, Replays
@@ -196,7 +198,7 @@ class FilterWorker:
 
     async def _poll_once(self, parts: _Parts) -> None:
         fetched = await self._interruption.idle(
-            parts.consumer.getmany(timeout_ms=POLL_WAIT_MS, max_records=self.settings.max_batch)
+            fetch(parts.consumer, timeout_ms=POLL_WAIT_MS, max_records=self.settings.max_batch)
         )
         if fetched is None:  # cut short by a stop
             return

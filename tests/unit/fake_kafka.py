@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import NamedTuple
 
 from aiokafka import TopicPartition
@@ -56,6 +57,8 @@ class FakeConsumer:
         self.listed: list[list[TopicPartition]] = []
         self.calls: list[tuple[tuple[TopicPartition, ...], int]] = []
         self.commits: list[dict[TopicPartition, int]] = []
+        # aiokafka's count of fetches in flight, which stream/runtime/fetches.py mends.
+        self._subscription = SimpleNamespace(_fetch_count=0, _last_fetch_ended=0.0)
         self.committed_offsets: dict[TopicPartition, int | None] = {}
         self.seeks: dict[TopicPartition, int | None] = {}  # None: to the beginning
 
