@@ -31,6 +31,12 @@ def _consumer_waiting_in_a_fetch() -> tuple[AIOKafkaConsumer, asyncio.Event]:
     return consumer, in_fetch
 
 
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def _fetches_in_flight(consumer: AIOKafkaConsumer) -> int:
     count: int = consumer._subscription._fetch_count  # noqa: SLF001, RUF100  # what fetches.py mends
     return count
@@ -51,9 +57,7 @@ async def test_cancelled_fetch_is_no_longer_in_flight_and_the_consumer_idles_aga
     task = asyncio.create_task(fetch(consumer, timeout_ms=500, max_records=10))
     await in_fetch.wait()
     assert _fetches_in_flight(consumer) == 1
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await _cancelled(task)
     assert _fetches_in_flight(consumer) == 0
     await asyncio.sleep(0.01)  # the idle time is a clock's: it grows again
     assert consumer._subscription.fetcher_idle_time > 0  # noqa: SLF001, RUF100
@@ -81,14 +85,10 @@ async def test_a_fetch_cancelled_while_another_is_in_flight_leaves_that_one_coun
     second = asyncio.create_task(fetch(consumer, timeout_ms=500, max_records=10))
     await in_fetch.wait()
     assert _fetches_in_flight(consumer) == 2
-    second.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await second
+    await _cancelled(second)
     assert _fetches_in_flight(consumer) == 1
     assert consumer._subscription.fetcher_idle_time == 0  # noqa: SLF001, RUF100  # the first is in flight
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await _cancelled(first)
     assert _fetches_in_flight(consumer) == 0
 
 
@@ -119,7 +119,5 @@ async def test_fetch_refused_before_it_began_counts_nothing_back() -> None:
         await fetch(consumer, timeout_ms=5, max_records=3)
     assert _fetches_in_flight(consumer) == 1  # the other fetch is still in flight
     consumer.getmany = refusing  # type: ignore[method-assign]
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
+    await _cancelled(waiting)
     assert _fetches_in_flight(consumer) == 0
