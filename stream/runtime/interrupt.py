@@ -87,8 +87,7 @@ class Interruption:
 
     async def _wait(self, waiting: Awaitable[T], *, cut_by_rebalance: bool) -> tuple[bool, T | None]:
         task = asyncio.current_task()
-        if task is None:  # not in a task: nothing to cancel, the wait runs to its end
-            return True, await waiting
+        assert task is not None  # the loop's waits run in its task
         self._waiting = (task, cut_by_rebalance)
         try:
             result = await waiting

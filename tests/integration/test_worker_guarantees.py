@@ -250,12 +250,7 @@ async def test_worker_stop_during_a_rebalance_finishes_once_the_rebalance_does(b
     settings = unique_settings(bootstrap, tmp_path)
     await make_topics(settings)
     member = _HeldRejoin()
-    other = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-        partition_assignment_strategy=(CoPartitionedAssignor(),),
-    )
+    other = _group_member(settings)
     await other.start()
     polling = asyncio.create_task(_poll_forever(other))
     try:
@@ -367,18 +362,12 @@ async def test_worker_stop_ends_its_loop_when_the_rebalance_in_flight_ends_witho
                 go.wait(60)
             return super().assign(cluster, members)
 
-    def member(assignor: CoPartitionedAssignor) -> AIOKafkaConsumer:  # created in the loop it runs in
-        return AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=settings.group_id,
-            enable_auto_commit=False,
-            partition_assignment_strategy=(assignor,),
-        )
-
     with loop_in_a_thread("leader") as leader_loop:  # blocked while it plans, so in a thread of its own
-        leader: AIOKafkaConsumer = _run_in(leader_loop, _assigned(lambda: member(HeldPlan()), settings))
+        leader: AIOKafkaConsumer = _run_in(
+            leader_loop, _assigned(lambda: _group_member(settings, HeldPlan()), settings)
+        )
         worker = build_worker(settings)
-        third = member(CoPartitionedAssignor())
+        third = _group_member(settings)
         try:
             await worker.start()
             running = asyncio.create_task(worker.run())
@@ -423,12 +412,7 @@ async def test_worker_read_under_the_loops_lock_gives_way_to_a_rebalance(
     consumer = worker.consumer
     assert consumer is not None
     reading = consumer.getmany
-    joiner = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-        partition_assignment_strategy=(CoPartitionedAssignor(),),
-    )
+    joiner = _group_member(settings)
     joined: list[asyncio.Task[AIOKafkaConsumer]] = []
 
     async def read_as_another_member_joins(*partitions: TopicPartition, **options: Any) -> Any:
@@ -533,6 +517,16 @@ async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicParti
         )
     finally:
         await consumer.stop()
+
+
+def _group_member(settings: Settings, assignor: CoPartitionedAssignor | None = None) -> AIOKafkaConsumer:
+    """Another member of the worker's group, on the worker's assignor protocol; made in the loop it runs in."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        partition_assignment_strategy=(assignor or CoPartitionedAssignor(),),
+    )
 
 
 def _run_in(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
