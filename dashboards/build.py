@@ -583,7 +583,9 @@ def overview() -> Dashboard:
             "Partition assignments received in the last 5 minutes. A steady stream means workers keep "
             "joining and leaving the group (crash loop, slow batches past max.poll.interval). "
             "Partitions by store: kept (held on, nothing to restore), resumed (a store on disk brought up "
-            "to date), rebuilt (read from the start of the topics: the slow one).",
+            "to date), rebuilt (read from the start of the topics: the slow one). Batches given up: "
+            "batches abandoned uncommitted because a rebalance or a stop began, replayed by the "
+            "partitions' next owner (work done twice, nothing lost).",
             "short",
             [
                 query(
@@ -595,6 +597,11 @@ def overview() -> Dashboard:
                     f"sum by (store) (increase({sel('eligibility_partitions_assigned_total')}[5m]))",
                     "partitions {{store}}",
                     ref="B",
+                ),
+                query(
+                    f"sum by (cause) (increase({sel('eligibility_batches_given_up_total')}[5m]))",
+                    "given up ({{cause}})",
+                    ref="C",
                 ),
             ],
             span=8,

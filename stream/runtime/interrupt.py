@@ -21,13 +21,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+class Cut(StrEnum):
+    """What made the loop give up its batch: the `cause` label of `eligibility_batches_given_up_total`."""
+
+    REBALANCE = "rebalance"
+    STOP = "stop"
+
+
 class GiveUp(Exception):
     """Raised inside the loop when a rebalance or a stop began: the batch in hand is given up, uncommitted."""
+
+    def __init__(self, cause: Cut) -> None:
+        super().__init__("a rebalance started" if cause is Cut.REBALANCE else "the worker is stopping")
+        self.cause = cause
 
 
 class Interruption:
@@ -67,9 +79,9 @@ class Interruption:
     def check(self) -> None:
         """Raise `GiveUp` when a rebalance or a stop began: the batch is replayed, never half-gated."""
         if self._rebalancing:
-            raise GiveUp("rebalance started")
+            raise GiveUp(Cut.REBALANCE)
         if self._stopping:
-            raise GiveUp("stopping")
+            raise GiveUp(Cut.STOP)
 
     async def read(self, reading: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """`reading(*args, **kwargs)`: records read under the loop's lock; `GiveUp` if a rebalance or a stop cuts in."""
@@ -77,7 +89,7 @@ class Interruption:
         done, result = await self._wait(reading(*args, **kwargs), cut_by_rebalance=True)
         if not done:
             self.check()
-            raise GiveUp("rebalance started")  # and ended while the read was being cut
+            raise GiveUp(Cut.REBALANCE)  # and ended while the read was being cut
         return result  # type: ignore[return-value]  # done: the read's own result
 
     async def idle(self, waiting: Awaitable[T]) -> T | None:

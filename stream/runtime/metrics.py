@@ -32,6 +32,7 @@ from stream import __version__
 from stream.core.engine import BatchResult, OutputTopic
 from stream.core.models import DeadLetterReason, Reason, RetractCause, SkipReason
 from stream.core.state import EntryKind
+from stream.runtime.interrupt import Cut
 from stream.runtime.partitions import StoreOrigin
 
 
@@ -107,6 +108,7 @@ class _Health(TypedDict):
     delivery_failures: Counter
     gate_listings: Counter
     batch_replays: Counter
+    batches_given_up: Counter
     stuck: Gauge
     dev_pseudonym_key: Gauge
 
@@ -140,6 +142,7 @@ class Metrics:
     skips: Counter
     released: Counter
     batch_replays: Counter
+    batches_given_up: Counter
     stuck: Gauge
     dev_pseudonym_key: Gauge
     shadow_differences: Counter
@@ -218,6 +221,8 @@ def _initialise_labels(m: Metrics) -> None:
         m.store_memory.labels(part=part.value)
     for origin in StoreOrigin:
         m.partitions_assigned.labels(store=origin.value)
+    for cut in Cut:
+        m.batches_given_up.labels(cause=cut.value)
 
 
 def _initialise_shadow_labels(m: Metrics) -> None:
@@ -366,6 +371,12 @@ def _health(r: CollectorRegistry) -> _Health:
         batch_replays=Counter(
             "eligibility_batch_replays_total",
             "Failed attempts at a batch, each followed by a replay from the last commit",
+            registry=r,
+        ),
+        batches_given_up=Counter(
+            "eligibility_batches_given_up_total",
+            "Batches given up uncommitted because a rebalance or a stop began (replayed by the partitions' next owner)",
+            ["cause"],
             registry=r,
         ),
         stuck=Gauge(

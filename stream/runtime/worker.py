@@ -208,6 +208,7 @@ class FilterWorker:
             try:
                 await self._process(parts, fetched)
             except GiveUp as why:
+                self.metrics.batches_given_up.labels(cause=why.cause.value).inc()
                 log.info("%s: the batch in hand is abandoned uncommitted and will be replayed", why)
 
     async def _process(self, parts: _Parts, fetched: dict[TopicPartition, list[Any]]) -> None:

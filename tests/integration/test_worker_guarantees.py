@@ -20,6 +20,7 @@ from stream.config import Settings
 from stream.core.state import StateKind
 from stream.runtime import recovery
 from stream.runtime.assignor import CoPartitionedAssignor
+from stream.runtime.interrupt import Cut
 from stream.runtime.rebalance import RebalanceListener
 from stream.runtime.store import RocksPartitionStore
 
@@ -428,6 +429,8 @@ async def test_worker_read_under_the_loops_lock_gives_way_to_a_rebalance(
         await asyncio.wait_for(asyncio.shield(joined[0]), 60)  # the rebalance completed: the joiner holds partitions
         await until(lambda: worker.is_ready)  # and the worker recovered its own
         assert worker.assigned and len(worker.assigned) < settings.partitions
+        given_up = {cut: sample(worker, "eligibility_batches_given_up_total", cause=cut) for cut in Cut}
+        assert given_up[Cut.REBALANCE] >= 1 and given_up[Cut.STOP] == 0  # the batch of the cut read, counted
     finally:  # bounded: deadlocked, neither the worker's stop nor the joiner's would end
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(worker.stop(), 30)
@@ -470,6 +473,7 @@ async def test_worker_changelog_restore_gives_way_to_a_stop_and_resumes_where_it
     ended, _ = await asyncio.wait({running}, timeout=10)
     assert ended
     assert len(reads) == 3  # the stop cut the third read short: it did not wait for the whole restore
+    assert sample(worker, "eligibility_batches_given_up_total", cause=Cut.STOP) == 1
     monkeypatch.undo()
 
     changelogs = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stream.runtime.health import RETRY_BACKOFF_SECONDS, STUCK_AFTER_FAILURES, Health, Replays
-from stream.runtime.interrupt import GiveUp, Interruption
+from stream.runtime.interrupt import Cut, GiveUp, Interruption
 from stream.runtime.metrics import Metrics
 
 
@@ -68,8 +68,9 @@ def test_interruption_rebalance_interrupts_until_it_ends() -> None:
 
     interruption.rebalance_started()
     assert interruption.interrupted
-    with pytest.raises(GiveUp, match="rebalance started"):
+    with pytest.raises(GiveUp, match="rebalance started") as given_up:
         interruption.check()
+    assert given_up.value.cause is Cut.REBALANCE
 
     interruption.rebalance_ended()
     assert not interruption.interrupted
@@ -82,5 +83,6 @@ def test_interruption_stop_is_for_good() -> None:
     interruption.rebalance_ended()
 
     assert interruption.stopping and interruption.interrupted
-    with pytest.raises(GiveUp, match="stopping"):
+    with pytest.raises(GiveUp, match="stopping") as given_up:
         interruption.check()
+    assert given_up.value.cause is Cut.STOP

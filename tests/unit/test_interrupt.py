@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.runtime import interrupt
-from stream.runtime.interrupt import GiveUp, Interruption
+from stream.runtime.interrupt import Cut, GiveUp, Interruption
 
 
 async def _forever() -> dict[str, int]:
@@ -47,8 +47,9 @@ async def test_read_cut_by_a_starting_rebalance_gives_up_and_leaves_the_task_unc
     task = asyncio.create_task(batch())
     await _in_wait(task)
     interruption.rebalance_started()
-    with pytest.raises(GiveUp, match="rebalance"):
+    with pytest.raises(GiveUp, match="rebalance") as given_up:
         await task
+    assert given_up.value.cause is Cut.REBALANCE
     assert cancelling == [0]  # the cut's cancel was taken back: the owner sees none of it
 
 
@@ -57,8 +58,9 @@ async def test_read_cut_by_a_stop_gives_up() -> None:
     task = asyncio.create_task(interruption.read(_forever))
     await _in_wait(task)  # type: ignore[arg-type]
     interruption.stop()
-    with pytest.raises(GiveUp, match="stopping"):
+    with pytest.raises(GiveUp, match="stopping") as given_up:
         await task
+    assert given_up.value.cause is Cut.STOP
 
 
 async def test_read_after_a_rebalance_began_gives_up_without_reading() -> None:
