@@ -552,13 +552,15 @@ def overview() -> Dashboard:
             "ready: partitions assigned and state caught up. recovering: state being rebuilt or caught up "
             "(after a restart, a wiped data directory or a rebalance). Not ready for 5 minutes: "
             "EligibilityNotReady. stuck: the same batch failed 3 times in a row and is being replayed "
-            "(EligibilityWorkerStuck); replays: failed attempts in the last 5 minutes.",
+            "(EligibilityWorkerStuck); replays: failed attempts in the last 5 minutes. stalled: the "
+            "loop has spent 2 minutes in one step (a wedge): not ready, and its liveness fails.",
             "none",
             [
                 query(sel("eligibility_ready"), "ready {{instance}}", ref="A"),
                 query(sel("eligibility_recovering"), "recovering {{instance}}", ref="B"),
                 query(sel("eligibility_worker_stuck"), "stuck {{instance}}", ref="C"),
                 query(f"increase({sel('eligibility_batch_replays_total')}[5m])", "replays {{instance}}", ref="D"),
+                query(f"{sel('eligibility_loop_step_seconds')} >= bool 120", "stalled {{instance}}", ref="E"),
             ],
             span=8,
         ),

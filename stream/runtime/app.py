@@ -115,7 +115,7 @@ def _announce_pseudonym_key(settings: Settings, metrics: Metrics) -> None:
 
 
 def _add_pages(app: faust.App, worker: FilterWorker, metrics: Metrics) -> None:
-    """The web pages: `/metrics` for Prometheus, `/healthz` (alive) and `/ready` (ready and not stuck)."""
+    """The web pages: `/metrics` for Prometheus, `/healthz` (the loop not stalled) and `/ready`."""
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -123,12 +123,10 @@ def _add_pages(app: faust.App, worker: FilterWorker, metrics: Metrics) -> None:
 
     @app.page("/healthz")
     async def liveness(web: Any, request: Any) -> Any:
-        return web.json({"status": "alive"})
+        status, body = worker.liveness()
+        return web.json(body, status=status)
 
     @app.page("/ready")
     async def readiness(web: Any, request: Any) -> Any:
-        if worker.is_ready:
-            return web.json({"status": "ready", "partitions": sorted(worker.assigned)})
-        # Stuck: batches keep failing and are replayed; it holds its partitions but makes no progress.
-        status = "stuck" if worker.stuck else "not ready"
-        return web.json({"status": status, "partitions": sorted(worker.assigned)}, status=503)
+        status, body = worker.readiness()
+        return web.json(body, status=status)

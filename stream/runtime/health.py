@@ -1,12 +1,13 @@
-"""The worker's readiness and the replay policy for failed batches: when to retry, when it is stuck.
+"""The worker's readiness and liveness, and the replay policy for failed batches: when to retry, when it is stuck.
 
-Owns the `eligibility_ready` and `eligibility_worker_stuck` gauges and the replay
-counters; it decides nothing about a batch and touches no client.
+Owns the `eligibility_ready`, `eligibility_worker_stuck` and `eligibility_loop_step_seconds`
+gauges and the replay counters; it decides nothing about a batch and touches no client.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 
 from stream.runtime.metrics import Metrics
 
@@ -17,31 +18,67 @@ RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
 # After this many failed attempts in a row at the same batch the worker reports
 # itself stuck: not ready, and `eligibility_worker_stuck` 1 (an alert), until one succeeds.
 STUCK_AFTER_FAILURES = 3
+# A loop that has spent this long in one step is stalled: not ready, and its liveness
+# fails. Its longest legitimate step is a batch whose outputs the broker is slow to
+# acknowledge (the producer gives up after its request_timeout_ms, 30 s in worker.py,
+# and the batch is replayed); every read and every step of a recovery ends much
+# sooner. The same 2 minutes as the EligibilityNoProgress alert.
+LOOP_STALL_SECONDS = 120.0
 
 
 class Health:
-    """Ready once its partitions are caught up; not ready while stuck (`/ready` answers 503)."""
+    """Ready once its partitions are caught up; not while stuck or stalled (`/ready` answers 503).
 
-    def __init__(self, metrics: Metrics) -> None:
+    `stalled_for` is the loop's time in its current step (`Interruption.stalled_for`).
+    The ready gauge is read when scraped, so a stalled loop, which runs no code that
+    could set it, still shows.
+    """
+
+    def __init__(self, metrics: Metrics, stalled_for: Callable[[], float] = lambda: 0.0) -> None:
         self._metrics = metrics
+        self._stalled_for = stalled_for
         self.ready = False
         self.stuck = False
+        metrics.ready.set_function(lambda: 1.0 if self.is_ready else 0.0)
+        metrics.loop_step.set_function(stalled_for)
+
+    @property
+    def stalled(self) -> bool:
+        """The loop has been in one step for `LOOP_STALL_SECONDS`: it makes no progress."""
+        return self._stalled_for() >= LOOP_STALL_SECONDS
 
     @property
     def is_ready(self) -> bool:
-        """Partitions assigned, their state caught up, and batches succeeding."""
-        return self.ready and not self.stuck
+        """Partitions assigned, their state caught up, batches succeeding, and the loop stepping."""
+        return self.ready and not self.stuck and not self.stalled
 
     def set_ready(self, ready: bool) -> None:
         """Record whether every assigned partition has caught up; `/ready` also needs the worker not stuck."""
         self.ready = ready
-        self._metrics.ready.set(1 if self.is_ready else 0)
 
     def set_stuck(self, stuck: bool) -> None:
         """A worker whose batches keep failing cannot make progress: it is not ready."""
         self.stuck = stuck
         self._metrics.stuck.set(1 if stuck else 0)
-        self._metrics.ready.set(1 if self.is_ready else 0)
+
+    def readiness(self, partitions: Iterable[int]) -> tuple[int, dict[str, object]]:
+        """`/ready`'s status code and body: 200 when ready; 503 stalled, stuck or not ready."""
+        if self.is_ready:
+            return 200, {"status": "ready", "partitions": sorted(partitions)}
+        # Stalled or stuck, it holds its partitions but makes no progress: a wedged
+        # step, or batches that keep failing and are replayed.
+        status = "stalled" if self.stalled else "stuck" if self.stuck else "not ready"
+        return 503, {"status": status, "partitions": sorted(partitions)}
+
+    def liveness(self) -> tuple[int, dict[str, object]]:
+        """`/healthz`'s status code and body: 503 once the loop is stalled, so that the orchestrator restarts it.
+
+        A loop wedged in a step does not come back by itself (each wedge found so far
+        was a wait that nothing would wake); a restart resumes from the last commit.
+        """
+        if self.stalled:
+            return 503, {"status": "stalled", "step_seconds": round(self._stalled_for(), 1)}
+        return 200, {"status": "alive"}
 
 
 class Replays:

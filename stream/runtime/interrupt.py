@@ -15,11 +15,16 @@ the loop's task inside the wait, and only there: the cancel is taken back once
 it has landed, so the task's owner sees none of it. Every fetch goes through
 `fetches.fetch`, which uncounts a cancelled fetch (aiokafka would count it as in
 flight for ever).
+
+Since every step of the loop passes through here (a wait ends, or a part checks
+between its steps), this is also where a loop that stopped stepping shows
+(`stalled_for`): the worker is then not ready, whatever its partitions' state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -45,9 +50,13 @@ class GiveUp(Exception):
 class Interruption:
     """Set by a stop (for good) or by a starting rebalance (until its assignment); the loop's waits go through it."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._stopping = False
         self._rebalancing = False
+        # When the loop last took a step, and whether it is parked in an idle wait now.
+        self._stepped_at = clock()
+        self._parked = False
         # The task in a wait that may be cut, and whether a starting rebalance cuts it too.
         self._waiting: tuple[asyncio.Task[object], bool] | None = None
         self._cutting = False
@@ -76,8 +85,18 @@ class Interruption:
         """The rebalance is over: reads go on again."""
         self._rebalancing = False
 
+    def stalled_for(self) -> float:
+        """Seconds the loop has spent in its current step; 0 while it is parked in an idle wait.
+
+        An idle wait is parked, not stalled, however long it lasts: a fetch waits there for
+        the group's next assignment through a whole rebalance, which other members may hold
+        up, and a restart of this one would only prolong it.
+        """
+        return 0.0 if self._parked else self._clock() - self._stepped_at
+
     def check(self) -> None:
         """Raise `GiveUp` when a rebalance or a stop began: the batch is replayed, never half-gated."""
+        self._stepped_at = self._clock()
         if self._rebalancing:
             raise GiveUp(Cut.REBALANCE)
         if self._stopping:
@@ -101,6 +120,7 @@ class Interruption:
         task = asyncio.current_task()
         assert task is not None  # the loop's waits run in its task
         self._waiting = (task, cut_by_rebalance)
+        self._parked = not cut_by_rebalance  # an idle wait (a read is a step of a batch)
         try:
             result = await waiting
         except asyncio.CancelledError:
@@ -116,6 +136,8 @@ class Interruption:
             return True, result
         finally:
             self._waiting = None
+            self._parked = False
+            self._stepped_at = self._clock()
 
     def _cut(self, *, by_rebalance: bool) -> None:
         if self._waiting is None or self._cutting:

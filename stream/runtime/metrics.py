@@ -110,6 +110,7 @@ class _Health(TypedDict):
     batch_replays: Counter
     batches_given_up: Counter
     stuck: Gauge
+    loop_step: Gauge
     dev_pseudonym_key: Gauge
 
 
@@ -144,6 +145,7 @@ class Metrics:
     batch_replays: Counter
     batches_given_up: Counter
     stuck: Gauge
+    loop_step: Gauge
     dev_pseudonym_key: Gauge
     shadow_differences: Counter
 
@@ -382,6 +384,12 @@ def _health(r: CollectorRegistry) -> _Health:
         stuck=Gauge(
             "eligibility_worker_stuck",
             "1 while the same batch has failed STUCK_AFTER_FAILURES times in a row (the worker is then not ready)",
+            registry=r,
+        ),
+        loop_step=Gauge(
+            "eligibility_loop_step_seconds",
+            "Seconds the worker's loop has spent in its current step (0 while it waits idle for records); "
+            "at 120 it is stalled: /ready and /healthz answer 503",
             registry=r,
         ),
         dev_pseudonym_key=Gauge(

@@ -16,7 +16,8 @@ what the orchestrator sees:
   orchestrator then restarts the pod with its back-off, counts the restart and shows a
   crash loop, where a restart inside the pod would hide one. The group rebalances the
   dead child's partitions either way, and nothing committed is lost.
-- One `/healthz`, one `/ready` (ready when every child is) and one `/metrics` on
+- One `/healthz` (alive when every child answers alive), one `/ready` (ready when
+  every child is) and one `/metrics` on
   STREAM_WEB_PORT. `/metrics` scrapes the children over loopback and merges their
   series into the names and labels one worker exports (rules in `merge_metrics`), so
   the dashboards and alerts read a pod with N processes as they read one worker.
@@ -205,27 +206,18 @@ class Supervisor:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         running = all(c.process is not None and c.process.returncode is None for c in self.children)
-        if running and not self.stopping.is_set():
-            return web.json_response({"status": "alive", "processes": len(self.children)})
-        return web.json_response({"status": "stopping"}, status=503)
+        if not running or self.stopping.is_set():
+            return web.json_response({"status": "stopping"}, status=503)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)) as session:
+            answers = await asyncio.gather(*(_get(session, c.url + "/healthz") for c in self.children))
+        status, answer = pod_liveness(answers)
+        return web.json_response(answer, status=status)
 
     async def _ready(self, request: web.Request) -> web.Response:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)) as session:
             answers = await asyncio.gather(*(_get(session, c.url + "/ready") for c in self.children))
-        processes: list[dict[str, Any]] = []
-        for status, body in answers:
-            data: dict[str, Any] = _json(body)
-            processes.append(
-                {
-                    "status": str(data.get("status", "not ready")) if status else "not running",
-                    "partitions": data.get("partitions", []),
-                }
-            )
-        ready = all(status == 200 for status, _ in answers)
-        overall = "ready" if ready else ("stuck" if any(p["status"] == "stuck" for p in processes) else "not ready")
-        partitions = sorted(n for p in processes for n in p["partitions"])
-        answer = {"status": overall, "partitions": partitions, "processes": processes}
-        return web.json_response(answer, status=200 if ready else 503)
+        status, answer = pod_readiness(answers)
+        return web.json_response(answer, status=status)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)) as session:
@@ -237,6 +229,40 @@ class Supervisor:
         return web.Response(body=merged, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
+# -- the pod's probes ---------------------------------------------------------------
+
+
+def pod_liveness(answers: Sequence[tuple[int, bytes]]) -> tuple[int, dict[str, Any]]:
+    """The pod's `/healthz` from its running children's: alive when every child answers alive.
+
+    A child whose loop stalled answers 503, and one whose event loop is blocked does not
+    answer at all; either fails the pod's liveness, as it would fail the orchestrator's
+    probe of a worker on its own, so that the pod is restarted.
+    """
+    processes = [str(_json(body).get("status", "alive")) if status else "not answering" for status, body in answers]
+    alive = all(status == 200 for status, _ in answers)
+    overall = "alive" if alive else "stalled" if "stalled" in processes else "not answering"
+    return (200 if alive else 503), {"status": overall, "processes": processes}
+
+
+def pod_readiness(answers: Sequence[tuple[int, bytes]]) -> tuple[int, dict[str, Any]]:
+    """The pod's `/ready` from its children's: ready when every child is; the body lists each child's status."""
+    processes: list[dict[str, Any]] = []
+    for status, body in answers:
+        data: dict[str, Any] = _json(body)
+        processes.append(
+            {
+                "status": str(data.get("status", "not ready")) if status else "not running",
+                "partitions": data.get("partitions", []),
+            }
+        )
+    ready = all(status == 200 for status, _ in answers)
+    statuses = {p["status"] for p in processes}
+    overall = "ready" if ready else next((s for s in ("stalled", "stuck") if s in statuses), "not ready")
+    partitions = sorted(n for p in processes for n in p["partitions"])
+    return (200 if ready else 503), {"status": overall, "partitions": partitions, "processes": processes}
+
+
 # -- one /metrics for all -----------------------------------------------------------
 
 LAST_BATCH = "eligibility_last_batch_timestamp_seconds"
@@ -244,7 +270,14 @@ LAG = "eligibility_consumer_lag_records"
 # Gauges that are not a pod total: readiness (ready only when every process is), the
 # process's start and limits, and 1-valued info series.
 _MIN_GAUGES = frozenset({"eligibility_ready", "process_start_time_seconds", "process_max_fds"})
-_MAX_GAUGES = frozenset({"eligibility_recovering", "eligibility_worker_stuck", "eligibility_dev_pseudonym_key"})
+_MAX_GAUGES = frozenset(
+    {
+        "eligibility_recovering",
+        "eligibility_worker_stuck",
+        "eligibility_loop_step_seconds",
+        "eligibility_dev_pseudonym_key",
+    }
+)
 
 
 def merge_metrics(texts: Sequence[str]) -> bytes:
@@ -253,7 +286,8 @@ def merge_metrics(texts: Sequence[str]) -> bytes:
     Counters and histograms (and the process's CPU seconds, memory and file descriptors,
     the consumer lag per partition, the state and memory gauges) are summed: a pod's
     totals, as the dashboards' `rate()` and `sum()` expect. `eligibility_ready` is the
-    minimum (ready only when every process is); `recovering` and `stuck` the maximum;
+    minimum (ready only when every process is); `recovering`, `stuck` and the loop's
+    step time the maximum;
     `*_created`, the start time and `process_max_fds` the minimum; `*_info` series the
     maximum (1). The last batch's time is the oldest among processes that have lag (the
     alert "lag and no batch for 2 minutes" fires when any process stalls), or the newest

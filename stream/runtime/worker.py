@@ -97,7 +97,7 @@ class FilterWorker:
         # rebalance callback: none of them starts while a batch is in hand.
         self._lock = asyncio.Lock()
         self._interruption = Interruption()
-        self._health = Health(metrics)
+        self._health = Health(metrics, self._interruption.stalled_for)
         self._replays = Replays(self._health, metrics)
         self._parts: _Parts | None = None
 
@@ -112,9 +112,22 @@ class FilterWorker:
         return self._health.stuck
 
     @property
+    def stalled(self) -> bool:
+        """The loop has been in one step for `health.LOOP_STALL_SECONDS`: no progress."""
+        return self._health.stalled
+
+    @property
     def is_ready(self) -> bool:
-        """Partitions assigned, their state caught up, and batches succeeding."""
+        """Partitions assigned, their state caught up, batches succeeding, and the loop stepping."""
         return self._health.is_ready
+
+    def readiness(self) -> tuple[int, dict[str, object]]:
+        """`/ready`'s answer: status code and body."""
+        return self._health.readiness(self._held.assigned)
+
+    def liveness(self) -> tuple[int, dict[str, object]]:
+        """`/healthz`'s answer: status code and body (503 once the loop is stalled)."""
+        return self._health.liveness()
 
     @property
     def assigned(self) -> frozenset[int]:

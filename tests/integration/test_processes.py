@@ -85,6 +85,9 @@ async def test_two_processes_share_the_partitions_decide_everything_and_drain_on
         assert counted == report.inputs.content, text[:2000]
         assert "eligibility_ready 1.0" in text
         assert text.count("eligibility_build_info{") == 1
+        # One /healthz for both: each child asked, each alive.
+        status, body = await http_get(f"http://127.0.0.1:{port}/healthz")
+        assert (status, orjson.loads(body)) == (200, {"status": "alive", "processes": ["alive", "alive"]})
 
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0, log.read_text()[-3000:]

@@ -18,8 +18,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stream.config import Settings
 from stream.core.state import StateKind
-from stream.runtime import recovery
+from stream.runtime import health, recovery
 from stream.runtime.assignor import CoPartitionedAssignor
+from stream.runtime.cycle import BatchCycle
 from stream.runtime.interrupt import Cut
 from stream.runtime.rebalance import RebalanceListener
 from stream.runtime.store import RocksPartitionStore
@@ -303,6 +304,42 @@ async def test_worker_is_not_ready_once_its_stop_begins(bootstrap: str, tmp_path
         consumer.stop = close  # type: ignore[method-assign]
         await worker.stop()
         assert ready_while_closing == [False]
+
+
+async def test_worker_whose_loop_stops_stepping_is_not_ready_until_it_steps_again(
+    bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A loop wedged inside a batch (here its outputs' acknowledgements never come; in
+    # the bugs found so far, a wait that nothing wakes) makes no progress, whatever its
+    # partitions' state: the worker must not report itself ready, and its liveness
+    # fails so that it is restarted. The wedge ended, it is ready again.
+    monkeypatch.setattr(health, "LOOP_STALL_SECONDS", 1.0)
+    settings = unique_settings(bootstrap, tmp_path)
+    await make_topics(settings)
+    await send(settings, settings.topics.profiles, [profile("acct-1")])
+    released = asyncio.Event()
+    process = BatchCycle.process
+
+    async def wedged(cycle: BatchCycle, state: Any, content: Any, **options: Any) -> None:
+        if content:
+            await released.wait()
+        await process(cycle, state, content, **options)
+
+    monkeypatch.setattr(BatchCycle, "process", wedged)
+    async with running_worker(settings) as worker:
+        await until(lambda: worker.is_ready)
+        assert worker.liveness()[0] == 200
+        await send(settings, settings.topics.content, [upsert("c-1", "acct-1")])
+        try:
+            await until(lambda: not worker.is_ready, timeout=30)
+            assert worker.stalled and worker.liveness()[0] == 503
+            assert sample(worker, "eligibility_ready") == 0
+            assert sample(worker, "eligibility_loop_step_seconds") >= 1.0
+        finally:  # the stop waits for the wedged batch
+            released.set()
+        await until(lambda: worker.is_ready)  # the batch done, the loop steps again
+        assert worker.liveness()[0] == 200 and sample(worker, "eligibility_ready") == 1
+        await read_until(settings, settings.topics.decisions, 1)
 
 
 async def test_worker_recovery_that_ends_as_the_stop_begins_leaves_it_not_ready(bootstrap: str, tmp_path: Path) -> None:

@@ -101,6 +101,50 @@ async def test_idle_wait_that_ends_by_itself_returns_its_result() -> None:
     assert await Interruption().idle(fetched()) == {"records": 3}
 
 
+class _Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_read_that_does_not_end_stalls_the_loop_and_its_end_is_a_step() -> None:
+    clock = _Clock()
+    interruption = Interruption(clock)
+    clock.now += 5
+    interruption.check()  # a step between a part's steps
+    assert interruption.stalled_for() == 0
+
+    task = asyncio.create_task(interruption.read(_forever))
+    await _in_wait(task)  # type: ignore[arg-type]
+    clock.now += 300
+    assert interruption.stalled_for() == 300  # a read is a step of a batch: it never waits idle
+
+    interruption.stop()
+    with pytest.raises(GiveUp):
+        await task
+    assert interruption.stalled_for() == 0  # the wait's end was a step
+
+
+async def test_an_idle_wait_is_parked_not_stalled_however_long() -> None:
+    # A fetch waits idle for the group's next assignment through a whole rebalance,
+    # which other members may hold up: the loop is parked there, not wedged.
+    clock = _Clock()
+    interruption = Interruption(clock)
+    task = asyncio.create_task(interruption.idle(_forever()))
+    await _in_wait(task)  # type: ignore[arg-type]
+    clock.now += 3600
+    assert interruption.stalled_for() == 0
+
+    interruption.stop()
+    assert await task is None
+    clock.now += 7
+    assert interruption.stalled_for() == 7  # from the idle wait's end, the loop is in a step again
+
+
 async def test_owners_cancel_during_a_cut_is_not_swallowed() -> None:
     interruption = Interruption()
     task = asyncio.create_task(interruption.read(_forever))

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream import __version__
 from stream.config import Settings
 from stream.runtime.metrics import Input, Metrics
-from stream.runtime.supervisor import child_env, merge_metrics
+from stream.runtime.supervisor import child_env, merge_metrics, pod_liveness, pod_readiness
 
 
 def _child(*, content: int, ready: int, lag: dict[int, int], last_batch: float, shadow: bool = False) -> str:
@@ -68,3 +68,25 @@ def test_each_child_has_its_own_data_dir_instance_id_and_loopback_port() -> None
     assert env["STREAM_WEB_PORT"] == "40001" and env["WEB_BIND"] == "127.0.0.1"
     assert env["STREAM_WORKER_PROCESSES"] == "1"
     assert child_env(Settings(), 0, 1, {})["STREAM_GROUP_INSTANCE_ID"] == "none"
+
+
+def test_pod_liveness_fails_when_any_child_stalls_or_does_not_answer() -> None:
+    alive = (200, b'{"status": "alive"}')
+    stalled = (503, b'{"status": "stalled", "step_seconds": 130.2}')
+    assert pod_liveness([alive, alive]) == (200, {"status": "alive", "processes": ["alive", "alive"]})
+    assert pod_liveness([alive, stalled]) == (503, {"status": "stalled", "processes": ["alive", "stalled"]})
+    assert pod_liveness([(0, b""), alive]) == (
+        503,
+        {"status": "not answering", "processes": ["not answering", "alive"]},
+    )
+
+
+def test_pod_readiness_names_the_worst_child_status_and_every_partition() -> None:
+    ready = (200, b'{"status": "ready", "partitions": [0, 2]}')
+    stuck = (503, b'{"status": "stuck", "partitions": [1]}')
+    stalled = (503, b'{"status": "stalled", "partitions": [3]}')
+    assert pod_readiness([ready])[0] == 200
+    status, answer = pod_readiness([ready, stuck, stalled])
+    assert (status, answer["status"], answer["partitions"]) == (503, "stalled", [0, 1, 2, 3])
+    assert pod_readiness([ready, stuck])[1]["status"] == "stuck"
+    assert pod_readiness([ready, (0, b"")])[1]["status"] == "not ready"
