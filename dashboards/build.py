@@ -553,7 +553,7 @@ def overview() -> Dashboard:
             "(after a restart, a wiped data directory or a rebalance). Not ready for 5 minutes: "
             "EligibilityNotReady. stuck: the same batch failed 3 times in a row and is being replayed "
             "(EligibilityWorkerStuck); replays: failed attempts in the last 5 minutes. stalled: the "
-            "loop has spent 2 minutes in one step (a wedge): not ready, and its liveness fails.",
+            "loop has spent 2 minutes in one step (a wedge, or the broker out of reach): not ready.",
             "none",
             [
                 query(sel("eligibility_ready"), "ready {{instance}}", ref="A"),

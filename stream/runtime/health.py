@@ -1,4 +1,4 @@
-"""The worker's readiness and liveness, and the replay policy for failed batches: when to retry, when it is stuck.
+"""The worker's readiness and the replay policy for failed batches: when to retry, when it is stuck.
 
 Owns the `eligibility_ready`, `eligibility_worker_stuck` and `eligibility_loop_step_seconds`
 gauges and the replay counters; it decides nothing about a batch and touches no client.
@@ -18,11 +18,13 @@ RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
 # After this many failed attempts in a row at the same batch the worker reports
 # itself stuck: not ready, and `eligibility_worker_stuck` 1 (an alert), until one succeeds.
 STUCK_AFTER_FAILURES = 3
-# A loop that has spent this long in one step is stalled: not ready, and its liveness
-# fails. Its longest legitimate step is a batch whose outputs the broker is slow to
-# acknowledge (the producer gives up after its request_timeout_ms, 30 s in worker.py,
-# and the batch is replayed); every read and every step of a recovery ends much
-# sooner. The same 2 minutes as the EligibilityNoProgress alert.
+# A loop that has spent this long in one step is stalled: not ready. With the broker
+# up, its longest step is a batch whose outputs the broker is slow to acknowledge
+# (the producer gives up after its request_timeout_ms, 30 s in worker.py, and the
+# batch is replayed); every read and every step of a recovery ends much sooner. With
+# the broker out of reach, a commit waits for it (aiokafka retries until the group's
+# coordinator answers): the worker is then rightly not ready either. The same 2
+# minutes as the EligibilityNoProgress alert.
 LOOP_STALL_SECONDS = 120.0
 
 
@@ -31,7 +33,10 @@ class Health:
 
     `stalled_for` is the loop's time in its current step (`Interruption.stalled_for`).
     The ready gauge is read when scraped, so a stalled loop, which runs no code that
-    could set it, still shows.
+    could set it, still shows. A stall does not fail liveness: a broker out of reach
+    stalls every worker's commit, and restarting them all would turn an outage into a
+    crash loop whose back-off outlasts it. A wedge is a bug, found by the
+    EligibilityNotReady alert and restarted by hand (docs/runbooks.md).
     """
 
     def __init__(self, metrics: Metrics, stalled_for: Callable[[], float] = lambda: 0.0) -> None:
@@ -69,16 +74,6 @@ class Health:
         # step, or batches that keep failing and are replayed.
         status = "stalled" if self.stalled else "stuck" if self.stuck else "not ready"
         return 503, {"status": status, "partitions": sorted(partitions)}
-
-    def liveness(self) -> tuple[int, dict[str, object]]:
-        """`/healthz`'s status code and body: 503 once the loop is stalled, so that the orchestrator restarts it.
-
-        A loop wedged in a step does not come back by itself (each wedge found so far
-        was a wait that nothing would wake); a restart resumes from the last commit.
-        """
-        if self.stalled:
-            return 503, {"status": "stalled", "step_seconds": round(self._stalled_for(), 1)}
-        return 200, {"status": "alive"}
 
 
 class Replays:

@@ -389,7 +389,7 @@ def _health(r: CollectorRegistry) -> _Health:
         loop_step=Gauge(
             "eligibility_loop_step_seconds",
             "Seconds the worker's loop has spent in its current step (0 while it waits idle for records); "
-            "at 120 it is stalled: /ready and /healthz answer 503",
+            "at 120 it is stalled: /ready answers 503",
             registry=r,
         ),
         dev_pseudonym_key=Gauge(

@@ -16,7 +16,7 @@ what the orchestrator sees:
   orchestrator then restarts the pod with its back-off, counts the restart and shows a
   crash loop, where a restart inside the pod would hide one. The group rebalances the
   dead child's partitions either way, and nothing committed is lost.
-- One `/healthz` (alive when every child answers alive), one `/ready` (ready when
+- One `/healthz` (alive when every child answers its own), one `/ready` (ready when
   every child is) and one `/metrics` on
   STREAM_WEB_PORT. `/metrics` scrapes the children over loopback and merges their
   series into the names and labels one worker exports (rules in `merge_metrics`), so
@@ -233,16 +233,14 @@ class Supervisor:
 
 
 def pod_liveness(answers: Sequence[tuple[int, bytes]]) -> tuple[int, dict[str, Any]]:
-    """The pod's `/healthz` from its running children's: alive when every child answers alive.
+    """The pod's `/healthz` from its running children's: alive when every child answers its own.
 
-    A child whose loop stalled answers 503, and one whose event loop is blocked does not
-    answer at all; either fails the pod's liveness, as it would fail the orchestrator's
-    probe of a worker on its own, so that the pod is restarted.
+    A child whose event loop is blocked does not answer: that fails the pod's liveness,
+    as it would fail the orchestrator's probe of a worker on its own.
     """
-    processes = [str(_json(body).get("status", "alive")) if status else "not answering" for status, body in answers]
+    processes = ["alive" if status == 200 else "not answering" for status, _ in answers]
     alive = all(status == 200 for status, _ in answers)
-    overall = "alive" if alive else "stalled" if "stalled" in processes else "not answering"
-    return (200 if alive else 503), {"status": overall, "processes": processes}
+    return (200 if alive else 503), {"status": "alive" if alive else "not answering", "processes": processes}
 
 
 def pod_readiness(answers: Sequence[tuple[int, bytes]]) -> tuple[int, dict[str, Any]]:

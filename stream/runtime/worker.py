@@ -125,10 +125,6 @@ class FilterWorker:
         """`/ready`'s answer: status code and body."""
         return self._health.readiness(self._held.assigned)
 
-    def liveness(self) -> tuple[int, dict[str, object]]:
-        """`/healthz`'s answer: status code and body (503 once the loop is stalled)."""
-        return self._health.liveness()
-
     @property
     def assigned(self) -> frozenset[int]:
         """The partition numbers this worker holds now."""

@@ -22,13 +22,12 @@ def test_health_caught_up_and_not_stuck_is_ready() -> None:
     assert health.is_ready and _gauge(metrics, "eligibility_ready") == 1
 
 
-def test_health_stalled_loop_is_not_ready_fails_liveness_and_shows_when_scraped() -> None:
+def test_health_stalled_loop_is_not_ready_and_shows_when_scraped() -> None:
     metrics = Metrics.create()
     step = [0.0]
     health = Health(metrics, lambda: step[0])
     health.set_ready(True)
     assert health.readiness([1, 0]) == (200, {"status": "ready", "partitions": [0, 1]})
-    assert health.liveness() == (200, {"status": "alive"})
 
     step[0] = LOOP_STALL_SECONDS - 0.1
     assert health.is_ready and not health.stalled
@@ -36,13 +35,11 @@ def test_health_stalled_loop_is_not_ready_fails_liveness_and_shows_when_scraped(
     step[0] = LOOP_STALL_SECONDS  # nothing set the gauges since: they are read when scraped
     assert health.stalled and health.ready and not health.is_ready
     assert health.readiness([0]) == (503, {"status": "stalled", "partitions": [0]})
-    assert health.liveness() == (503, {"status": "stalled", "step_seconds": LOOP_STALL_SECONDS})
     assert _gauge(metrics, "eligibility_ready") == 0
     assert _gauge(metrics, "eligibility_loop_step_seconds") == LOOP_STALL_SECONDS
 
     step[0] = 0.0  # the step ended
     assert health.is_ready and _gauge(metrics, "eligibility_ready") == 1
-    assert health.liveness()[0] == 200
 
 
 def test_health_readiness_names_stuck_and_not_ready() -> None:
@@ -51,7 +48,6 @@ def test_health_readiness_names_stuck_and_not_ready() -> None:
     health.set_ready(True)
     health.set_stuck(True)
     assert health.readiness([2]) == (503, {"status": "stuck", "partitions": [2]})
-    assert health.liveness()[0] == 200  # stuck batches are replayed: the loop steps, a restart would not help
 
 
 def test_replays_back_off_grows_to_its_last_step_and_the_worker_is_stuck_after_three() -> None:
