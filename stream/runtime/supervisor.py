@@ -17,10 +17,10 @@ what the orchestrator sees:
   crash loop, where a restart inside the pod would hide one. The group rebalances the
   dead child's partitions either way, and nothing committed is lost.
 - One `/healthz` (alive when every child answers its own), one `/ready` (ready when
-  every child is) and one `/metrics` on
-  STREAM_WEB_PORT. `/metrics` scrapes the children over loopback and merges their
-  series into the names and labels one worker exports (rules in `merge_metrics`), so
-  the dashboards and alerts read a pod with N processes as they read one worker.
+  every child is) and one `/metrics` on STREAM_WEB_PORT. `/metrics` scrapes the
+  children over loopback and merges their series into the names and labels one
+  worker exports (rules in `merge_metrics`), so the dashboards and alerts read a pod
+  with N processes as they read one worker.
   prometheus_client's multiprocess mode was not used: it changes the gauges' meaning
   (a `pid` label, or a mode chosen per gauge), drops the process and Python
   collectors (`process_cpu_seconds_total`, resident memory) and `Info` series, and
