@@ -35,8 +35,8 @@ class Health:
     The ready gauge is read when scraped, so a stalled loop, which runs no code that
     could set it, still shows. A stall does not fail liveness: a broker out of reach
     stalls every worker's commit, and restarting them all would turn an outage into a
-    crash loop whose back-off outlasts it. A wedge is a bug, found by the
-    EligibilityNotReady alert and restarted by hand (docs/runbooks.md).
+    crash loop whose back-off outlasts it. A wedge is a bug, paged by the
+    EligibilityWorkerStalled alert and restarted by hand (docs/runbooks.md).
     """
 
     def __init__(self, metrics: Metrics, stalled_for: Callable[[], float] = lambda: 0.0) -> None:
