@@ -1,5 +1,7 @@
 """The loop's waits and what cuts them short: a stop cuts any, a starting rebalance only a read under the lock.
 
+`LoopModel` searches any sequence of steps, waits, stops, rebalances, cancels and clock
+moves for a wait that ends otherwise than the model says, or a stall clock that is off.
 On the real broker: tests/integration/test_worker_guarantees.py (a read that gives way
 to a rebalance, a stop that ends the loop while the rebalance in flight never assigns).
 """
@@ -12,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from stream.runtime import interrupt
 from stream.runtime.interrupt import Cut, GiveUp, Interruption
@@ -259,3 +262,145 @@ def test_the_fetch_check_finds_a_fetch_left_to_itself() -> None:
     assert _fetches_outside_the_interruption("async def f(c, i):\n    await fetch(c, timeout_ms=5)\n") == [2]
     assert _fetches_outside_the_interruption("async def f(c, i):\n    await i.read(fetch, c, timeout_ms=5)\n") == []
     assert _fetches_outside_the_interruption("async def f(c, i):\n    await i.idle(fetch(c, timeout_ms=5))\n") == []
+
+
+class LoopModel(RuleBasedStateMachine):
+    """The loop's steps, waits, stops, rebalances, cancels and a moving clock, against a small model.
+
+    The model (interrupt.py's docstring, written out): a read checks as it starts and
+    gives up at once if a stop or a rebalance began; a stop cuts any wait, a starting
+    rebalance cuts a read; an owner's cancel always wins; a wait may also end by itself.
+    The stall clock: the loop is stalled for the time since its last step (a check, a
+    read's start, a wait's end), and 0 while it is parked in an idle wait.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = _Clock()
+        self.interruption = Interruption(self.clock)
+        self.task: asyncio.Task[object] | None = None
+        self.reading = False
+        self.records: asyncio.Future[dict[str, int]] | None = None
+        # The model.
+        self.stepped_at = self.clock.now
+        self.stopping = False
+        self.rebalancing = False
+        self.expected: str | None = None  # how the wait in hand ends, once it has
+
+    def teardown(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            self._turns()
+        self.loop.close()
+
+    def _turns(self, then: Callable[[], object] = lambda: None) -> None:
+        """Call `then` in a step of the loop (where the worker calls stops, rebalances, cancels), then turn."""
+
+        async def turns() -> None:
+            then()
+            for _ in range(4):
+                await asyncio.sleep(0)
+
+        self.loop.run_until_complete(turns())
+
+    def _ended(self, how: str) -> None:
+        self.expected = how
+        self.stepped_at = self.clock.now
+
+    @property
+    def waiting(self) -> bool:
+        return self.task is not None and self.expected is None
+
+    @rule(seconds=st.integers(min_value=0, max_value=10**6) | st.floats(min_value=0, max_value=1e-3))
+    def tick(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    @precondition(lambda self: not self.waiting)
+    @rule()
+    def check(self) -> None:
+        self.stepped_at = self.clock.now
+        if self.stopping or self.rebalancing:
+            with pytest.raises(GiveUp) as raised:
+                self.interruption.check()
+            assert raised.value.cause is (Cut.REBALANCE if self.rebalancing else Cut.STOP)
+        else:
+            self.interruption.check()
+
+    @precondition(lambda self: not self.waiting)
+    @rule(read=st.booleans())
+    def wait(self, read: bool) -> None:
+        records: asyncio.Future[dict[str, int]] = self.loop.create_future()
+
+        async def reading() -> dict[str, int]:
+            return await records
+
+        self.records, self.reading, self.expected = records, read, None
+        waiting = self.interruption.read(reading) if read else self.interruption.idle(records)
+        self.task = self.loop.create_task(waiting)  # type: ignore[arg-type]
+        if read:
+            self.stepped_at = self.clock.now  # the read's own check
+            if self.stopping or self.rebalancing:
+                self._ended("given up")
+        self._turns()
+
+    @precondition(lambda self: self.waiting)
+    @rule()
+    def records_arrive(self) -> None:
+        assert self.records is not None
+        self.records.set_result({"records": 1})
+        self._ended("read")
+        self._turns()
+
+    @rule()
+    def stop(self) -> None:
+        self.stopping = True
+        if self.waiting:
+            self._ended("given up" if self.reading else "none")
+        self._turns(self.interruption.stop)
+
+    @rule()
+    def rebalance_started(self) -> None:
+        self.rebalancing = True
+        if self.waiting and self.reading:
+            self._ended("given up")
+        self._turns(self.interruption.rebalance_started)
+
+    @rule()
+    def rebalance_ended(self) -> None:
+        self.rebalancing = False
+        self._turns(self.interruption.rebalance_ended)
+
+    @precondition(lambda self: self.waiting)
+    @rule()
+    def owner_cancels(self) -> None:
+        assert self.task is not None
+        self._ended("cancelled")
+        self._turns(self.task.cancel)
+
+    @invariant()
+    def the_wait_ends_as_the_model_says(self) -> None:
+        if self.task is None:
+            return
+        if not self.task.done():
+            assert self.expected is None
+        elif self.task.cancelled():
+            assert self.expected == "cancelled"
+        elif isinstance(self.task.exception(), GiveUp):
+            assert self.expected == "given up"
+        else:
+            assert self.expected == ("none" if self.task.result() is None else "read")
+
+    @invariant()
+    def the_loop_is_stalled_for_the_time_since_its_last_step_unless_parked(self) -> None:
+        parked = self.waiting and not self.reading
+        assert self.interruption.stalled_for() == (0.0 if parked else self.clock.now - self.stepped_at)
+
+    @invariant()
+    def a_loop_that_is_interrupted_starts_no_batch(self) -> None:
+        assert self.interruption.interrupted == (self.stopping or self.rebalancing)
+        assert self.interruption.stopping == self.stopping
+
+
+TestLoopModel = LoopModel.TestCase
+TestLoopModel.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
