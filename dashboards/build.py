@@ -548,12 +548,13 @@ def overview() -> Dashboard:
         ),
         series_panel(
             ids,
-            "Ready, recovering, stuck",
+            "Ready, recovering, stalled, stuck",
             "ready: partitions assigned and state caught up. recovering: state being rebuilt or caught up "
             "(after a restart, a wiped data directory or a rebalance). Not ready for 5 minutes: "
             "EligibilityNotReady. stuck: the same batch failed 3 times in a row and is being replayed "
             "(EligibilityWorkerStuck); replays: failed attempts in the last 5 minutes. stalled: the "
-            "loop has spent 2 minutes in one step (a wedge, or the broker out of reach): not ready.",
+            "loop has spent 2 minutes in one step (a wedge, or the broker out of reach): not ready; "
+            "3 minutes: EligibilityWorkerStalled.",
             "none",
             [
                 query(sel("eligibility_ready"), "ready {{instance}}", ref="A"),
