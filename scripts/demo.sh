@@ -37,4 +37,5 @@ echo "demo: worker started (log: $STREAM_DATA_DIR/worker.log, metrics: http://lo
 pids+=($!)
 echo "demo: generator at $RATE content events/s over $ACCOUNTS accounts (log: $STREAM_DATA_DIR/generator.log)"
 echo "demo: live counts from the audit log (Ctrl-C to stop)"
-"$PY" -m stream watch --interval 2
+# Warnings only: the live counts are the screen, not the reader client's INFO lines.
+"$PY" -m stream --log-level warning watch --interval 2
