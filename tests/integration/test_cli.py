@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import queue
+import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +23,8 @@ from stream.config import Settings
 from .harness import free_port, http_get, process_env, read_until, unique_settings
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -194,3 +202,50 @@ async def test_long_running_commands_stop_on_sigterm_with_143(bootstrap: str, tm
         if process.poll() is None:
             process.kill()
         out.close()
+
+
+def test_make_run_prints_live_counts_and_ctrl_c_stops_all_it_started(bootstrap: str, tmp_path: Path) -> None:
+    """The README's first command (`make run` is scripts/demo.sh after the build) on topics of its own."""
+    settings = unique_settings(bootstrap, tmp_path)
+    port = free_port()
+    env = _env(
+        settings,
+        STREAM_WEB_PORT=str(port),
+        KAFKA_PORT=bootstrap.rsplit(":", 1)[1],  # the demo reuses the broker that answers there
+        DEMO_RATE="200",
+        DEMO_ACCOUNTS="500",
+    )
+    demo = subprocess.Popen(
+        [str(ROOT / "scripts" / "demo.sh")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal gives it: Ctrl-C reaches it all
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=lambda: [*map(lines.put, demo.stdout or ()), lines.put(None)], daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        counted = None
+        while counted is None:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "".join(seen)
+            seen.append(line)
+            counted = re.match(r"\[\s*\d+s\] total=(\d+) .*\beligible=(\d+)", line)
+        assert int(counted[1]) > 0 and int(counted[2]) > 0, line
+
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
+        assert demo.wait(timeout=60) != 0
+        while (line := lines.get(timeout=10)) is not None:
+            seen.append(line)
+        output = "".join(seen)
+        assert "demo: stopping worker and generator" in output
+        assert "Traceback" not in output and "INFO" not in output, output
+        # Nothing it started runs on: the worker and the generator were in its group.
+        with pytest.raises(ProcessLookupError):
+            os.killpg(demo.pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)
