@@ -82,7 +82,8 @@ chaos: compile ## by hand, not in `make test`: 3 workers, 10 min of load, duplic
 bench: compile ## the benchmarks and their targets (docs/benchmarks.md), on a quiet machine; long: see bench/run.py for options
 	scripts/kafka.sh start
 	$(PY) -m bench all --fresh
-	status=0; $(PY) -m bench.objections || status=$$?; $(PY) -m bench report && exit $$status
+	status=0; $(PY) -m bench.objections || status=$$?; $(PY) -m bench.rebalance || status=$$?; \
+		$(PY) -m bench report && exit $$status
 
 # The Helm chart (deploy/helm/eligibility-filter, docs/deploy.md) is tested without a
 # cluster: helm lint, helm template for several value sets, every object validated

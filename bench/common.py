@@ -359,6 +359,8 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         STREAM_DEV_MODE="1",
         PYTHONPATH=str(ROOT),
     )
+    if settings.group_instance_id:  # a static member, as the chart runs each worker
+        env["STREAM_GROUP_INSTANCE_ID"] = settings.group_instance_id
     env.update(extra)
     return env
 

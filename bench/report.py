@@ -443,6 +443,7 @@ def render(r: dict[str, Any]) -> None:
     add("make bench                          # the whole run behind the targets below, on a quiet machine:")
     add("  python -m bench all --fresh       #   earlier results discarded; drains, rate ladder, latency, soak")
     add("  python -m bench.objections        #   objection propagation at 80 % of that run's sustainable rate")
+    add("  python -m bench.rebalance         #   a worker joining and leaving a live stream: time to settle, latency")
     add("  python -m bench report            #   this page again, with the objections in the targets table")
     add("python -m bench all --quick         # smoke run: small sizes, a few minutes; its verdicts do not count")
     add("python -m bench drain --events 200000 --accounts 200000 --consumers worker,raw   # one part, other sizes")
