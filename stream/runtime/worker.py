@@ -349,7 +349,10 @@ def _clients(s: Settings, on_disk: Callable[[], Iterable[int]]) -> tuple[AIOKafk
         # A killed worker's partitions move on after this long without heartbeats;
         # long enough that a RocksDB write stall while rebuilding state is no death.
         session_timeout_ms=30000,
-        heartbeat_interval_ms=3000,
+        # The other members learn that a rebalance began at their next heartbeat, and the
+        # group waits for them: every join and every leave pauses the partitions up to
+        # this long more (bench/notes.md, "Heartbeats"). One small request a second.
+        heartbeat_interval_ms=1000,
         # Whole partition numbers per worker: p of content with p of profiles and
         # objections, kept across rebalances where the balance allows (assignor.py).
         # An instance of its own: it remembers this consumer's numbers to claim them,
