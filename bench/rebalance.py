@@ -286,9 +286,13 @@ p99 {_ms(steady["p99_ms"])}, max {_ms(steady["max_ms"])}.
 A worker that leaves sends no LeaveGroup (static membership): its partitions move once
 the broker's session timeout (30 s) has run out, and their events wait that long. That
 is the price of the restarts static membership makes free (a pod back within the
-session keeps its partitions and causes no rebalance; docs/deploy.md). A joiner on an
-empty data directory rebuilds the state of the partitions it takes from the compacted
-topics before it is ready; on its own data directory it reads only what it missed.
+session keeps its partitions and causes no rebalance; docs/deploy.md). A join takes the
+new process's start, the group's join (the other members learn of it at their next
+heartbeat, every second), and the state of the partitions it takes: rebuilt from the
+compacted topics on an empty data directory; on its own data directory, only what it
+missed. Every member stops deciding during the join (aiokafka's eager protocol),
+which the max of a join's window shows. Runs vary by a second or two here
+(bench/notes.md, "Heartbeats").
 Events unmatched at the end (sent, no decision read): {result["unmatched"]:,}.
 {END}"""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
