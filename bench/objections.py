@@ -27,7 +27,6 @@ import hmac
 import os
 import platform
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,6 @@ from stream.config import DEV_PSEUDONYM_KEY, Settings, TopicNames
 from stream.runtime.topics import create_topics
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- objections:begin -->", "<!-- objections:end -->"
 # Without a sustainable rate on record (no rate ladder has run): the background rate, events/s.
 DEFAULT_RATE = 2000.0
@@ -371,19 +369,7 @@ the append of the last of that user's tombstones on `training.feed` (both topics
 set to LogAppendTime, so one clock). The worker exports the same quantity as
 `eligibility_objection_propagation_seconds`.
 {END}"""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
-
-
-def record(result: dict[str, Any]) -> None:
-    """Record the result as results.json's `objections`, read afresh so that other sections stay as they are."""
-    results = harness.load_results()
-    results["objections"] = {**result, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    harness.save(results)
+    report.write_block(block)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     if not args.no_write and not args.quick:
         write(result)
-        record(result)
+        harness.record("objections", result)
     return 0 if result["leaks"] == 0 else 1
 
 

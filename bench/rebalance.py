@@ -30,7 +30,6 @@ import asyncio
 import dataclasses
 import os
 import platform
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -39,13 +38,11 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench import common, load
+from bench import common, load, report
 from bench import run as harness
 from bench.common import Proc, Run
 from stream.config import Settings
 
-ROOT = common.ROOT
-DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- rebalance:begin -->", "<!-- rebalance:end -->"
 # After a change settles, its window goes on this long: the backlog it left is worked off then.
 AFTER_SETTLED_S = 5.0
@@ -295,19 +292,7 @@ which the max of a join's window shows. Runs vary by a second or two here
 (bench/notes.md, "Heartbeats").
 Events unmatched at the end (sent, no decision read): {result["unmatched"]:,}.
 {END}"""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
-
-
-def record(result: dict[str, Any]) -> None:
-    """Record the result as results.json's `rebalance`, read afresh so that other sections stay as they are."""
-    results = harness.load_results()
-    results["rebalance"] = {**result, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    harness.save(results)
+    report.write_block(block)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     if not args.no_write and not args.quick:
         write(result)
-        record(result)
+        harness.record("rebalance", result)
     return 0
 
 

@@ -896,6 +896,24 @@ def render(r: dict[str, Any]) -> None:
     print(f"wrote {DOC.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
 
 
+def write_block(block: str) -> None:
+    """Put `block` (`<!-- name:begin -->` .. `<!-- name:end -->`) in docs/benchmarks.md, in place of its last version.
+
+    The blocks of tools other than this renderer (bench/objections.py, bench/rebalance.py):
+    `render` carries them over as they are.
+    """
+    found = _FOREIGN.fullmatch(block)
+    if found is None:
+        raise ValueError("not a block: it must start with <!-- name:begin --> and end with <!-- name:end -->")
+    begin, end = f"<!-- {found['name']}:begin -->", f"<!-- {found['name']}:end -->"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
 def main() -> None:
     """Render the report from bench/results/results.json."""
     import json

@@ -926,6 +926,13 @@ def save(results: dict[str, Any]) -> None:
     RESULTS.write_text(json.dumps(results, indent=1, default=str))
 
 
+def record(key: str, result: dict[str, Any]) -> None:
+    """Record a tool's result as results.json's `key`, read afresh so that other sections stay as they are."""
+    results = load_results()
+    results[key] = {**result, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save(results)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     """Run the chosen benchmarks and record their results."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")

@@ -423,11 +423,28 @@ def test_the_objection_run_records_its_result_into_results_json_and_keeps_the_re
     monkeypatch.setattr(harness, "RESULTS", tmp_path / "results.json")
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
     harness.save({"rate": _ladder_to(12_000)})
-    objections.record(_objections(12.0, 0, 9600.0, "sustainable", 12_000))
+    harness.record("objections", _objections(12.0, 0, 9600.0, "sustainable", 12_000))
     saved = harness.load_results()
     assert saved["rate"]["sustainable"] == 12_000
     assert saved["objections"]["p99_ms"] == 12.0
     assert _row(saved, OBJECTIONS)[2] == MET
+
+
+def test_a_tools_block_replaces_its_last_version_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(report, "DOC", doc)
+    doc.write_text("# Benchmarks\n\nthe report\n\n<!-- objections:begin -->\nold\n<!-- objections:end -->\n")
+    report.write_block("<!-- rebalance:begin -->\nfirst\n<!-- rebalance:end -->")  # absent: appended
+    report.write_block("<!-- objections:begin -->\nnew\n<!-- objections:end -->")
+    report.write_block("<!-- rebalance:begin -->\nsecond\n<!-- rebalance:end -->")
+    assert doc.read_text() == (
+        "# Benchmarks\n\nthe report\n\n<!-- objections:begin -->\nnew\n<!-- objections:end -->\n\n"
+        "<!-- rebalance:begin -->\nsecond\n<!-- rebalance:end -->\n"
+    )
+    with pytest.raises(ValueError, match="not a block"):
+        report.write_block("<!-- rebalance:begin -->\nno end")
 
 
 # -- memory and the earlier rows ----------------------------------------------------------
