@@ -433,15 +433,20 @@ def stop_process(proc: Proc, timeout: float = 30.0) -> float:
     return time.monotonic() - started
 
 
-def http_status(url: str) -> int:
-    """The HTTP status of a GET of `url` (0 when nothing answers)."""
+def http_answer(url: str) -> tuple[int, bytes]:
+    """The status and body of a GET of `url`, an error's included (0 and empty when nothing answers)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
-            return int(response.status)
+            return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        return int(exc.code), bytes(exc.read())
     except OSError:
-        return 0
+        return 0, b""
+
+
+def http_status(url: str) -> int:
+    """The HTTP status of a GET of `url` (0 when nothing answers)."""
+    return http_answer(url)[0]
 
 
 class Stalled(RuntimeError):
@@ -452,12 +457,9 @@ STALL_SECONDS = 90.0
 
 
 def http_get(url: str) -> bytes:
-    """The body of a GET of `url` (empty when nothing answers)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
-            return bytes(response.read())
-    except (urllib.error.HTTPError, OSError):
-        return b""
+    """The body of a successful GET of `url` (empty when nothing answers, or answers an error)."""
+    status, body = http_answer(url)
+    return body if 200 <= status < 300 else b""
 
 
 def inputs_consumed(port: int) -> float | None:

@@ -134,20 +134,7 @@ class Reader:
 
 
 async def _answers(procs: Sequence[Proc]) -> list[tuple[int, bytes]]:
-    return [await asyncio.to_thread(_get, f"http://127.0.0.1:{p.port}/ready") for p in procs]
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
-    except OSError:
-        return 0, b""
+    return [await asyncio.to_thread(common.http_answer, f"http://127.0.0.1:{p.port}/ready") for p in procs]
 
 
 async def _until_settled(procs: Sequence[Proc], since: float, joiner: Proc | None = None) -> tuple[float, float | None]:

@@ -58,7 +58,7 @@ class Health:
         return self.ready and not self.stuck and not self.stalled
 
     def set_ready(self, ready: bool) -> None:
-        """Record whether every assigned partition has caught up; `/ready` also needs the worker not stuck."""
+        """Record whether every assigned partition has caught up; `/ready` also needs it neither stuck nor stalled."""
         self.ready = ready
 
     def set_stuck(self, stuck: bool) -> None:
