@@ -27,16 +27,24 @@ pytestmark = pytest.mark.integration
 TEXT = '\u202e\U0001f600 "event_id":"x' + "\u0000" * 3
 
 
-@pytest.mark.parametrize("kind", ["echo", "echo-ordered"])
+@pytest.mark.parametrize(
+    ("kind", "extra"),
+    [
+        ("echo", []),
+        ("echo-ordered", []),
+        # The variant that measures work per batch, pipelined (bench/notes.md): the same records.
+        ("echo-ordered", ["--work-ms", "0.5", "--pipelined"]),
+    ],
+)
 async def test_the_echo_floors_return_each_stamped_event_as_a_decision_on_its_partition(
-    kind: str, bootstrap: str, tmp_path: Path
+    kind: str, extra: list[str], bootstrap: str, tmp_path: Path
 ) -> None:
     settings = unique_settings(bootstrap, tmp_path / "echo", partitions=2)
     await make_topics(settings)
     log = tmp_path / "echo.log"
     with log.open("wb") as out:
         echo = subprocess.Popen(
-            [sys.executable, *common.COMMANDS[kind][1:]],
+            [sys.executable, *common.COMMANDS[kind][1:], *extra],
             env=common.process_env(settings),
             stdout=out,
             stderr=subprocess.STDOUT,
