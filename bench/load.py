@@ -23,7 +23,7 @@ import functools
 import gc
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,18 @@ def event_id_of(value: bytes) -> bytes:
     """
     start = value.index(_EVENT_ID) + len(_EVENT_ID)
     return value[start : value.index(b'"', start)]
+
+
+def decisions_in(fetched: Mapping[Any, Iterable[Any]]) -> Iterator[tuple[bytes, Any]]:
+    """Each decision record of a reader's fetch (`getmany`'s result), with its event id.
+
+    Byte searches, not a decode of every decision: the readers share the consumers'
+    cores, and what they spend is latency they add.
+    """
+    for records in fetched.values():
+        for r in records:
+            if r.value is not None and b'"action":"decide"' in r.value:
+                yield event_id_of(r.value), r
 
 
 def stamp(value: bytes, at: float) -> bytes:

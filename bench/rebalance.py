@@ -116,13 +116,10 @@ class Reader:
             while True:
                 fetched = await consumer.getmany(timeout_ms=20, max_records=20_000)
                 arrival = time.time()
-                for records in fetched.values():
-                    for r in records:
-                        if r.value is None or b'"action":"decide"' not in r.value:
-                            continue
-                        at = self.sent.pop(load.event_id_of(r.value), None)
-                        if at is not None:
-                            self.samples.append((at, arrival - at))
+                for eid, _ in load.decisions_in(fetched):
+                    at = self.sent.pop(eid, None)
+                    if at is not None:
+                        self.samples.append((at, arrival - at))
         finally:
             await consumer.stop()
 

@@ -590,21 +590,15 @@ async def latency_step(
         while time.monotonic() < deadline:
             fetched = await reader.getmany(timeout_ms=20, max_records=20_000)
             arrival = time.time()
-            for records in fetched.values():
-                for r in records:
-                    # Bytes searches, not a decode of every decision: the reader shares the
-                    # worker's two cores, and what it spends is latency it adds.
-                    if r.value is None or b'"action":"decide"' not in r.value:
-                        continue
-                    eid = load.event_id_of(r.value)
-                    at = sent.pop(eid, None)
-                    if at is None:
-                        arrived.add(eid)  # a decision for a record this run did not stamp
-                        continue
-                    # Kept raw, recorded into the histograms after the run: the
-                    # pure-Python HdrHistogram's record_value costs ~10 µs, four per
-                    # event, CPU the worker would lose while it is measured.
-                    samples.append((at, arrival, r.timestamp))
+            for eid, r in load.decisions_in(fetched):
+                at = sent.pop(eid, None)
+                if at is None:
+                    arrived.add(eid)  # a decision for a record this run did not stamp
+                    continue
+                # Kept raw, recorded into the histograms after the run: the
+                # pure-Python HdrHistogram's record_value costs ~10 µs, four per
+                # event, CPU the worker would lose while it is measured.
+                samples.append((at, arrival, r.timestamp))
             if task.done():
                 if done_at is None:
                     done_at = time.monotonic()

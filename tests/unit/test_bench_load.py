@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import NamedTuple
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bench import load
 from stream.core.codec import decode_content, parse_timestamp
@@ -42,3 +45,40 @@ def test_stamp_writes_the_scheduled_time_as_rfc3339_microseconds() -> None:
         sent = parse_timestamp(stamped["gen_sent_at"])
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamped["gen_sent_at"])
         assert abs(sent.timestamp() - at) < 2e-6
+
+
+class _Rec(NamedTuple):
+    value: bytes | None
+
+
+# Any text around the ids, the members' own names among it; ids as the workload makes
+# them have no quote or backslash (`event_id_of` reads up to the next quote).
+_TEXT = st.one_of(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=20),
+    st.sampled_from(['"action":"decide"', '"event_id":"x', '\\"action\\":\\"decide\\"']),
+)
+_ID = st.text(alphabet=st.characters(codec="utf-8", exclude_characters='"\\'), max_size=12)
+
+
+@given(
+    st.dictionaries(
+        st.integers(0, 3),
+        st.lists(st.one_of(st.none(), st.tuples(_ID, st.booleans(), _TEXT)), max_size=6),
+        max_size=4,
+    )
+)
+def test_decisions_in_yields_each_decision_with_its_id_and_nothing_else(
+    fetched: dict[int, list[tuple[str, bool, str] | None]],
+) -> None:
+    # A decision is found by its action member; anything in another string value,
+    # quotes and the member names themselves among it, is escaped JSON and never matched.
+    def record(x: tuple[str, bool, str] | None) -> _Rec:
+        if x is None:
+            return _Rec(None)  # a tombstone
+        return _Rec(orjson.dumps({"text": x[2], "event_id": x[0], "action": "decide" if x[1] else "x"}))
+
+    batches = {p: [record(x) for x in xs] for p, xs in fetched.items()}
+    expected = [
+        (x[0].encode(), rec) for p, xs in fetched.items() for x, rec in zip(xs, batches[p], strict=True) if x and x[1]
+    ]
+    assert [(orjson.loads(b'"' + eid + b'"').encode(), r) for eid, r in load.decisions_in(batches)] == expected
