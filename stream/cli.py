@@ -53,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in TRAINER_COMMANDS:
             settings = _trainer_settings()
-        elif args.command == "canary":
-            from stream.compliance.canary import canary_settings  # no pseudonym key: it never pseudonymises
+        elif args.command in KEYLESS_COMMANDS:
+            from stream.compliance.canary import canary_settings  # no pseudonym key: neither pseudonymises
 
             settings = canary_settings()
         else:
@@ -173,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     evidence.add_argument("--figure", default=None, help="write only this figure (decisions, retractions, ...)")
     evidence.add_argument("--no-verify", action="store_true", help="do not run the verifier in-process")
 
+    remove = sub.add_parser(
+        "remove-members",
+        help="remove static members that will not come back (a scale-in) from STREAM_GROUP_ID, "
+        "so their partitions move now rather than after the session timeout",
+    )
+    remove.add_argument("instance_ids", nargs="+", metavar="INSTANCE_ID", help="their STREAM_GROUP_INSTANCE_IDs")
+
     watch = sub.add_parser("watch", help="live counts of decisions by reason, read from the audit log")
     watch.add_argument("--interval", type=float, default=2.0)
     watch.add_argument("--from-beginning", action="store_true")
@@ -226,12 +233,31 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return _compliance(settings, "explain", args.content_id, args.json)
     if args.command == "subject":
         return _compliance(settings, "subject", args.account_id, args.json)
+    if args.command == "remove-members":
+        return asyncio.run(_remove_members(settings, args.instance_ids))
+    return 0
+
+
+async def _remove_members(settings: Settings, instance_ids: list[str]) -> int:
+    """One line per instance id: removed, or not a member (already gone: nothing to do). 0 either way."""
+    from stream.runtime.members import Removal, remove_static_members
+
+    outcomes = await remove_static_members(settings, instance_ids)
+    for instance_id, outcome in outcomes.items():
+        if outcome is Removal.REMOVED:
+            print(f"{instance_id}: removed from group {settings.group_id}", flush=True)
+        else:
+            print(f"{instance_id}: not a member of group {settings.group_id} (nothing to remove)", flush=True)
     return 0
 
 
 # The trainers' commands read only the brokers, the security settings and the topic
 # names (stream.feed.reader_settings): a trainer has no pseudonym key.
 TRAINER_COMMANDS = frozenset({"export", "retractions"})
+
+# Commands that never pseudonymise, so need no pseudonym key (least privilege): the
+# canary, and the removal of group members an operator runs.
+KEYLESS_COMMANDS = frozenset({"canary", "remove-members"})
 
 
 def _trainer_settings() -> Settings:
