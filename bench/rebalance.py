@@ -3,8 +3,10 @@
 Under a steady open-loop load (`bench/load.py`, the latency run's: every upsert carries
 its scheduled send time), one worker holds all partitions; then a second one joins
 with an empty data directory (a scale-out onto a new volume), leaves (SIGTERM: a
-scale-in), and joins again on its data directory (a pod back after its session ran
-out). Both run as the chart runs them: static members (`STREAM_GROUP_INSTANCE_ID`).
+scale-in), joins again on its data directory (a pod back after its session ran out),
+and leaves again, removed from the group at once as docs/deploy.md's scale-in does
+(`stream.runtime.members`, what `python -m stream remove-members` runs). Both run as
+the chart runs them: static members (`STREAM_GROUP_INSTANCE_ID`).
 For each change, from the moment it is made:
 
 - *settled*: every running worker's `/ready` answers 200 and the partitions are
@@ -15,9 +17,10 @@ For each change, from the moment it is made:
 
     python -m bench.rebalance [--accounts 200000] [--rate 2000] [--quick] [--no-write]
 
-A scale-in waits out the session timeout (30 s): a static member that stops sends no
+A leave alone waits out the session timeout (30 s): a static member that stops sends no
 LeaveGroup, so its partitions move only once the broker gives up on it. That is the
-cost of the restarts static membership makes free (docs/deploy.md, "Rolling deploys").
+cost of the restarts static membership makes free (docs/deploy.md, "Rolling deploys"),
+and what removing the member saves a scale-in.
 
 Results go to the `rebalance` block of docs/benchmarks.md and to results.json's
 `rebalance`.
@@ -42,10 +45,12 @@ from bench import common, load, report
 from bench import run as harness
 from bench.common import Proc, Run
 from stream.config import Settings
+from stream.runtime import members
 
 BEGIN, END = "<!-- rebalance:begin -->", "<!-- rebalance:end -->"
 # After a change settles, its window goes on this long: the backlog it left is worked off then.
 AFTER_SETTLED_S = 5.0
+REMOVED_ID = "bench-worker-1"  # the second worker's instance id, removed as it leaves the last time
 SETTLE_TIMEOUT_S = 180.0
 
 
@@ -157,7 +162,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     bench_run = Run(args.bootstrap)
     inputs = bench_run.inputs("rebalance")
     first = bench_run.settings(inputs, "worker", group_instance_id="bench-worker-0")
-    second = dataclasses.replace(first, data_dir=bench_run.scratch / "worker-1", group_instance_id="bench-worker-1")
+    second = dataclasses.replace(first, data_dir=bench_run.scratch / "worker-1", group_instance_id=REMOVED_ID)
     logs = bench_run.scratch / "logs"
     changes: list[Change] = []
     try:
@@ -195,11 +200,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async def leave(worker: Proc) -> None:
                 await asyncio.to_thread(common.stop_process, worker)  # the drain, off the loop that measures
 
+            async def leave_removed(worker: Proc) -> None:
+                await leave(worker)
+                removed = await members.remove_static_members(first, [REMOVED_ID])
+                if removed != {REMOVED_ID: members.Removal.REMOVED}:
+                    raise RuntimeError(f"the stopped worker was not removed from the group: {removed}")
+
             b = await change("join, empty data directory", lambda: join("-1"), [a])
             assert b is not None
             gone, b = b, None
             await change("leave (SIGTERM)", lambda: leave(gone), [a])
             b = await change("join again, data directory kept", lambda: join("-1b"), [a])
+            assert b is not None
+            gone, b = b, None
+            await change("leave (SIGTERM), then removed", lambda: leave_removed(gone), [a])
             if pacing.done():
                 raise RuntimeError("the load ended before the last change's window closed")
             pacing.cancel()
@@ -251,8 +265,10 @@ Run `python -m bench.rebalance` (this block is rewritten by it; `make bench` run
 Machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()};
 broker on the same machine. An open-loop load of {result["rate"]:,.0f} events/s over
 {result["accounts"]:,} accounts (`bench/load.py`), one worker holding the 4 partitions; then a
-second worker joins with an empty data directory, leaves on SIGTERM, and joins again on
-its data directory. Both are static members, as the chart runs them. *Settled*: from
+second worker joins with an empty data directory, leaves on SIGTERM, joins again on
+its data directory, and leaves again, removed from the group as it stops (`python -m
+stream remove-members`, docs/deploy.md's scale-in). Both are static members, as the
+chart runs them. *Settled*: from
 the change until every worker's `/ready` is 200 and the partitions are shared out among
 them, each held once. The latency is that of the events scheduled from the change to
 {AFTER_SETTLED_S:g} s after it settled (scheduled send to the decision read by a reader).
@@ -267,7 +283,9 @@ p99 {_ms(steady["p99_ms"])}, max {_ms(steady["max_ms"])}.
 A worker that leaves sends no LeaveGroup (static membership): its partitions move once
 the broker's session timeout (30 s) has run out, and their events wait that long. That
 is the price of the restarts static membership makes free (a pod back within the
-session keeps its partitions and causes no rebalance; docs/deploy.md). A join takes the
+session keeps its partitions and causes no rebalance; docs/deploy.md). Removed from the
+group as it stops, a worker that will not come back hands its partitions on within seconds
+(its drain, the removal and the group's join). A join takes the
 new process's start, the group's join (the other members learn of it at their next
 heartbeat, every second), and the state of the partitions it takes: rebuilt from the
 compacted topics on an empty data directory; on its own data directory, only what it
