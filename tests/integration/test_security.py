@@ -246,7 +246,11 @@ async def test_scenario_through_sasl_ssl_with_readme_acls_decides_exactly(
     await grant(admin, "trainer", "trainer")
     port = free_port()
     env = process_env(
-        admin, STREAM_WEB_PORT=str(port), STREAM_PSEUDONYM_KEY=KEY.decode(), **secure_broker.env("worker")
+        admin,
+        STREAM_WEB_PORT=str(port),
+        STREAM_PSEUDONYM_KEY=KEY.decode(),
+        STREAM_GROUP_INSTANCE_ID="secured-worker-0",
+        **secure_broker.env("worker"),
     )
     log_path = admin.data_dir / "worker.log"
     log = log_path.open("w")
@@ -288,6 +292,25 @@ async def test_scenario_through_sasl_ssl_with_readme_acls_decides_exactly(
 
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+
+        # A scale-in: the stopped static member removed with the worker's own rights (the
+        # group's Read); the trainer, with no right on the group, is refused.
+        def remove(user: str) -> subprocess.CompletedProcess[str]:
+            removal_env = process_env(admin, **secure_broker.env(user))
+            del removal_env["STREAM_DEV_MODE"]
+            return subprocess.run(
+                [sys.executable, "-m", "stream", "remove-members", "secured-worker-0"],
+                env=removal_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        refused = await asyncio.to_thread(remove, "trainer")
+        assert refused.returncode == 2 and "GroupAuthorizationFailedError" in refused.stderr, refused.stderr
+        removed = await asyncio.to_thread(remove, "worker")
+        assert removed.returncode == 0, removed.stderr
+        assert removed.stdout == f"secured-worker-0: removed from group {admin.group_id}\n"
     finally:
         if worker.poll() is None:
             worker.kill()
