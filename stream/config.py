@@ -228,6 +228,10 @@ class Settings:
     # Static membership (KIP-345): a worker that comes back under the same id within the
     # session timeout gets its partitions back without a rebalance of the others.
     group_instance_id: str | None = None
+    # A static member whose StatefulSet was scaled below its pod's ordinal leaves the
+    # group as it stops (STREAM_LEAVE_ON_SCALE_IN, `stream/runtime/scalein.py`), so its
+    # partitions do not wait out its session timeout.
+    leave_on_scale_in: bool = True
     log_format: LogFormat = LogFormat.TEXT
     # Trainers' consumer groups on training.retractions (STREAM_TRAINER_GROUPS): the
     # verifier exports how many retractions each has not acknowledged, and how old the
@@ -274,6 +278,7 @@ class Settings:
             item_memory_days=_int(env, "STREAM_ITEM_MEMORY_DAYS", 8, minimum=1),
             kafka_security=KafkaSecurity.from_env(env),
             group_instance_id=_group_instance_id(env),
+            leave_on_scale_in=_flag(env, "STREAM_LEAVE_ON_SCALE_IN", default=True),
             log_format=_choice(env, "STREAM_LOG_FORMAT", LogFormat, LogFormat.TEXT),
             trainer_groups=_trainer_groups(env),
             trainer_ack_hours=_int(env, "STREAM_TRAINER_ACK_HOURS", 24, minimum=1),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 from typing import Any
 
 import faust
@@ -25,6 +26,7 @@ from stream.core.policy import load_policy
 from stream.core.records import pseudonym_key_id
 from stream.core.shadow import load_shadow_policy
 from stream.runtime.metrics import Metrics
+from stream.runtime.scalein import Pod, leave_if_scaled_in
 from stream.runtime.store import configure_memory
 from stream.runtime.worker import FilterWorker
 
@@ -55,6 +57,7 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
     # Before the worker opens a store: every store of the process shares this budget.
     configure_memory(settings.store_memory_mib << 20)
     worker = FilterWorker(settings, engine, metrics)
+    pod = Pod.from_env(os.environ)  # a StatefulSet's pod, or None: read once, used at the stop
 
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -97,6 +100,9 @@ def build_app(settings: Settings) -> tuple[faust.App, FilterWorker]:
                 log.error(
                     "drain did not finish in %.0fs; exiting, the last batch will be replayed", settings.shutdown_timeout
                 )
+            else:
+                # Drained and closed: a pod stopped for good (a scale-in) leaves the group now.
+                await leave_if_scaled_in(settings, pod)
 
     _add_pages(app, worker, metrics)
     return app, worker
