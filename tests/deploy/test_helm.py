@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from stream.config import Settings
+from stream.runtime import scalein
 from stream.runtime.topics import topic_specs
 from tests.conftest import missing
 
@@ -233,7 +234,8 @@ def test_kubernetes_validate_rejects_an_unknown_field() -> None:
 
 def test_chart_renders_only_builtin_kinds_or_the_checked_custom_resources(helm: str) -> None:
     kinds = {(o["apiVersion"], o["kind"]) for _, o in _all_rendered(helm)}
-    custom = {k for k in kinds if "." in k[0].split("/")[0] and not k[0].startswith(("apps/", "policy/"))}
+    builtin = ("apps/", "policy/", "rbac.authorization.k8s.io/")
+    custom = {k for k in kinds if "." in k[0].split("/")[0] and not k[0].startswith(builtin)}
     assert custom == CRD_KINDS, "every custom resource kind the chart renders is checked below, and each is rendered"
 
 
@@ -448,7 +450,9 @@ def test_chart_pods_run_non_root_read_only_without_privileges(helm: str, name: s
         assert sc["runAsNonRoot"] is True
         assert sc["runAsUser"] == sc["runAsGroup"] == sc["fsGroup"] == IMAGE_UID
         assert sc["seccompProfile"]["type"] == "RuntimeDefault"
-        assert pod["automountServiceAccountToken"] is False
+        # Only the workers mount a token: it reads their own StatefulSet at SIGTERM (below).
+        is_worker = template["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+        assert pod["automountServiceAccountToken"] is is_worker
         volumes = {v["name"]: v for v in pod["volumes"]}
         for container in pod["containers"]:
             csc = container["securityContext"]
@@ -494,6 +498,52 @@ def test_chart_worker_state_on_a_volume_claim_and_static_membership(helm: str) -
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert container["command"] + container["args"] == ["python", "-m", "stream", "worker"]
+
+
+def test_chart_workers_may_read_their_statefulset_and_nothing_else(helm: str) -> None:
+    objects = rendered(helm, "defaults")
+    sts = _worker(objects)
+    pod = sts["spec"]["template"]["spec"]
+    account = _one(objects, "ServiceAccount")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False  # mounted by the worker's pod alone
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["statefulsets"],
+            "resourceNames": [sts["metadata"]["name"]],
+            "verbs": ["get"],
+        }
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert [(s["kind"], s["name"]) for s in binding["subjects"]] == [("ServiceAccount", account["metadata"]["name"])]
+    env = _env(pod["containers"][0])
+    assert Settings.from_env(
+        {"STREAM_DEV_MODE": "1", "STREAM_LEAVE_ON_SCALE_IN": env["STREAM_LEAVE_ON_SCALE_IN"]}
+    ).leave_on_scale_in
+    # The worker's pod is named <statefulset>-<ordinal>: what scalein.Pod reads as its StatefulSet.
+    assert scalein.Pod.from_env(
+        {"HOSTNAME": sts["metadata"]["name"] + "-2", "STREAM_KUBERNETES_API": "https://api", "POD_NAMESPACE": "ns"},
+        ROOT / "no-service-account",
+    ) == scalein.Pod("https://api", "ns", sts["metadata"]["name"], 2, None, None)
+
+
+def test_chart_without_the_scale_in_leave_mounts_no_token_and_grants_nothing(helm: str) -> None:
+    values = {"devMode": True, "kafka": {"securityProtocol": "PLAINTEXT"}, "worker": {"leaveGroupOnScaleIn": False}}
+    objects = _render(helm, values)
+    pod = _worker(objects)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    assert not [o for o in objects if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    env = _env(pod["containers"][0])
+    assert not Settings.from_env(
+        {"STREAM_DEV_MODE": "1", "STREAM_LEAVE_ON_SCALE_IN": env["STREAM_LEAVE_ON_SCALE_IN"]}
+    ).leave_on_scale_in
 
 
 def _pages() -> set[str]:
