@@ -20,6 +20,7 @@ the pod's grace period margin after the drain. `STREAM_LEAVE_ON_SCALE_IN=0` turn
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import re
 import ssl
@@ -120,8 +121,9 @@ def replicas_of(pod: Pod, timeout: float = CHECK_TIMEOUT_SECONDS) -> int | None:
         if exc.code == 404:
             return None  # the StatefulSet is gone: every pod of it is stopped for good
         raise CannotTell(f"the Kubernetes API answered {exc.code} for the StatefulSet") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise CannotTell(f"the Kubernetes API is out of reach ({exc})") from None
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        # HTTPException: an answer that is not HTTP, or is cut short.
+        raise CannotTell(f"the Kubernetes API is out of reach ({exc!r})") from None
     try:
         document = orjson.loads(body)
         if not isinstance(document, dict):
@@ -150,7 +152,7 @@ async def leave_if_scaled_in(settings: Settings, pod: Pod | None) -> bool:
         return False
     try:
         replicas = await asyncio.wait_for(asyncio.to_thread(replicas_of, pod), CHECK_TIMEOUT_SECONDS + 1)
-    except (CannotTell, TimeoutError) as exc:
+    except Exception as exc:  # CannotTell, no answer in time, or a failure unforeseen: never fail the stop
         log.warning(
             "cannot tell a scale-in from a restart (%s): the group keeps this member for its session timeout",
             exc or "no answer in time",

@@ -10,6 +10,7 @@ tests/integration/test_scalein.py.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -195,3 +196,43 @@ def test_a_restart_or_an_api_that_cannot_tell_stays_without_asking_the_broker(ap
     api.status = 403
     assert not asyncio.run(leave_if_scaled_in(base, pod_at(api.url, tmp_path)))
     assert len(api.seen) == 2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"FOO\r\n\r\n",  # not HTTP
+        b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"spec"',  # cut short
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # a broken chunk
+        b"",  # closed at once
+    ],
+)
+def test_a_broken_http_answer_does_not_tell(raw: bytes) -> None:
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(raw)
+        conn.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    pod = Pod(
+        api=f"http://127.0.0.1:{server.getsockname()[1]}",
+        namespace="ns",
+        statefulset="ef",
+        ordinal=0,
+        token_file=None,
+        ca_file=None,
+    )
+    try:
+        with pytest.raises(CannotTell):
+            replicas_of(pod, timeout=5)
+    finally:
+        thread.join(5)
+        server.close()
