@@ -4,8 +4,9 @@ Under a steady open-loop load (`bench/load.py`, the latency run's: every upsert 
 its scheduled send time), one worker holds all partitions; then a second one joins
 with an empty data directory (a scale-out onto a new volume), leaves (SIGTERM: a
 scale-in), joins again on its data directory (a pod back after its session ran out),
-and leaves again, removed from the group at once as docs/deploy.md's scale-in does
-(`stream.runtime.members`, what `python -m stream remove-members` runs). Both run as
+and leaves again, removed from the group as it stops, as a worker stopped by a
+StatefulSet's scale-in removes itself (`stream/runtime/scalein.py`) and `python -m
+stream remove-members` removes another (both `stream.runtime.members`). Both run as
 the chart runs them: static members (`STREAM_GROUP_INSTANCE_ID`).
 For each change, from the moment it is made:
 
@@ -266,9 +267,9 @@ Machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_
 broker on the same machine. An open-loop load of {result["rate"]:,.0f} events/s over
 {result["accounts"]:,} accounts (`bench/load.py`), one worker holding the 4 partitions; then a
 second worker joins with an empty data directory, leaves on SIGTERM, joins again on
-its data directory, and leaves again, removed from the group as it stops (`python -m
-stream remove-members`, docs/deploy.md's scale-in). Both are static members, as the
-chart runs them. *Settled*: from
+its data directory, and leaves again, removed from the group as it stops (what a worker
+stopped by a StatefulSet's scale-in does, or `python -m stream remove-members`;
+docs/deploy.md). Both are static members, as the chart runs them. *Settled*: from
 the change until every worker's `/ready` is 200 and the partitions are shared out among
 them, each held once. The latency is that of the events scheduled from the change to
 {AFTER_SETTLED_S:g} s after it settled (scheduled send to the decision read by a reader).
