@@ -6,8 +6,8 @@ member that will not come back (a scale-in, a pod renamed, `--processes` lowered
 keeps its partitions, undecided, until its session timeout (30 s) has run out. Kafka's
 answer is its admin client's `removeMembersFromConsumerGroup`: a LeaveGroup request of
 version 3 or later that names the members by instance id. aiokafka 0.14 speaks
-LeaveGroup v0 and v1 only, and Kafka ships no command line for it (KIP-670 was never
-adopted). So version 3 is declared here with aiokafka's protocol classes (`Request`,
+LeaveGroup v0 and v1 only, and `kafka-consumer-groups` has no option for it (KIP-670
+proposed one). So version 3 is declared here with aiokafka's protocol classes (`Request`,
 `RequestStruct`, `Response`, the way its `aiokafka.protocol.api` documents for a
 request), and sent with its public client (`AIOKafkaClient.coordinator_lookup`,
 `send`), which negotiates the version with the broker: a broker older than Kafka 2.4
