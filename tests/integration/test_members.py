@@ -29,9 +29,9 @@ pytestmark = pytest.mark.integration
 SESSION_TIMEOUT_SECONDS = 30.0  # the worker's consumer (worker.py)
 
 
-async def remove_members(settings: Settings, *ids: str) -> tuple[int, str, str]:
-    """Run the command as an operator would, with no pseudonym key in its environment."""
-    env = process_env(settings)
+async def remove_members(settings: Settings, *ids: str, **extra: str) -> tuple[int, str, str]:
+    """Run the command as an operator would, with no pseudonym key in its environment (plus `extra`)."""
+    env = process_env(settings, **extra)
     del env["STREAM_DEV_MODE"]  # it needs no key: refused for one, this would exit 2
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

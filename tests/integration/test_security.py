@@ -35,6 +35,7 @@ from tests.conftest import ROOT, missing
 
 from .harness import KEY, Out, build_worker, free_port, http_get, latest_by_key, process_env, unique_settings
 from .test_filter_scenario import CONTENT, OBJECTIONS, PROFILES
+from .test_members import remove_members
 
 pytestmark = pytest.mark.integration
 
@@ -295,22 +296,11 @@ async def test_scenario_through_sasl_ssl_with_readme_acls_decides_exactly(
 
         # A scale-in: the stopped static member removed with the worker's own rights (the
         # group's Read); the trainer, with no right on the group, is refused.
-        def remove(user: str) -> subprocess.CompletedProcess[str]:
-            removal_env = process_env(admin, **secure_broker.env(user))
-            del removal_env["STREAM_DEV_MODE"]
-            return subprocess.run(
-                [sys.executable, "-m", "stream", "remove-members", "secured-worker-0"],
-                env=removal_env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-
-        refused = await asyncio.to_thread(remove, "trainer")
-        assert refused.returncode == 2 and "GroupAuthorizationFailedError" in refused.stderr, refused.stderr
-        removed = await asyncio.to_thread(remove, "worker")
-        assert removed.returncode == 0, removed.stderr
-        assert removed.stdout == f"secured-worker-0: removed from group {admin.group_id}\n"
+        code, _, err = await remove_members(admin, "secured-worker-0", **secure_broker.env("trainer"))
+        assert code == 2 and "GroupAuthorizationFailedError" in err, err
+        code, out, err = await remove_members(admin, "secured-worker-0", **secure_broker.env("worker"))
+        assert code == 0, err
+        assert out == f"secured-worker-0: removed from group {admin.group_id}\n"
     finally:
         if worker.poll() is None:
             worker.kill()
