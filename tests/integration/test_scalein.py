@@ -35,10 +35,10 @@ def kube() -> Iterator[Api]:
     yield from serve()
 
 
-class Pod:
+class PodProcess:
     """One worker process as a StatefulSet's pod `ef-<ordinal>`."""
 
-    def __init__(self, settings: Settings, root: Path, ordinal: int, api: str) -> None:
+    def __init__(self, settings: Settings, root: Path, ordinal: int, api: str, processes: int = 1) -> None:
         self.name = f"ef-{ordinal}"
         self.port = free_port()
         self.log = root / f"{self.name}.log"
@@ -50,6 +50,7 @@ class Pod:
             HOSTNAME=self.name,
             STREAM_KUBERNETES_API=api,
             POD_NAMESPACE="ns",
+            STREAM_WORKER_PROCESSES=str(processes),
         )
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
@@ -79,12 +80,13 @@ class Pod:
             self.proc.wait()
 
 
-async def until_held(pods: list[Pod], expected: list[list[int]], timeout: float) -> None:
+async def until_held(pods: list[PodProcess], expected: list[list[int]], timeout: float) -> None:
     """Until each pod's /ready is 200 with the partitions expected of it (in some order of the pods)."""
     async with asyncio.timeout(timeout):
         while True:
             held = [await p.partitions() for p in pods]
-            if all(h is not None for h in held) and sorted(held) == sorted(expected):  # type: ignore[type-var]
+            answered = [h for h in held if h is not None]
+            if len(answered) == len(pods) and sorted(answered) == sorted(expected):
                 return
             await asyncio.sleep(0.1)
 
@@ -93,7 +95,7 @@ async def test_a_pod_scaled_in_leaves_the_group_a_pod_restarted_stays(
     bootstrap: str, tmp_path: Path, kube: Api
 ) -> None:
     settings = await populated(bootstrap, tmp_path, 2)
-    pods = [Pod(settings, tmp_path, 0, kube.url), Pod(settings, tmp_path, 1, kube.url)]
+    pods = [PodProcess(settings, tmp_path, 0, kube.url), PodProcess(settings, tmp_path, 1, kube.url)]
     try:
         await until_held(pods, [[0], [1]], timeout=120)
 
@@ -108,7 +110,7 @@ async def test_a_pod_scaled_in_leaves_the_group_a_pod_restarted_stays(
 
         # Back, then scaled to 1 replica: ef-1 removes itself as it stops, and ef-0 takes its
         # partition well before the 30 s session would have run out.
-        pods[1] = Pod(settings, tmp_path, 1, kube.url)
+        pods[1] = PodProcess(settings, tmp_path, 1, kube.url)
         await until_held(pods, [[0], [1]], timeout=120)
         kube.body = b'{"spec": {"replicas": 1}}'
         asked = len(kube.seen)
@@ -121,3 +123,23 @@ async def test_a_pod_scaled_in_leaves_the_group_a_pod_restarted_stays(
     finally:
         for p in pods:
             p.kill()
+
+
+async def test_every_process_of_a_pod_scaled_in_leaves_the_group(bootstrap: str, tmp_path: Path, kube: Api) -> None:
+    # `--processes 2`: the children are the members `ef-0-0` and `ef-0-1`; each reads the
+    # StatefulSet (pod ef-0) as it stops and, scaled to 0, removes itself.
+    settings = await populated(bootstrap, tmp_path, 2)
+    pod = PodProcess(settings, tmp_path, 0, kube.url, processes=2)
+    try:
+        await until_held([pod], [[0, 1]], timeout=120)
+        kube.body = b'{"spec": {"replicas": 0}}'
+        await pod.stop()
+        assert [path for path, _ in kube.seen] == ["/apis/apps/v1/namespaces/ns/statefulsets/ef"] * 2
+        code, out, err = await remove_members(settings, "ef-0-0", "ef-0-1")
+        assert (code, out) == (
+            0,
+            f"ef-0-0: not a member of group {settings.group_id} (nothing to remove)\n"
+            f"ef-0-1: not a member of group {settings.group_id} (nothing to remove)\n",
+        ), err
+    finally:
+        pod.kill()
