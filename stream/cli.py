@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import orjson
 from aiokafka.errors import KafkaError
 
-from stream import logs
+from stream import logs, zstd_codec
 from stream.config import LogFormat, Settings
 from stream.connection import client_options
 from stream.errors import ConfigError, StreamError
@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error_line(str(exc), os.environ.get("STREAM_LOG_FORMAT", "").strip().lower() == LogFormat.JSON)
         return 2
     logs.configure(args.log_level, settings.log_format)
+    # Every command's Kafka clients compress and decompress zstd batches on reused
+    # contexts (stream/zstd_codec.py): the worker's outputs, the trainers' reads.
+    zstd_codec.install()
     if args.command != "worker":
         # The worker stops on SIGTERM through Faust's own handler. The other commands
         # would ignore it as a container's PID 1 (no default action there), and a pod

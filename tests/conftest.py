@@ -24,7 +24,12 @@ if os.environ.get(PURE_ENV) == "1":
     source_first()  # before anything below imports the core
 
 import stream.core.engine
+from stream import zstd_codec
 from tests.integration.harness import delete_created_topics
+
+# As every command does (stream/cli.py): the workers and readers the tests run in
+# this process compress and decompress zstd on reused contexts too.
+zstd_codec.install()
 
 ROOT = Path(__file__).resolve().parent.parent
 
