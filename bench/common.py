@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
+from stream import zstd_codec
 from stream.cli import JEMALLOC_ENV
 from stream.config import Settings, TopicNames
 from stream.runtime.topics import create_topics
@@ -486,10 +487,12 @@ def py_spy_dump(pid: int) -> str:
 def run_baseline(loop_of: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> int:
     """A baseline process's main: its loop on the worker's settings (`Settings.from_env`) until SIGTERM or SIGINT.
 
-    On uvloop, the event loop the worker runs on (STREAM_EVENT_LOOP's default): like for like.
+    On uvloop, the event loop the worker runs on (STREAM_EVENT_LOOP's default), and with
+    the zstd codec every command of the worker's installs (stream/zstd_codec.py): like for like.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    zstd_codec.install()
 
     async def go() -> None:
         stop = asyncio.Event()
