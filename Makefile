@@ -79,7 +79,7 @@ chaos: compile ## by hand, not in `make test`: 3 workers, 10 min of load, duplic
 # objection benchmark runs at 80 % of the sustainable rate that `bench all` just recorded in
 # bench/results/results.json and records its result there; the report is rendered again so
 # that the targets table has it, after a leak too (make then fails with the objection run's status).
-bench: compile ## the benchmarks and their targets (docs/benchmarks.md), on a quiet machine; long: see bench/run.py for options
+bench: compile jemalloc ## the benchmarks and their targets (docs/benchmarks.md), on a quiet machine; long: see bench/run.py for options
 	scripts/kafka.sh start
 	$(PY) -m bench all --fresh
 	status=0; $(PY) -m bench.objections || status=$$?; $(PY) -m bench.rebalance || status=$$?; \
@@ -104,6 +104,9 @@ chart-check: install helm ## the Helm chart alone: lint, template for several va
 prometheus: ## install prometheus and promtool (Debian's package) if missing
 	scripts/install-prometheus.sh
 
+jemalloc: ## install jemalloc (Debian's libjemalloc2), the image's allocator, if missing: the benchmark measures on it
+	scripts/install-jemalloc.sh
+
 dashboards: install ## regenerate dashboards/*.json from dashboards/build.py
 	$(PY) dashboards/build.py
 
@@ -127,4 +130,4 @@ clean: ## remove the virtualenv, local state and the broker's data
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache build stream/core/COMPILED stream/core/*.so stream_core__mypyc*.so
 
 # compile: a file target when compiling (CORE_BUILT), and run again by each target needing it.
-.PHONY: help install compile broker broker-stop run test check faults chaos bench prometheus dashboards lock clean
+.PHONY: help install compile broker broker-stop run test check faults chaos bench prometheus jemalloc dashboards lock clean
