@@ -9,11 +9,9 @@ when the batches did not go through it.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -21,6 +19,7 @@ from confluent_kafka import Consumer, Producer
 
 from stream import zstd_codec
 from stream.config import Settings
+from tests.unit.test_zstd_codec import count_calls
 
 from .harness import make_topics, read_until, set_topic_config, unique_settings
 
@@ -37,19 +36,19 @@ VALUES = [b'{"content_id":"c%d","text":"%s"}' % (i, ("\u00e9\U0001f600 " * (i % 
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """The installed codec of aiokafka's record extension, counting its calls."""
     assert zstd_codec.install()
-    module = importlib.import_module(zstd_codec.RECORD_MODULES[0])
-    counted = {"encode": 0, "decode": 0}
+    yield count_calls(monkeypatch, zstd_codec.RECORD_MODULES[:1])
 
-    def counting(kind: str, f: Callable[..., bytes]) -> Callable[..., bytes]:
-        def call(*args: Any) -> bytes:
-            counted[kind] += 1
-            return f(*args)
 
-        return call
-
-    monkeypatch.setattr(module, "zstd_encode", counting("encode", module.zstd_encode))
-    monkeypatch.setattr(module, "zstd_decode", counting("decode", module.zstd_decode))
-    yield counted
+async def aiokafka_send(bootstrap: str, topic: str, compression: str | None) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", compression_type=compression, linger_ms=5, max_batch_size=1 << 20
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=b"k%d" % i, value=v) for i, v in enumerate(VALUES)]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
 
 
 async def aiokafka_read(settings: Settings, topic: str, count: int) -> list[bytes | None]:
@@ -86,15 +85,7 @@ async def test_its_frames_are_taken_by_the_broker_and_read_by_librdkafka(
     settings = unique_settings(bootstrap, tmp_path, partitions=1)
     await make_topics(settings)
     topic = settings.topics.feed  # compacted
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", compression_type="zstd", linger_ms=5, max_batch_size=1 << 20
-    )
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, key=b"k%d" % i, value=v) for i, v in enumerate(VALUES)]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await aiokafka_send(bootstrap, topic, "zstd")
     assert calls["encode"] >= 1
     assert await asyncio.to_thread(librdkafka_read, bootstrap, topic, len(VALUES)) == VALUES
 
@@ -121,13 +112,7 @@ async def test_it_reads_the_brokers_frames(bootstrap: str, tmp_path: Path, calls
     await make_topics(settings)
     topic = settings.topics.content
     await set_topic_config(bootstrap, topic, {"compression.type": "zstd"})
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, key=b"k%d" % i, value=v) for i, v in enumerate(VALUES)]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await aiokafka_send(bootstrap, topic, None)
     assert calls["encode"] == 0
     assert await aiokafka_read(settings, topic, len(VALUES)) == VALUES
     assert calls["decode"] >= 1

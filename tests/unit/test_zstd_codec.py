@@ -37,24 +37,29 @@ def original_decode(payload: Any) -> bytes:
 ENCODE, DECODE = zstd_codec.codec(original_encode, original_decode)
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]) -> dict[str, int]:
+    """The codec of each record module named, counting its calls (also tests/integration/test_zstd_codec.py)."""
+    counted = {"encode": 0, "decode": 0}
+
+    def counting(kind: str, f: Callable[..., bytes]) -> Callable[..., bytes]:
+        def call(*args: Any) -> bytes:
+            counted[kind] += 1
+            return f(*args)
+
+        return call
+
+    for name in names:
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "zstd_encode", counting("encode", module.zstd_encode))
+        monkeypatch.setattr(module, "zstd_decode", counting("decode", module.zstd_decode))
+    return counted
+
+
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """`install` done, and each record module's codec counting its calls."""
     assert zstd_codec.install()
-    counted = {"encode": 0, "decode": 0}
-    for name in zstd_codec.RECORD_MODULES:
-        module = importlib.import_module(name)
-
-        def counting(kind: str, f: Callable[..., bytes]) -> Callable[..., bytes]:
-            def call(*args: Any) -> bytes:
-                counted[kind] += 1
-                return f(*args)
-
-            return call
-
-        monkeypatch.setattr(module, "zstd_encode", counting("encode", module.zstd_encode))
-        monkeypatch.setattr(module, "zstd_decode", counting("decode", module.zstd_decode))
-    yield counted
+    yield count_calls(monkeypatch, zstd_codec.RECORD_MODULES)
 
 
 def build(records: list[tuple[bytes | None, bytes | None]]) -> bytes:
