@@ -219,3 +219,25 @@ def test_threads_each_use_their_own_contexts() -> None:
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_every_command_installs_the_codec_before_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The composition root (stream/cli.py): a command's clients are made after the codec is in place."""
+    from stream import cli
+
+    for name in zstd_codec.RECORD_MODULES:  # as a fresh process has them: aiokafka's own
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "zstd_encode", original_encode)
+        monkeypatch.setattr(module, "zstd_decode", original_decode)
+    monkeypatch.setattr(zstd_codec, "_installed", set())
+    monkeypatch.setattr(cli.logs, "configure", lambda *_: None)
+    monkeypatch.setenv("STREAM_DEV_MODE", "1")
+    seen: list[str] = []
+
+    def run(settings: object, args: object) -> int:
+        seen.extend(importlib.import_module(n).zstd_encode.__qualname__ for n in zstd_codec.RECORD_MODULES)
+        return 0
+
+    monkeypatch.setattr(cli, "_run", run)
+    assert cli.main(["worker"]) == 0
+    assert seen == ["codec.<locals>.encode"] * len(zstd_codec.RECORD_MODULES)
