@@ -33,13 +33,14 @@ import orjson
 import psutil
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 from stream import zstd_codec
 from stream.cli import JEMALLOC_ENV
 from stream.config import Settings, TopicNames
-from stream.runtime.topics import create_topics
+from stream.runtime.topics import create_topics, topic_specs
 from stream.workload.generator import Record, TopicKind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,12 @@ PYTHON = sys.executable
 RESULTS_DIR = ROOT / "bench" / "results"
 PARTITIONS = 4
 INPUT_FIELDS = ("content", "profiles", "objections")
+# The content topic's segment size: Kafka's default, as on a production broker. The local
+# broker's default is 16 MiB (scripts/kafka.sh, so that the tests see compaction), at which
+# a benchmark's uncompressed content rolls a new segment on every partition within the
+# same second, every ~20 s at 8,000 events/s: a stall of every client's requests that a
+# production topic has about once in 20 minutes at that rate (bench/notes.md, "Segment rolls").
+CONTENT_SEGMENT_BYTES = 1 << 30
 
 
 def topic_names(topics: TopicNames) -> list[str]:
@@ -64,6 +71,25 @@ def topic_env(topics: TopicNames) -> dict[str, str]:
 
 
 # -- topics ------------------------------------------------------------------------
+
+
+async def create_run_topics(settings: Settings) -> None:
+    """The worker's topics as `topics create` makes them, the content topic with production-sized segments.
+
+    The content topic is made first, with the product's configs and CONTENT_SEGMENT_BYTES;
+    `create_topics` then finds it and makes the rest.
+    """
+    content = next(spec for spec in topic_specs(settings) if spec.name == settings.topics.content)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        configs = {**content.configs, "segment.bytes": str(CONTENT_SEGMENT_BYTES)}
+        new = NewTopic(content.name, settings.partitions, settings.replication_factor, topic_configs=configs)
+        with contextlib.suppress(TopicAlreadyExistsError):  # the inputs are shared by a run's consumers
+            await admin.create_topics([new])
+    finally:
+        await admin.close()
+    await create_topics(settings)
 
 
 @dataclass
@@ -108,7 +134,7 @@ class Run:
 
     async def create(self, settings: Settings) -> None:
         """Create the topics of `settings` and remember them for deletion."""
-        await create_topics(settings)
+        await create_run_topics(settings)
         self.created.update(topic_names(settings.topics))
 
     async def drop(self, settings: Settings) -> None:

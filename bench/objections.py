@@ -44,9 +44,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bench import load, report
 from bench import run as harness
-from bench.common import delete_topics, process_env
+from bench.common import create_run_topics, delete_topics, process_env
 from stream.config import DEV_PSEUDONYM_KEY, Settings, TopicNames
-from stream.runtime.topics import create_topics
+from stream.runtime.topics import topic_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- objections:begin -->", "<!-- objections:end -->"
@@ -127,13 +127,24 @@ def _post(account: str, content_id: str, n: int) -> bytes:
     )
 
 
-async def _log_append_time(settings: Settings, topics: list[str]) -> None:
+async def log_append_time(settings: Settings, topics: list[str]) -> None:
+    """Stamp `topics`' records with the broker's append time, their other configs (`topic_specs`) kept.
+
+    AlterConfigs (the request aiokafka's admin client sends) sets a topic's whole
+    config: one it does not name goes back to the broker's default, so the product's
+    own (a compacted topic's cleanup policy) are named again here.
+    """
+    specs = {spec.name: spec.configs for spec in topic_specs(settings)}
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
         await admin.alter_configs(
             [
-                ConfigResource(ConfigResourceType.TOPIC, t, configs={"message.timestamp.type": "LogAppendTime"})
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    t,
+                    configs={**specs.get(t, {}), "message.timestamp.type": "LogAppendTime"},
+                )
                 for t in topics
             ]
         )
@@ -202,8 +213,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         topics=topics,
         dev_mode=True,
     )
-    await create_topics(settings)
-    await _log_append_time(settings, [topics.objections, topics.feed])
+    await create_run_topics(settings)
+    await log_append_time(settings, [topics.objections, topics.feed])
     rng = random.Random(7)  # noqa: S311 (a benchmark's schedule, not a secret)
     canaries = [Canary(f"canary-{tag}-{i:04d}") for i in range(args.objections)]
     pseudonym_of = {hmac.new(DEV_PSEUDONYM_KEY, c.account.encode(), hashlib.sha256).hexdigest(): c for c in canaries}
