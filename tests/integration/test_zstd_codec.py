@@ -2,8 +2,8 @@
 
 Its frames must be ones the broker validates and librdkafka reads; and it must read
 the frames the broker (Java's zstd-jni, which writes no content size) and
-librdkafka write. Each test counts the calls of the installed codec, so it fails
-when the batches did not go through it.
+librdkafka write, on its own context, not aiokafka's (cramjam's). Each test counts the
+calls of the installed codec, so it fails when the batches did not go through it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import cramjam
 import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer, Producer
@@ -37,6 +38,20 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """The installed codec of aiokafka's record extension, counting its calls."""
     assert zstd_codec.install()
     yield count_calls(monkeypatch, zstd_codec.RECORD_MODULES[:1])
+
+
+@pytest.fixture
+def cramjam_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many batches aiokafka's own codec (cramjam) decompressed: one entry each."""
+    seen: list[int] = []
+    original = cramjam.zstd.decompress
+
+    def counting(payload: object) -> object:
+        seen.append(1)
+        return original(payload)
+
+    monkeypatch.setattr(cramjam.zstd, "decompress", counting)
+    return seen
 
 
 async def aiokafka_send(bootstrap: str, topic: str, compression: str | None) -> None:
@@ -90,7 +105,9 @@ async def test_its_frames_are_taken_by_the_broker_and_read_by_librdkafka(
     assert await asyncio.to_thread(librdkafka_read, bootstrap, topic, len(VALUES)) == VALUES
 
 
-async def test_it_reads_librdkafkas_frames(bootstrap: str, tmp_path: Path, calls: dict[str, int]) -> None:
+async def test_it_reads_librdkafkas_frames(
+    bootstrap: str, tmp_path: Path, calls: dict[str, int], cramjam_reads: list[int]
+) -> None:
     settings = unique_settings(bootstrap, tmp_path, partitions=1)
     await make_topics(settings)
     topic = settings.topics.content
@@ -104,9 +121,12 @@ async def test_it_reads_librdkafkas_frames(bootstrap: str, tmp_path: Path, calls
     await asyncio.to_thread(produce)
     assert await aiokafka_read(settings, topic, len(VALUES)) == VALUES
     assert calls["decode"] >= 1
+    assert cramjam_reads == []  # librdkafka's frames state no size: streamed on our context
 
 
-async def test_it_reads_the_brokers_frames(bootstrap: str, tmp_path: Path, calls: dict[str, int]) -> None:
+async def test_it_reads_the_brokers_frames(
+    bootstrap: str, tmp_path: Path, calls: dict[str, int], cramjam_reads: list[int]
+) -> None:
     """A topic with compression.type=zstd: the broker (zstd-jni) compresses what arrives uncompressed."""
     settings = unique_settings(bootstrap, tmp_path, partitions=1)
     await make_topics(settings)
@@ -116,3 +136,4 @@ async def test_it_reads_the_brokers_frames(bootstrap: str, tmp_path: Path, calls
     assert calls["encode"] == 0
     assert await aiokafka_read(settings, topic, len(VALUES)) == VALUES
     assert calls["decode"] >= 1
+    assert cramjam_reads == []  # zstd-jni's frames state no size: streamed on our context

@@ -145,13 +145,21 @@ def outcome(f: Callable[[bytes], bytes], frame: bytes) -> bytes | str:
         return "error"
 
 
+def skippable(data: bytes) -> bytes:
+    """A zstd skippable frame (magic 0x184D2A50, then the data's length) around `data`."""
+    return (0x184D2A50).to_bytes(4, "little") + len(data).to_bytes(4, "little") + data
+
+
 def frames() -> st.SearchStrategy[bytes]:
     """Frames of every shape a producer may write, whole or damaged: the codec must read them as cramjam does."""
     no_size = zstandard.ZstdCompressor(write_content_size=False)
+    checked_no_size = zstandard.ZstdCompressor(level=19, write_checksum=True, write_content_size=False)
     one = st.one_of(
         PAYLOADS.map(original_encode),
         PAYLOADS.map(no_size.compress),  # Java's ZstdOutputStream writes no content size
+        PAYLOADS.map(checked_no_size.compress),
         PAYLOADS.map(lambda p: zstandard.ZstdCompressor(level=19, write_checksum=True).compress(p)),
+        st.binary(max_size=64).map(skippable),  # zstd skips these; a reader must too
     )
     whole = st.lists(one, min_size=1, max_size=3).map(b"".join)  # several frames in one batch
     damaged = st.tuples(whole, st.integers(0, 10_000), st.binary(max_size=8)).map(
@@ -183,6 +191,27 @@ def test_a_claimed_size_over_the_cap_is_left_to_aiokafkas_codec() -> None:
     small = original_encode(b"abc")
     assert decode(small) == b"abc"
     assert seen == [frame]  # read on the reused context
+
+
+def test_a_whole_frame_without_content_size_is_read_on_the_reused_context() -> None:
+    """Java's and librdkafka's frames state no size: one whole such frame is read here, more by the original."""
+    seen: list[bytes] = []
+
+    def original(payload: Any) -> bytes:
+        seen.append(bytes(payload))
+        return original_decode(payload)
+
+    _, decode = zstd_codec.codec(original_encode, original)
+    payload = b"an event, " * 300
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(payload)
+    assert zstandard.frame_content_size(frame) == zstd_codec.NO_CONTENT_SIZE
+    assert decode(frame) == payload
+    assert seen == []
+    # Two frames, a frame followed by other bytes, a frame cut short: the original's.
+    assert decode(frame + frame) == payload + payload
+    assert outcome(decode, frame + b"\0") == outcome(original_decode, frame + b"\0")
+    assert outcome(decode, frame[:-4]) == "error"
+    assert seen == [frame + frame, frame + b"\0", frame[:-4]]
 
 
 def test_another_level_asked_is_the_originals() -> None:
