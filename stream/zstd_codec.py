@@ -88,18 +88,25 @@ def codec(original_encode: Encode, original_decode: Decode) -> tuple[Encode, Dec
                 # read here: zstandard answers it with b"" before looking further.
                 return contexts.decompressor.decompress(payload, allow_extra_data=False)
             if size == NO_CONTENT_SIZE:
-                # Java's and librdkafka's frames: streamed, its output grown as
-                # cramjam's is. Read here only when it is one whole frame: one cut
-                # short, or followed by anything, is the original's to read or refuse.
-                stream = contexts.decompressor.decompressobj()
-                data = stream.decompress(payload)
-                if stream.eof and not stream.unused_data:
-                    return data
+                whole = _one_whole_frame(contexts.decompressor, payload)
+                if whole is not None:
+                    return whole
         except zstandard.ZstdError:
             pass
         return original_decode(payload)
 
     return encode, decode
+
+
+def _one_whole_frame(decompressor: zstandard.ZstdDecompressor, payload: Any) -> bytes | None:
+    """A frame that states no size (Java's and librdkafka's), streamed: its bytes if `payload` is that one whole frame.
+
+    Its output grows as cramjam's does. A frame cut short, or followed by anything,
+    gives None: the original's to read or refuse (what was read here is freed first).
+    """
+    stream = decompressor.decompressobj()
+    data = stream.decompress(payload)
+    return data if stream.eof and not stream.unused_data else None
 
 
 def install() -> bool:
