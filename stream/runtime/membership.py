@@ -13,7 +13,11 @@ So the worker watches its own membership: a new member id within the same
 generation is that replacement (a member that lost its session legitimately rejoins
 in a later generation, after the group rebalanced without it). The worker then stops
 with `InstanceIdConflict`, a message naming the id, and a non-zero exit status; the
-other process does the same at its own next rejoin.
+other process does the same at its own next rejoin. When the two joins cross (the
+second's first JoinGroup is answered with an error because the first took the id back
+within milliseconds), the second has no membership of its own yet to see taken, and
+the first stops before it takes the id again: the second then runs on as the id's
+only process, which is no longer a clash; the first's exit has shown it.
 
 aiokafka has no public accessor for the member id and generation; they are read
 here and nowhere else, from `consumer._coordinator`, and `tests/unit/test_membership.py`
