@@ -33,14 +33,13 @@ import orjson
 import psutil
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from stream import zstd_codec
 from stream.cli import JEMALLOC_ENV
 from stream.config import Settings, TopicNames
-from stream.runtime.topics import create_topics, topic_specs
+from stream.runtime.topics import create_topics
 from stream.workload.generator import Record, TopicKind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,22 +73,8 @@ def topic_env(topics: TopicNames) -> dict[str, str]:
 
 
 async def create_run_topics(settings: Settings) -> None:
-    """The worker's topics as `topics create` makes them, the content topic with production-sized segments.
-
-    The content topic is made first, with the product's configs and CONTENT_SEGMENT_BYTES;
-    `create_topics` then finds it and makes the rest.
-    """
-    content = next(spec for spec in topic_specs(settings) if spec.name == settings.topics.content)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        configs = {**content.configs, "segment.bytes": str(CONTENT_SEGMENT_BYTES)}
-        new = NewTopic(content.name, settings.partitions, settings.replication_factor, topic_configs=configs)
-        with contextlib.suppress(TopicAlreadyExistsError):  # the inputs are shared by a run's consumers
-            await admin.create_topics([new])
-    finally:
-        await admin.close()
-    await create_topics(settings)
+    """The worker's topics as `topics create` makes them, the content topic with production-sized segments."""
+    await create_topics(settings, {settings.topics.content: {"segment.bytes": str(CONTENT_SEGMENT_BYTES)}})
 
 
 @dataclass

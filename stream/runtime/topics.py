@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +79,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-async def create_topics(settings: Settings) -> dict[str, str]:
-    """Create every missing topic; return each topic's outcome (`created` or `exists`)."""
+async def create_topics(
+    settings: Settings, more_configs: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, str]:
+    """Create every missing topic; return each topic's outcome (`created` or `exists`).
+
+    `more_configs` adds configs to named topics beyond the contract's (the benchmarks
+    give the content topic a production broker's segment size, bench/common.py).
+    """
     admin = AIOKafkaAdminClient(**client_options(settings), client_id="eligibility-topics")
     await admin.start()
     try:
@@ -91,7 +98,14 @@ async def create_topics(settings: Settings) -> dict[str, str]:
                 continue
             try:
                 await admin.create_topics(
-                    [NewTopic(spec.name, settings.partitions, settings.replication_factor, topic_configs=spec.configs)]
+                    [
+                        NewTopic(
+                            spec.name,
+                            settings.partitions,
+                            settings.replication_factor,
+                            topic_configs={**spec.configs, **(more_configs or {}).get(spec.name, {})},
+                        )
+                    ]
                 )
                 outcome[spec.name] = "created"
             except TopicAlreadyExistsError:

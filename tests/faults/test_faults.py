@@ -492,7 +492,7 @@ async def test_fault_two_processes_under_one_instance_id_stop_naming_it_until_on
 
     Usually both stop, each at its own rejoin. When their joins cross (the second's
     first JoinGroup is answered with an error because the first took the id back
-    within milliseconds; seen under load in a full run), the first stops before it
+    within milliseconds, which a loaded machine makes likelier), the first stops before it
     ever takes the id from the second again: the second then runs as the id's only
     process, holding every partition, the clash shown by the first's exit.
     """
