@@ -194,11 +194,44 @@ async def until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+# A config entry's source in DescribeConfigs v1 and later: set on the topic itself.
+DYNAMIC_TOPIC_CONFIG = 1
+
+
+async def topic_configs(bootstrap: str, topic: str) -> dict[str, str]:
+    """The configs set on `topic` itself (not the broker's defaults), as the broker describes them."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
+        return await _own_configs(admin, topic)
+    finally:
+        await admin.close()
+
+
+async def _own_configs(admin: AIOKafkaAdminClient, topic: str) -> dict[str, str]:
+    (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    # v0 has no source per entry, only whether it is a default: a broker that old is not ours.
+    assert response.API_VERSION >= 1, f"DescribeConfigs v{response.API_VERSION}: entries carry no source"
+    own: dict[str, str] = {}
+    for error, message, _, name, entries in response.resources:
+        assert error == 0, f"describing {name}: error {error} ({message})"
+        own.update({entry[0]: entry[1] for entry in entries if entry[3] == DYNAMIC_TOPIC_CONFIG})
+    return own
+
+
+async def set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    """Set `configs` on `topic`; its other configs of its own (a compacted topic's cleanup policy) stay.
+
+    AlterConfigs, the request aiokafka's admin client sends, replaces a topic's whole
+    set: a config it does not name goes back to the broker's default (the feed's
+    `cleanup.policy=compact` to `delete`). So the topic's own configs are read first
+    and sent again, `configs` over them.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        merged = {**await _own_configs(admin, topic), **configs}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=merged)])
     finally:
         await admin.close()
 

@@ -155,9 +155,8 @@ async def test_feed_retracted_since_still_exact_after_the_feeds_tombstones_are_c
     await _scenario(settings)
     # A feed that keeps tombstones 100 ms and rolls its segments every 100 ms: the log
     # cleaner removes them within a few of its passes, as 7 days do on a real feed.
-    # (AlterConfigs replaces a topic's whole set: the cleanup policy is restated.)
+    # (set_topic_config keeps the feed's own configs: it stays compacted.)
     short = {
-        "cleanup.policy": "compact",
         "delete.retention.ms": "100",
         "segment.ms": "100",
         "min.cleanable.dirty.ratio": "0.001",
