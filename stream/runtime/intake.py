@@ -6,7 +6,7 @@ dropped here: their new owner reads them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -22,6 +22,7 @@ class Intake:
 
     def __init__(self, topics: TopicNames, stores: Mapping[int, PartitionStore], metrics: Metrics) -> None:
         self._content = topics.content
+        self._objections = topics.objections
         self._input_of_topic = {topics.content: "content", topics.profiles: "profiles", topics.objections: "objections"}
         self._stores = stores
         self._metrics = metrics
@@ -43,6 +44,11 @@ class Intake:
                 content_partitions.add(tp.partition)
             else:
                 state.extend(records)
+
+    def holds_objection(self, state: Sequence[InputRecord]) -> bool:
+        """Whether `state` holds a record of the objections topic."""
+        objections = self._objections
+        return any(record.topic == objections for record in state)
 
     def count(self, tp: TopicPartition, records: int) -> None:
         """Count records read outside a batch (the recovery replay)."""

@@ -229,6 +229,13 @@ class FilterWorker:
             await parts.recovery.recover(self._held.assigned, state)
             state = []
             self._health.set_ready(not self._interruption.stopping)  # a stop that began meanwhile keeps it down
+        if content and parts.intake.holds_objection(state):
+            # Objection propagation is the product's headline service level: an objection's
+            # tombstones wait for no content. Fetched with content, the state goes first in a
+            # cycle of its own, as if fetched alone, before the content's gate; the content's
+            # cycle settles on that one's tail, so it is decided on that state.
+            await parts.cycle.process(state, (), overlap=True)
+            state = []
         if content:
             more_state, more_content = await parts.gate.gate(content_partitions, len(content))
             state.extend(more_state)  # after the fetch's own: each partition's records stay in offset order

@@ -341,6 +341,61 @@ async def test_worker_whose_loop_stops_stepping_is_not_ready_until_it_steps_agai
         await read_until(settings, settings.topics.decisions, 1)
 
 
+async def test_worker_objection_fetched_with_content_is_performed_before_the_content_is_decided(
+    bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Objection propagation is the headline service level: an objection fetched in one
+    # batch with content gets a cycle of its own, performed to its acknowledgements
+    # before the content is decided, so its tombstones never wait for the content's
+    # decisions and sends. The batch is made by holding the worker inside the cycle of
+    # an earlier upsert until the objection and the next upsert are both fetched.
+    settings = unique_settings(bootstrap, tmp_path, partitions=1)
+    await make_topics(settings)
+    await send(settings, settings.topics.profiles, [profile("a-obj"), profile("a-other")])
+    held_in, released = asyncio.Event(), asyncio.Event()
+    cycles: list[tuple[list[str], list[bytes]]] = []  # each cycle's state topics and content keys
+    process = BatchCycle.process
+
+    async def recorded(cycle: BatchCycle, state: Any, content: Any, **options: Any) -> None:
+        cycles.append(([r.topic for r in state], [r.key for r in content]))
+        if any(r.value is not None and b'"c-hold"' in r.value for r in content):
+            held_in.set()
+            await released.wait()
+        await process(cycle, state, content, **options)
+
+    monkeypatch.setattr(BatchCycle, "process", recorded)
+    async with running_worker(settings) as worker:
+        await until(lambda: worker.is_ready)
+        await send(settings, settings.topics.content, [upsert("c-old", "a-obj")])
+        await read_until(settings, settings.topics.feed, 1)
+        await send(settings, settings.topics.content, [upsert("c-hold", "a-other")])
+        await held_in.wait()
+        await send(settings, settings.topics.objections, [objection("a-obj", "objected")])
+        await send(settings, settings.topics.content, [upsert("c-new", "a-other")])
+        consumer = worker.consumer
+        assert consumer is not None
+        inputs = [TopicPartition(settings.topics.objections, 0), TopicPartition(settings.topics.content, 0)]
+        ends = await consumer.end_offsets(inputs)
+        # Both fetched (each partition's high watermark comes with its fetched records)
+        # while the worker is held: the next batch holds the objection and c-new.
+        await until(lambda: all(consumer.highwater(tp) == end for tp, end in ends.items()))
+        released.set()
+        feed = await read_until(settings, settings.topics.feed, 4)  # c-old, c-hold, its tombstone, c-new
+
+    assert [(r.key, r.value is None) for r in feed] == [
+        (b"c-old", False),
+        (b"c-hold", False),
+        (b"c-old", True),
+        (b"c-new", False),
+    ]
+    after = cycles[next(i for i, (_, keys) in enumerate(cycles) if b"a-other" in keys) + 1 :]
+    objected = [i for i, (topics, _) in enumerate(after) if settings.topics.objections in topics]
+    assert len(objected) == 1, after
+    # The objection's cycle holds no content; the content fetched with it is the next cycle's.
+    assert after[objected[0]] == ([settings.topics.objections], [])
+    assert after[objected[0] + 1][1] == [b"a-other"]
+
+
 async def test_worker_recovery_that_ends_as_the_stop_begins_leaves_it_not_ready(bootstrap: str, tmp_path: Path) -> None:
     # The stop arrives while the assignment's recovery asks for a state partition's
     # position after its last check for a stop: the topics are empty, so the recovery
