@@ -3,7 +3,10 @@
 Runs against the real broker (KAFKA_BOOTSTRAP_SERVERS, default 127.0.0.1:9092;
 started with scripts/kafka.sh when nothing answers there), writes the raw results
 to bench/results/results.json, then renders docs/benchmarks.md and
-docs/benchmarks.png from them (`report` renders only).
+docs/benchmarks.png from them (`report` renders only). An ad hoc run (`--no-write`)
+writes its results to a file of its own, bench/results/adhoc-<UTC time>.json, and
+leaves results.json and the docs as they are: the figures of record are one
+invocation's, and a trial between two of them must not become theirs.
 
 Sub-benchmarks (all bounded in count and time; every run deletes its topics):
   drain    pre-load N content events over M accounts, then drain them with the worker,
@@ -1056,8 +1059,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="record the results only; leave docs/benchmarks.md and its figure as they are",
     )
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="an ad hoc run: results to bench/results/adhoc-<UTC time>.json only; results.json and "
+        "docs/benchmarks.md stay as they are",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.no_write:
+        if args.command == "report":
+            parser.error("--no-write: `report` writes nothing but the docs")
+        global RESULTS  # load_results and save read it at each call
+        RESULTS = common.RESULTS_DIR / f"adhoc-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+        args.no_render = True
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
