@@ -8,7 +8,7 @@ import contextlib
 import datetime as dt
 import shutil
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -306,6 +306,19 @@ async def test_worker_is_not_ready_once_its_stop_begins(bootstrap: str, tmp_path
         assert ready_while_closing == [False]
 
 
+def _before_each_cycle(
+    monkeypatch: pytest.MonkeyPatch, before: Callable[[Sequence[Any], Sequence[Any]], Awaitable[None]]
+) -> None:
+    """Await `before(state, content)` at the start of every batch cycle: to hold one, or to record them."""
+    process = BatchCycle.process
+
+    async def wrapped(cycle: BatchCycle, state: Any, content: Any, **options: Any) -> None:
+        await before(state, content)
+        await process(cycle, state, content, **options)
+
+    monkeypatch.setattr(BatchCycle, "process", wrapped)
+
+
 async def test_worker_whose_loop_stops_stepping_is_not_ready_until_it_steps_again(
     bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -318,14 +331,12 @@ async def test_worker_whose_loop_stops_stepping_is_not_ready_until_it_steps_agai
     await make_topics(settings)
     await send(settings, settings.topics.profiles, [profile("acct-1")])
     released = asyncio.Event()
-    process = BatchCycle.process
 
-    async def wedged(cycle: BatchCycle, state: Any, content: Any, **options: Any) -> None:
+    async def wedged(state: Sequence[Any], content: Sequence[Any]) -> None:
         if content:
             await released.wait()
-        await process(cycle, state, content, **options)
 
-    monkeypatch.setattr(BatchCycle, "process", wedged)
+    _before_each_cycle(monkeypatch, wedged)
     async with running_worker(settings) as worker:
         await until(lambda: worker.is_ready)
         await send(settings, settings.topics.content, [upsert("c-1", "acct-1")])
@@ -354,16 +365,14 @@ async def test_worker_objection_fetched_with_content_is_performed_before_the_con
     await send(settings, settings.topics.profiles, [profile("a-obj"), profile("a-other")])
     held_in, released = asyncio.Event(), asyncio.Event()
     cycles: list[tuple[list[str], list[bytes]]] = []  # each cycle's state topics and content keys
-    process = BatchCycle.process
 
-    async def recorded(cycle: BatchCycle, state: Any, content: Any, **options: Any) -> None:
+    async def recorded(state: Sequence[Any], content: Sequence[Any]) -> None:
         cycles.append(([r.topic for r in state], [r.key for r in content]))
         if any(r.value is not None and b'"c-hold"' in r.value for r in content):
             held_in.set()
             await released.wait()
-        await process(cycle, state, content, **options)
 
-    monkeypatch.setattr(BatchCycle, "process", recorded)
+    _before_each_cycle(monkeypatch, recorded)
     async with running_worker(settings) as worker:
         await until(lambda: worker.is_ready)
         await send(settings, settings.topics.content, [upsert("c-old", "a-obj")])
