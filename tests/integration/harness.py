@@ -7,12 +7,13 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -20,6 +21,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from stream.config import Settings, TopicNames
 from stream.core.engine import Engine
 from stream.core.policy import load_policy
+from stream.runtime.cycle import BatchCycle
 from stream.runtime.metrics import Metrics
 from stream.runtime.topics import create_topics
 from stream.runtime.worker import FilterWorker
@@ -192,6 +194,19 @@ async def until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.05)
+
+
+def before_each_cycle(
+    monkeypatch: pytest.MonkeyPatch, before: Callable[[Sequence[Any], Sequence[Any]], Awaitable[None]]
+) -> None:
+    """Await `before(state, content)` at the start of every batch cycle: to hold one, or to record them."""
+    process = BatchCycle.process
+
+    async def wrapped(cycle: BatchCycle, state: Any, content: Any, **options: Any) -> None:
+        await before(state, content)
+        await process(cycle, state, content, **options)
+
+    monkeypatch.setattr(BatchCycle, "process", wrapped)
 
 
 # A config entry's source in DescribeConfigs v1 and later: set on the topic itself.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -13,7 +15,17 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from stream.core.state import StateKind
 from stream.runtime.worker import FilterWorker
 
-from .harness import committed, js, latest_by_key, make_topics, read_all, running_worker, send, unique_settings
+from .harness import (
+    before_each_cycle,
+    committed,
+    js,
+    latest_by_key,
+    make_topics,
+    read_all,
+    running_worker,
+    send,
+    unique_settings,
+)
 from .test_filter_scenario import objection, profile, upsert
 
 pytestmark = pytest.mark.integration
@@ -41,12 +53,27 @@ async def _caught_up(worker: FilterWorker, settings_ends: dict[TopicPartition, i
     return True
 
 
+@pytest.mark.parametrize(
+    ("seed", "bursts"),
+    [(20261128, False), (1, True), (2, True), (3, True)],
+    ids=["as-sent", "bursts-1", "bursts-2", "bursts-3"],
+)
 async def test_interleaved_objections_and_content_feed_holds_exactly_the_allowed_items(
-    bootstrap: str, tmp_path: Path
+    bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, bursts: bool
 ) -> None:
+    # With `bursts` the worker is held at the start of a cycle while 25 steps are sent,
+    # so that objections, withdrawals, upserts and deletes of the same users are fetched
+    # together: the batches in which an objection's cycle goes before the content's.
     settings = unique_settings(bootstrap, tmp_path, partitions=2)
     await make_topics(settings)
-    rng = random.Random(20261128)
+    rng = random.Random(seed)
+    going = asyncio.Event()
+    going.set()
+
+    async def held(state: Sequence[Any], content: Sequence[Any]) -> None:
+        await going.wait()
+
+    before_each_cycle(monkeypatch, held)
     users = [f"u-{i:02d}" for i in range(30)]
     await send(settings, settings.topics.profiles, [profile(u) for u in users])
 
@@ -66,6 +93,8 @@ async def test_interleaved_objections_and_content_feed_holds_exactly_the_allowed
     try:
         async with running_worker(settings) as worker:
             for step in range(500):
+                if bursts and step % 25 == 0:
+                    going.clear()
                 user = rng.choice(users)
                 roll = rng.random()
                 if roll < 0.15:
@@ -90,10 +119,13 @@ async def test_interleaved_objections_and_content_feed_holds_exactly_the_allowed
                     await (await producer.send(settings.topics.content, key=key, value=value))
                     content_sent += 1
                     author_of[item] = user
-                    must[item] = not objecting[user]
-                    deleted[item] = False
+                    # A delete is final: a later upsert of the item is skipped (order per item).
+                    deleted.setdefault(item, False)
+                    must[item] = not objecting[user] and not deleted[item]
                 if step % 50 == 0:
                     await asyncio.sleep(0)  # let the worker interleave with the writer
+                if step % 25 == 24:
+                    going.set()
 
             # Wait until the worker has durably applied every objection and committed every content event.
             ends = await _end_offsets(settings, [settings.topics.content, settings.topics.objections])

@@ -8,7 +8,7 @@ import contextlib
 import datetime as dt
 import shutil
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,12 @@ from stream.config import Settings
 from stream.core.state import StateKind
 from stream.runtime import health, recovery
 from stream.runtime.assignor import CoPartitionedAssignor
-from stream.runtime.cycle import BatchCycle
 from stream.runtime.interrupt import Cut
 from stream.runtime.rebalance import RebalanceListener
 from stream.runtime.store import RocksPartitionStore
 
 from .harness import (
+    before_each_cycle,
     build_worker,
     committed,
     content_consumed,
@@ -306,19 +306,6 @@ async def test_worker_is_not_ready_once_its_stop_begins(bootstrap: str, tmp_path
         assert ready_while_closing == [False]
 
 
-def _before_each_cycle(
-    monkeypatch: pytest.MonkeyPatch, before: Callable[[Sequence[Any], Sequence[Any]], Awaitable[None]]
-) -> None:
-    """Await `before(state, content)` at the start of every batch cycle: to hold one, or to record them."""
-    process = BatchCycle.process
-
-    async def wrapped(cycle: BatchCycle, state: Any, content: Any, **options: Any) -> None:
-        await before(state, content)
-        await process(cycle, state, content, **options)
-
-    monkeypatch.setattr(BatchCycle, "process", wrapped)
-
-
 async def test_worker_whose_loop_stops_stepping_is_not_ready_until_it_steps_again(
     bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -336,7 +323,7 @@ async def test_worker_whose_loop_stops_stepping_is_not_ready_until_it_steps_agai
         if content:
             await released.wait()
 
-    _before_each_cycle(monkeypatch, wedged)
+    before_each_cycle(monkeypatch, wedged)
     async with running_worker(settings) as worker:
         await until(lambda: worker.is_ready)
         await send(settings, settings.topics.content, [upsert("c-1", "acct-1")])
@@ -372,7 +359,7 @@ async def test_worker_objection_fetched_with_content_is_performed_before_the_con
             held_in.set()
             await released.wait()
 
-    _before_each_cycle(monkeypatch, recorded)
+    before_each_cycle(monkeypatch, recorded)
     async with running_worker(settings) as worker:
         await until(lambda: worker.is_ready)
         await send(settings, settings.topics.content, [upsert("c-old", "a-obj")])
