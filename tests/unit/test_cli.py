@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import ctypes.util
+import gc
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
+import faust
 import pytest
 import uvloop
 
+import stream.runtime.app
+import stream.runtime.topics
 from stream import cli
 from stream.config import Settings
 from stream.errors import ConfigError
@@ -110,3 +116,52 @@ def test_worker_runs_on_the_event_loop_it_was_set_to(name: str, loop_type: type)
         assert issubclass(asyncio.run(running()), loop_type)
     finally:
         asyncio.set_event_loop_policy(None)
+
+
+@pytest.fixture
+def thresholds() -> Iterator[None]:
+    """The test process's collector thresholds, as they were, after the test."""
+    saved = gc.get_threshold()
+    yield
+    gc.set_threshold(*saved)
+
+
+def test_collector_collects_the_young_generation_later_and_keeps_the_older_thresholds(thresholds: None) -> None:
+    gc.set_threshold(700, 11, 12)
+
+    cli.tune_collector()
+
+    assert gc.get_threshold() == (cli.YOUNG_COLLECTION_THRESHOLD, 11, 12)
+    assert cli.YOUNG_COLLECTION_THRESHOLD > 700
+
+
+def test_worker_starts_with_the_young_threshold_raised(
+    thresholds: None, libc: _FakeLibc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+
+    class _Worker:
+        """Faust's worker, as far as `_worker` uses it: what the collector is when it would start."""
+
+        def __init__(self, app: Any, **options: Any) -> None:
+            self.spinner: object = object()
+
+        def execute_from_commandline(self) -> None:
+            seen.append(gc.get_threshold()[0])
+
+    async def no_check(settings: Settings) -> dict[str, int]:
+        return {}
+
+    monkeypatch.setattr(faust, "Worker", _Worker)
+    monkeypatch.setattr(stream.runtime.topics, "check_layout", no_check)
+    monkeypatch.setattr(stream.runtime.app, "build_app", lambda settings: (object(), None))
+    monkeypatch.setattr(cli, "use_event_loop", lambda name: None)
+    monkeypatch.setattr(cli.logs, "configure", lambda *_: None)
+    monkeypatch.setattr(cli.zstd_codec, "install", lambda: None)
+    monkeypatch.setenv("STREAM_DEV_MODE", "1")
+    monkeypatch.delenv("STREAM_WORKER_PROCESSES", raising=False)
+    gc.set_threshold(700, 10, 10)
+
+    assert cli.main(["worker"]) == 0
+
+    assert seen == [cli.YOUNG_COLLECTION_THRESHOLD]
