@@ -654,8 +654,9 @@ def render(r: dict[str, Any]) -> None:
             "committed offsets, sampled every second. A step is *bounded* when, over its second half, the lag stays "
             "at most 2 s of input plus two batches (2 x rate + 10,000) and either does not grow (least-squares slope "
             "at most 5 % of the rate) or stays under half a second of input (its slope is then only the batch "
-            "cadence). The ladder stops at the first unbounded step or when the generator cannot reach its "
-            "target (>= 95 %): the sustainable rate is then a lower bound."
+            "cadence). Past its listed rates the ladder goes on in steps of `--ladder-beyond` up to "
+            "`--ladder-cap` (4,000 and 60,000 events/s in a full run). It stops at the first unbounded step; when "
+            "the generator cannot reach its target (>= 95 %), or at the cap, the sustainable rate is a lower bound."
         )
         add("")
         add(

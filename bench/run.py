@@ -16,9 +16,11 @@ Sub-benchmarks (all bounded in count and time; every run deletes its topics):
            then the start-up times on the worker's state, then a second worker drain
            under py-spy for the profile
   startup  (inside drain) restart to /ready with state on disk, and with it wiped
-  rate     open-loop generator stepping up rates; the highest rate with bounded lag;
-           then the end-to-end latency at half that rate (HdrHistogram; three runs, the
-           median p99's reported, each followed by runs of the two echo floors,
+  rate     open-loop generator stepping up rates (the listed ones, then on past the last
+           in steps of `--ladder-beyond` while every step is bounded, up to
+           `--ladder-cap`); the highest rate with bounded lag; then the end-to-end
+           latency at half that rate (HdrHistogram; three runs, the median p99's
+           reported, each followed by runs of the two echo floors,
            bench/baseline_echo.py; `latency` runs only this part)
   soak     worker RSS over a long stream
 """
@@ -36,7 +38,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,11 @@ FULL = {
     "soak_events": 10_000_000,
     # A step at 12,000, the sustainable-rate target of issue #21: the verdict is the ladder's, not a gap's.
     "rates": [2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000],
+    # Past the list while every step is bounded and the generator keeps up: the latency
+    # targets are judged at half the sustainable rate, so the ladder must find it, not
+    # stop at a lower bound. The cap keeps a run bounded in time.
+    "ladder_beyond": 4000,
+    "ladder_cap": 60_000,
     "step_seconds": 60,
     "latency_seconds": 60,
     # Repeated because one run's p99 depends on whether it catches a stall of the shared
@@ -74,6 +81,8 @@ QUICK = {
     "accounts": 20_000,
     "soak_events": 200_000,
     "rates": [1000, 2000, 5000],
+    "ladder_beyond": 0,
+    "ladder_cap": 5000,
     "step_seconds": 15,
     "latency_seconds": 15,
     "latency_runs": 1,
@@ -696,6 +705,19 @@ async def bench_rate(args: argparse.Namespace, run: Run, results: dict[str, Any]
         await _latency_run(args, run, results, max(1, sustainable // 2))
 
 
+def ladder(rates: Sequence[int], beyond: int, cap: int) -> Iterator[int]:
+    """The rate ladder's steps: `rates`, then on past the last in steps of `beyond` (0: none) up to `cap`.
+
+    The caller stops at the first step that is not bounded (or whose generator fell behind).
+    """
+    yield from rates
+    if beyond > 0 and rates:
+        rate = rates[-1] + beyond
+        while rate <= cap:
+            yield rate
+            rate += beyond
+
+
 async def _rate_ladder(args: argparse.Namespace, run: Run, results: dict[str, Any]) -> None:
     inputs = run.inputs("rate")
     settings = run.settings(inputs, "worker-rate")
@@ -705,7 +727,7 @@ async def _rate_ladder(args: argparse.Namespace, run: Run, results: dict[str, An
     async with common.running("worker", settings, run.scratch / "logs", suffix="-rate") as proc:
         ps = psutil.Process(proc.pid)
         async with Offsets(run.bootstrap, inputs.content) as off:
-            for i, rate in enumerate(args.rates):
+            for i, rate in enumerate(ladder(args.rates, args.ladder_beyond, args.ladder_cap)):
                 log(f"rate: {rate:,}/s for {args.step_seconds}s ({args.rate_accounts:,} accounts)")
                 step = await rate_step(settings, off, ps, rate, args.step_seconds, args.rate_accounts, args.seed + i)
                 steps.append(step)
@@ -950,6 +972,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 "accounts",
                 "soak_events",
                 "rates",
+                "ladder_beyond",
+                "ladder_cap",
                 "step_seconds",
                 "latency_seconds",
                 "latency_runs",
@@ -1030,6 +1054,13 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: [int(x) for x in s.split(",")],
         help="rate ladder, events/s, comma-separated [2000,4000,6000,8000,10000,12000,14000,16000,20000]",
     )
+    parser.add_argument(
+        "--ladder-beyond",
+        type=int,
+        help="events/s: after the listed rates, go on in steps of this while every step is bounded "
+        "(0: the listed rates only) [4000; quick 0]",
+    )
+    parser.add_argument("--ladder-cap", type=int, help="events/s: the ladder's highest step [60,000; quick 5,000]")
     parser.add_argument("--step-seconds", type=int, help="seconds per rate step [60; quick 15]")
     parser.add_argument("--latency-seconds", type=int, help="seconds of the latency run [60; quick 15]")
     parser.add_argument("--latency-runs", type=int, help="latency runs; the median p99's is reported [3; quick 1]")
