@@ -1058,7 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ladder-beyond",
         type=int,
         help="events/s: after the listed rates, go on in steps of this while every step is bounded "
-        "(0: the listed rates only) [4000; quick 0]",
+        "(0: the listed rates only) [4000 after the default rates; 0 with --rates or --quick]",
     )
     parser.add_argument("--ladder-cap", type=int, help="events/s: the ladder's highest step [60,000; quick 5,000]")
     parser.add_argument("--step-seconds", type=int, help="seconds per rate step [60; quick 15]")
@@ -1104,6 +1104,8 @@ def main(argv: list[str] | None = None) -> int:
         global RESULTS  # load_results and save read it at each call
         RESULTS = common.RESULTS_DIR / f"adhoc-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
         args.no_render = True
+    if args.rates is not None and args.ladder_beyond is None:
+        args.ladder_beyond = 0  # the rates one asked for, no more (a run of the defaults goes on past them)
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
         if getattr(args, key, None) is None:

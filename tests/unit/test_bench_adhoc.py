@@ -69,3 +69,19 @@ def test_no_write_with_report_is_refused(stubbed: list[argparse.Namespace]) -> N
     with pytest.raises(SystemExit) as exited:
         harness.main(["report", "--no-write"])
     assert exited.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "beyond"),
+    [
+        (["rate"], harness.FULL["ladder_beyond"]),
+        (["rate", "--rates", "1000,3000"], 0),
+        (["rate", "--rates", "1000,3000", "--ladder-beyond", "500"], 500),
+        (["rate", "--quick"], harness.QUICK["ladder_beyond"]),
+    ],
+)
+def test_the_ladder_goes_past_the_default_rates_only(
+    stubbed: list[argparse.Namespace], argv: list[str], beyond: int
+) -> None:
+    assert harness.main([*argv, "--no-write"]) == 0
+    assert stubbed[0].ladder_beyond == beyond
