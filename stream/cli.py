@@ -456,15 +456,13 @@ def tune_collector() -> None:
     """Collect the young generation only once `YOUNG_COLLECTION_THRESHOLD` objects outlive their allocation.
 
     A batch's objects (its events, decisions and output records: tens of thousands in
-    a batch of 5,000 events) all live until the batch is performed, then go at once by
-    reference counting: the worker makes almost no reference cycles. At Python's 700,
-    the collector ran ~300 times a second in a drain and walked each batch's objects
-    again and again as they aged into the older generations, ~6 % of the worker's CPU
-    for garbage it never found (bench/notes.md, "The collector's young generation").
-    Above a batch's live objects, it runs when cycles or lasting growth add up to the
-    threshold: once in a drain of a million events. The older generations keep their
-    thresholds; what start-up and recovery build is frozen out of every collection
-    (`recovery`).
+    a batch of 5,000 events) live until the batch is performed, then go at once by
+    reference counting: the worker makes almost no reference cycles. At Python's 700
+    the collector would walk each batch's live objects again and again as they age
+    into the older generations, and find nothing; above a batch's live objects it runs
+    only when cycles or lasting growth reach the threshold. The older generations keep
+    their thresholds; what start-up and recovery build is frozen out of every
+    collection (`recovery`). Measured in bench/notes.md, "The collector's young generation".
     """
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
