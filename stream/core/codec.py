@@ -47,10 +47,8 @@ LANGUAGE_MAX_LENGTH: Final = 35
 MAX_YEAR: Final = 9800
 
 # The schema patterns, used with fullmatch (so no `$`-before-newline surprise) and
-# with [0-9] rather than \d, which in Python also matches non-ASCII digits.
-_TIMESTAMP_RE: Final = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|\+00:00)"
-)
+# with [0-9] rather than \d, which in Python also matches non-ASCII digits. The
+# timestamp's pattern is checked by hand (`timestamp_pattern_matches`).
 _DATE_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
 _LANGUAGE_RE: Final = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
@@ -92,13 +90,66 @@ class _FieldError(StreamError):
     """Raised inside this module when a field breaks the schema; caught here, never escapes."""
 
 
+# Where a timestamp's two-digit fields start (month, day, hour, minute, second); the
+# year is its first four characters.
+_TWO_DIGIT_FIELDS: Final = (5, 8, 11, 14, 17)
+
+
+def _digits(s: str, first: int, last: int) -> bool:
+    """Whether `s[first:last]` is all ASCII digits (48-57), read without slicing."""
+    for i in range(first, last):
+        c = ord(s[i])
+        if c < 48 or c > 57:
+            return False
+    return True
+
+
+def timestamp_pattern_matches(s: str) -> bool:
+    """Whether `s` matches the schema's timestamp pattern, without the regex engine.
+
+    The pattern: `^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]
+    (\\.[0-9]{1,9})?(Z|\\+00:00)$`. Checked character by character through `ord`, which
+    the compiled core reads without making a string: two timestamps per content event
+    through Python's regex engine cost more (bench/notes.md, "Instructions per event").
+    tests/unit/test_codec_schema.py checks that this answers as the pattern does.
+    """
+    n = len(s)
+    if n < 20:
+        return False
+    if ord(s[n - 1]) == 90:  # "Z"
+        end = n - 1
+    elif s.endswith("+00:00"):
+        end = n - 6
+    else:
+        return False
+    if end != 19 and not (21 <= end <= 29 and ord(s[19]) == 46):  # "."
+        return False
+    # The separators: "-" (45) at 4 and 7, "T" (84) at 10, ":" (58) at 13 and 16.
+    if ord(s[4]) != 45 or ord(s[7]) != 45 or ord(s[10]) != 84 or ord(s[13]) != 58 or ord(s[16]) != 58:
+        return False
+    # Every other character before the zone is a digit [0-9], not one of another
+    # script (which str.isdigit would take).
+    if not (
+        _digits(s, 0, 4)
+        and _digits(s, 5, 7)
+        and _digits(s, 8, 10)
+        and _digits(s, 11, 13)
+        and _digits(s, 14, 16)
+        and _digits(s, 17, 19)
+        and _digits(s, 20, end)
+    ):
+        return False
+    hour = (ord(s[11]) - 48) * 10 + ord(s[12]) - 48
+    return hour <= 23 and ord(s[14]) <= 53 and ord(s[17]) <= 53  # minute and second below 60
+
+
 def parse_timestamp(s: str) -> dt.datetime:
     """Parse an RFC 3339 UTC timestamp (`Z` or `+00:00`) into an aware UTC datetime.
 
     Fractional digits beyond microseconds are truncated. Raises ValueError, with a
     message that does not repeat the input, for anything else.
     """
-    if _TIMESTAMP_RE.fullmatch(s) is None:
+    if not timestamp_pattern_matches(s):
         raise ValueError("not an RFC 3339 UTC timestamp (YYYY-MM-DDTHH:MM:SS[.f], ending in Z or +00:00)")
     try:
         # After the pattern, fromisoformat only still rejects impossible dates; it
@@ -332,7 +383,7 @@ def _valid_content_event(obj: dict[str, object]) -> ContentEvent | None:
 
 def _valid_timestamp(v: object) -> dt.datetime | None:
     """`parse_timestamp(v)` if `v` is a string it accepts, else None."""
-    if type(v) is not str or _TIMESTAMP_RE.fullmatch(v) is None:
+    if type(v) is not str or not timestamp_pattern_matches(v):
         return None
     try:
         return dt.datetime.fromisoformat(v)
@@ -491,7 +542,7 @@ def encode_index(event: ContentEvent) -> bytes:
     return dumps(
         {
             "content_type": event.content_type,
-            "created_at": format_timestamp(event.created_at),
+            "created_at": event.created_at,  # `dumps` writes it as `format_timestamp` would
             "event_id": event.event_id,
         }
     )

@@ -63,15 +63,19 @@ class ContentSteps:
         event: ContentEvent | Rejected,
         item: bytes,
         now: dt.datetime,
+        expires_ms: int,
         result: BatchResult,
     ) -> None:
-        """Decide one content record: dead letter, skip (order per item), or the rule's decision."""
+        """Decide one content record: dead letter, skip (order per item), or the rule's decision.
+
+        `expires_ms`: when an event applied now is forgotten (`ItemOrder.expires_ms`).
+        """
         if isinstance(event, Rejected):
             dead_letter(record, event, now, result)
             self._fail_item_closed(ov, record, now, result)
             return
         assert record.value is not None  # decode_content rejects a null value
-        skip = self._order.advance(ov, record, event, item, now, result)
+        skip = self._order.advance(ov, record, event, item, expires_ms, result)
         if skip is not None:
             result.skips[skip] += 1
             value = skip_value(event, skip, policy_version=self._policy.version, decided_at=now)

@@ -173,9 +173,10 @@ class Engine:
         items = [item_of(event) for event in events]
         for partition, keys in self._content.lookups(content_records, events, items).items():
             overlay(partition).prefetch(keys)
+        expires_ms = self._order.expires_ms(now)
         for record, event, item in zip(content_records, events, items, strict=True):
             try:
-                self._content.decide(overlay(record.partition), record, event, item, now, result)
+                self._content.decide(overlay(record.partition), record, event, item, now, expires_ms, result)
             except Exception as exc:
                 raise Failed(where(record), type(exc).__name__) from exc
         for ov in overlays.values():

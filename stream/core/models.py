@@ -174,13 +174,19 @@ class ContentEvent:
 @final
 @dataclass(init=False)
 class Profile:
-    """An `accounts.profiles` value; a tombstone (account deleted) is no Profile at all."""
+    """An `accounts.profiles` value; a tombstone (account deleted) is no Profile at all.
+
+    `updated_at` is None in a profile read back from the partition store
+    (`state.unpack_profile`): the rule never reads it, and building that datetime for
+    every content event was a fifth of reading the profile (bench/notes.md, "The
+    stored profile's updated_at"). A decoded record always has it.
+    """
 
     account_id: Final[str]
     birth_date: Final[dt.date | None]
     country: Final[str | None]
     notified_at: Final[dt.datetime | None]
-    updated_at: Final[dt.datetime]
+    updated_at: Final[dt.datetime | None]
 
     def __init__(
         self,
@@ -188,7 +194,7 @@ class Profile:
         birth_date: dt.date | None,
         country: str | None,
         notified_at: dt.datetime | None,
-        updated_at: dt.datetime,
+        updated_at: dt.datetime | None,
     ) -> None:
         self.account_id = account_id
         self.birth_date = birth_date

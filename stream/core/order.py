@@ -46,10 +46,13 @@ class ItemOrder:
         record: InputRecord,
         event: ContentEvent,
         item: bytes,
-        now: dt.datetime,
+        expires_ms: int,
         result: BatchResult,
     ) -> SkipReason | None:
-        """Skip an event the item's latest applied event supersedes; else make it the latest."""
+        """Skip an event the item's latest applied event supersedes; else make it the latest.
+
+        `expires_ms`: when an event applied now is forgotten (`expires_ms(now)`, once a batch).
+        """
         event_time_us = micros(event.event_time)
         raw = ov.get(version_key(item))
         if raw is not None:
@@ -65,7 +68,7 @@ class ItemOrder:
                 event_time_us,
                 event.event_id,
                 event.op is Op.DELETE,
-                epoch_ms(now) + self._item_memory_ms,
+                expires_ms,
                 record.partition,
                 record.offset,
             )
@@ -73,6 +76,10 @@ class ItemOrder:
         ov.put(version_key(item), packed)
         result.last.append(Produce(OutputTopic.ITEMS, item, packed, ov.partition))
         return None
+
+    def expires_ms(self, now: dt.datetime) -> int:
+        """When an event applied at `now` is forgotten (epoch ms): computed once a batch, not per event."""
+        return epoch_ms(now) + self._item_memory_ms
 
     @staticmethod
     def applied_after(ov: Overlay, record: InputRecord, item: bytes) -> bool:

@@ -227,7 +227,9 @@ Update = tuple[bytes, bytes | None]
 # is then a struct unpack, not a JSON parse and a schema check (docs/design.md).
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_PROFILE: Final = struct.Struct(">iqq2s")  # birth date ordinal, notified_at µs, updated_at µs, country
+# birth date ordinal, notified_at µs, updated_at µs, country. updated_at is stored
+# (format 4) but not read back: the rule never reads it (`models.Profile`).
+_PROFILE: Final = struct.Struct(">iqq2s")
 _NO_DATE: Final = 0
 _NO_TIME: Final = -(1 << 63)
 _NO_COUNTRY: Final = b"\x00\x00"
@@ -239,20 +241,20 @@ def pack_profile(profile: Profile) -> bytes:
     return _PROFILE.pack(
         profile.birth_date.toordinal() if profile.birth_date is not None else _NO_DATE,
         micros(profile.notified_at) if profile.notified_at is not None else _NO_TIME,
-        micros(profile.updated_at),
+        micros(profile.updated_at) if profile.updated_at is not None else _NO_TIME,
         profile.country.encode("ascii") if profile.country is not None else _NO_COUNTRY,
     )
 
 
 def unpack_profile(account_id: str, raw: bytes) -> Profile:
-    """The profile a `p:` value holds, as the rule reads it."""
-    birth, notified, updated, country = _PROFILE.unpack(raw)
+    """The profile a `p:` value holds, as the rule reads it (`updated_at` None: see `models.Profile`)."""
+    birth, notified, _, country = _PROFILE.unpack(raw)
     return Profile(
-        account_id=account_id,
-        birth_date=dt.date.fromordinal(birth) if birth != _NO_DATE else None,
-        country=country.decode("ascii") if country != _NO_COUNTRY else None,
-        notified_at=_EPOCH + dt.timedelta(microseconds=notified) if notified != _NO_TIME else None,
-        updated_at=_EPOCH + dt.timedelta(microseconds=updated),
+        account_id,
+        dt.date.fromordinal(birth) if birth != _NO_DATE else None,
+        country.decode("ascii") if country != _NO_COUNTRY else None,
+        _EPOCH + dt.timedelta(0, 0, notified) if notified != _NO_TIME else None,
+        None,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
+from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
@@ -978,6 +978,100 @@ def test_format_timestamp_naive_datetime_raises() -> None:
 def test_dumps_datetime_written_like_format_timestamp() -> None:
     moment = dt.datetime(2026, 11, 28, 9, 15, 0, 5, tzinfo=dt.UTC)
     assert orjson.loads(codec.dumps({"at": moment})) == {"at": codec.format_timestamp(moment)}
+
+
+# The schema's timestamp pattern alone (no format check): what `codec.timestamp_pattern_matches`
+# must answer exactly. A JSON Schema pattern is searched, and its `$` matches only at the end;
+# the schema refuses a newline apart (`not`), so Python's `$` before a final newline is moot.
+_TIMESTAMP_PATTERN = re.compile(_schema("content.events")["$defs"]["timestamp"]["pattern"])
+_CANONICAL = "2026-11-28T09:15:00.250Z"
+# Characters a near-miss is made of: the pattern's own, digits beyond its ranges, and
+# characters that look like them (non-ASCII digits, fullwidth and other separators).
+_SHAPE_ALPHABET = "0123456789-T:.Z+ tz\n\u0663\u00b2\uff10\uff1a\u2010\u00e9"
+
+
+def _near_misses() -> st.SearchStrategy[str]:
+    """Valid timestamps with at most one part swapped for a near miss, then maybe mutated at one place."""
+    digits = "0123456789"
+
+    def number(size: int) -> st.SearchStrategy[str]:
+        return st.text(alphabet=digits, min_size=size, max_size=size)
+
+    fraction = st.integers(1, 9).flatmap(lambda k: number(k).map(lambda f: "." + f))
+    # Each part: what the pattern allows, and near misses of it (the pattern's bounds, other
+    # lengths, look-alike characters: non-ASCII digits, other separators).
+    parts: list[tuple[st.SearchStrategy[str], list[str]]] = [
+        (number(4), ["202", "20266", "\u0662026", "+2026"]),
+        (st.just("-"), ["/", "\u2010", "", "--"]),
+        (number(2), ["1", "001", "\u0660\u0661", "1a"]),
+        (st.just("-"), ["/", "", "\u2010"]),
+        (number(2), ["1", "001", "\u0661\u0660"]),
+        (st.just("T"), ["t", " ", "_", "TT", ""]),
+        (st.sampled_from(["00", "09", "10", "19", "20", "23"]), ["24", "29", "30", "99", "0", "\u0661\u0662"]),
+        (st.just(":"), ["\uff1a", "", "::"]),
+        (st.sampled_from(["00", "05", "50", "59"]), ["60", "69", "99", "5", "0\u0660"]),
+        (st.just(":"), ["\uff1a", ""]),
+        (st.sampled_from(["00", "05", "50", "59"]), ["60", "69", "99", "5", "0\u0660"]),
+        (st.just("") | fraction, [".", ".0123456789", ".01234567890", ",5", ".\u0665"]),
+        (st.sampled_from(["Z", "+00:00"]), ["", "z", "+00:0", "-00:00", "+01:00", "Z\n", "ZZ", "+00:00Z"]),
+    ]
+
+    @st.composite
+    def timestamp(draw: st.DrawFn) -> str:
+        swapped = draw(st.integers(-1, len(parts) - 1))  # -1: none
+        return "".join(
+            draw(st.sampled_from(misses)) if i == swapped else draw(valid) for i, (valid, misses) in enumerate(parts)
+        )
+
+    def mutate(text: str, where: int, char: str, how: int) -> str:
+        i = where % (len(text) + 1)
+        if how == 1:
+            return text[:i] + char + text[i + 1 :]  # replace (or append at the end)
+        if how == 2:
+            return text[:i] + char + text[i:]  # insert
+        if how == 3:
+            return text[:i] + text[i + 1 :]  # delete
+        return text
+
+    return st.builds(
+        mutate,
+        timestamp() | st.just(_CANONICAL) | st.text(alphabet=_SHAPE_ALPHABET, max_size=40),
+        st.integers(0, 40),
+        st.sampled_from(_SHAPE_ALPHABET),
+        st.integers(0, 6),  # 0, 4, 5 and 6: unchanged
+    )
+
+
+@settings(max_examples=3000)
+@given(_near_misses())
+# The pattern's edges, always tried besides the search's own.
+@example("2026-11-28T23:59:59.123456789Z")
+@example("2026-11-28T24:00:00Z")
+@example("2026-11-28T09:60:00Z")
+@example("2026-11-28T09:15:60Z")
+@example("2026-11-28T09:15:00.0123456789Z")
+@example("2026-11-28T09:15:00.Z")
+@example("2026-11-28T09:15:00-00:00")
+@example("2026-11-28t09:15:00Z")
+@example("2026-11-28T09:15:00Z\n")
+@example("\u0662026-11-28T09:15:00Z")
+def test_timestamp_pattern_matches_answers_as_the_schema_pattern(text: str) -> None:
+    expected = _TIMESTAMP_PATTERN.search(text) is not None and "\n" not in text
+    event("matches" if expected else "does not match")
+    assert codec.timestamp_pattern_matches(text) is expected
+
+
+@given(st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30), timezones=st.just(dt.UTC)))
+def test_index_value_writes_created_at_like_format_timestamp(created_at: dt.datetime) -> None:
+    # The published changelog keeps values of every earlier release: the index value's
+    # timestamp is written as `format_timestamp` always wrote it, and read back exactly.
+    # Every event the engine holds was decoded, so its datetimes are UTC.
+    event = ContentEvent(
+        "e-1", Op.UPSERT, "c-1", "u-1", created_at, ContentType.POST, Platform.FACEBOOK, Visibility.PUBLIC, created_at
+    )
+    raw = codec.encode_index(event)
+    assert orjson.loads(raw)["created_at"] == codec.format_timestamp(created_at)
+    assert codec.decode_index("u-1", "c-1", raw).created_at == created_at
 
 
 # ---------------------------------------------------------------------------

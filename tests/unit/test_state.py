@@ -50,7 +50,8 @@ def test_profile_survives_packing(
 ) -> None:
     profile = Profile("acct-1", birth, country, notified, updated)
 
-    assert unpack_profile("acct-1", pack_profile(profile)) == profile
+    # What the rule reads comes back exactly; `updated_at`, which it never reads, is not built.
+    assert unpack_profile("acct-1", pack_profile(profile)) == Profile("acct-1", birth, country, notified, None)
 
 
 @pytest.mark.parametrize("status", list(ObjectionStatus))
