@@ -144,9 +144,13 @@ class Overlay:
 
     def _count_deltas(self, updates: list[Update]) -> Counter[EntryKind]:
         """How `updates` change the number of entries of each counted kind."""
-        counts: Counter[EntryKind] = Counter()
+        # Summed in a plain dict, which the compiled core updates in C; a Counter is a
+        # Python subclass of dict, each `+=` a lookup and a store through Python's protocol.
+        deltas: dict[EntryKind, int] = {}
         for key, value in updates:
             kind = entry_kind(key)
             if kind is not None:
-                counts[kind] += (value is not None) - (self.stored(key) is not None)
-        return counts
+                delta = (value is not None) - (self.stored(key) is not None)
+                if delta:
+                    deltas[kind] = deltas.get(kind, 0) + delta
+        return Counter(deltas)
