@@ -90,11 +90,6 @@ class _FieldError(StreamError):
     """Raised inside this module when a field breaks the schema; caught here, never escapes."""
 
 
-# Where a timestamp's two-digit fields start (month, day, hour, minute, second); the
-# year is its first four characters.
-_TWO_DIGIT_FIELDS: Final = (5, 8, 11, 14, 17)
-
-
 def _digits(s: str, first: int, last: int) -> bool:
     """Whether `s[first:last]` is all ASCII digits (48-57), read without slicing."""
     for i in range(first, last):
