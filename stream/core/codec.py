@@ -104,9 +104,10 @@ def timestamp_pattern_matches(s: str) -> bool:
 
     The pattern: `^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]
     (\\.[0-9]{1,9})?(Z|\\+00:00)$`. Checked character by character through `ord`, which
-    the compiled core reads without making a string: two timestamps per content event
-    through Python's regex engine cost more (bench/notes.md, "Instructions per event").
-    tests/unit/test_codec_schema.py checks that this answers as the pattern does.
+    the compiled core reads without making a string: a content event has two timestamps,
+    and Python's regex engine costs more per timestamp than this (bench/notes.md,
+    "Instructions per event"). tests/unit/test_codec_schema.py checks that this answers
+    as the pattern does.
     """
     n = len(s)
     if n < 20:

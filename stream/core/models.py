@@ -178,8 +178,8 @@ class Profile:
 
     `updated_at` is None in a profile read back from the partition store
     (`state.unpack_profile`): the rule never reads it, and building that datetime for
-    every content event was about a quarter of reading the profile back (bench/notes.md,
-    "Instructions per event"). A decoded record always has it.
+    every content event would be about a quarter of reading the profile back
+    (bench/notes.md, "Instructions per event"). A decoded record always has it.
     """
 
     account_id: Final[str]
